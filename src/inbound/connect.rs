@@ -1,0 +1,84 @@
+//! CONNECT: dial first, answer 200 only once the target is reachable, then relay.
+//!
+//! This ordering is the fix for the first version's bug (and the trap in hyper's own proxy
+//! example, which answers before dialing): the client is told "established" only when the
+//! upstream said 2xx or the target accepted TCP, and any failure becomes a proper error status.
+//! After the 200, hyper hands over the raw client connection (`hyper::upgrade::on`), including
+//! any bytes the client sent early (optimistic data such as a pipelined TLS ClientHello).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tracing::Instrument;
+
+use super::Body;
+use super::respond::ProxyError;
+use crate::outbound::BoxIo;
+use crate::proxy::Proxy;
+use crate::relay;
+use crate::target::Target;
+
+/// Handles one CONNECT request.
+pub async fn handle(
+    proxy: &Arc<Proxy>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let target = Target::from_connect_uri(req.uri())?;
+    let started = Instant::now();
+    tracing::debug!(%target, route = %proxy.route(), "dialing");
+    let conn = proxy.dialer().tunnel(proxy.route(), &target).await?;
+    tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "target reachable; answering 200");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    spawn_tunnel(proxy, "CONNECT", 200, target.to_string(), async move {
+        let client = on_upgrade.await?;
+        Ok((TokioIo::new(client), conn))
+    });
+    let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// Runs a tunnel in its own task, tracked for shutdown: waits for both ends (`ends`), relays
+/// until done, and logs one access line with bytes each way, duration and why it ended.
+pub(crate) fn spawn_tunnel<F>(
+    proxy: &Arc<Proxy>,
+    method: &'static str,
+    status: u16,
+    target: String,
+    ends: F,
+) where
+    F: Future<Output = Result<(TokioIo<hyper::upgrade::Upgraded>, BoxIo), hyper::Error>>
+        + Send
+        + 'static,
+{
+    let tracker = proxy.tracker().clone();
+    let proxy = Arc::clone(proxy);
+    let task = async move {
+        let _open = proxy.tunnel_opened();
+        let started = Instant::now();
+        let (client, remote) = match ends.await {
+            Ok(ends) => ends,
+            Err(e) => {
+                tracing::debug!(%target, error = %e, "client went away before the tunnel started");
+                return;
+            }
+        };
+        tracing::debug!(%target, "tunnel established");
+        let r = relay::relay(client, remote, proxy.idle_timeout(), proxy.hard_stop()).await;
+        tracing::info!(
+            method,
+            %target,
+            status,
+            up = r.up,
+            down = r.down,
+            duration_ms = started.elapsed().as_millis() as u64,
+            end = %r.end,
+            "tunnel closed"
+        );
+    };
+    tracker.spawn(task.in_current_span());
+}

@@ -1,0 +1,121 @@
+//! The `viaduct` binary: command line, logging, signals. Everything else lives in the library.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use viaduct::outbound::{Hop, Route};
+use viaduct::{Config, Proxy};
+
+/// A forward HTTP proxy: CONNECT tunnels and plain HTTP, direct or through an upstream proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to accept clients on. Loopback by default: pass 0.0.0.0:PORT deliberately.
+    #[arg(long, default_value = "127.0.0.1:8083", env = "VIADUCT_LISTEN")]
+    listen: SocketAddr,
+
+    /// Send everything through this HTTP proxy: http://[user:pass@]host[:port] (port 8080 when
+    /// omitted). Percent-encode special characters in the credentials.
+    #[arg(long, value_parser = parse_hop)]
+    upstream: Option<Hop>,
+
+    /// Bound on reaching a target: DNS, TCP and the upstream handshake together.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+
+    /// Close a tunnel after this long with no bytes in either direction.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+
+    /// Our name in Via and Proxy-Status headers; a request whose Via already has it is a loop.
+    #[arg(long, default_value = "viaduct")]
+    via_name: String,
+
+    /// On SIGINT/SIGTERM, how long open requests and tunnels may finish before they are cut.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+}
+
+fn parse_hop(s: &str) -> Result<Hop, String> {
+    Hop::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let config = Config {
+        listen: args.listen,
+        route: args
+            .upstream
+            .map_or_else(Route::direct, |hop| Route::via(vec![hop])),
+        connect_timeout: args.connect_timeout,
+        idle_timeout: args.idle_timeout,
+        via_name: args.via_name,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("viaduct: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let listen = config.listen;
+    let route = config.route.to_string();
+    let proxy = match Proxy::new(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("viaduct: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%listen, %route, "viaduct listening");
+    viaduct::serve(listener, proxy, shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

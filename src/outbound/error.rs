@@ -1,0 +1,99 @@
+//! `ConnectError`: every way reaching a target can fail, and its one classification.
+//!
+//! The error names the peer that failed (`target example.com:443`, `upstream 10.0.0.1:3128`) and
+//! never a credential. [`ConnectError::kind`] is the single classification that the inbound side
+//! turns into a status and a `Proxy-Status` error type (see `inbound::respond`), and that pools
+//! will use to decide whether another member is worth trying.
+
+use std::io;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// How a dial failed, in the terms the client-facing side needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectErrorKind {
+    /// The name did not resolve.
+    Dns,
+    /// A TCP connection was actively refused.
+    Refused,
+    /// The whole dial (resolution, TCP, every handshake) did not finish in time.
+    Timeout,
+    /// Unreachable for another transport reason (no route, reset, ...).
+    Unreachable,
+    /// An upstream proxy answered, but with a non-2xx status.
+    HopStatus(StatusCode),
+    /// An upstream proxy closed before it finished its answer.
+    Incomplete,
+    /// An upstream proxy's answer was not valid HTTP.
+    Protocol,
+    /// An upstream proxy's answer head was larger than we accept.
+    HeadTooLarge,
+}
+
+/// A failure to open a connection to a target, directly or through upstream hops.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("dns lookup of {host} failed: {source}")]
+    Dns {
+        host: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{peer} refused the connection")]
+    Refused { peer: String },
+    #[error("connecting to {peer} timed out after {}", humantime::format_duration(*.after))]
+    Timeout { peer: String, after: Duration },
+    #[error("{peer} is unreachable: {source}")]
+    Unreachable {
+        peer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{peer} answered {status}{}", hint(*.status))]
+    HopStatus { peer: String, status: StatusCode },
+    #[error("{peer} closed the connection before answering the CONNECT")]
+    HopClosed { peer: String },
+    #[error("{peer} sent an invalid response to the CONNECT: {reason}")]
+    HopProtocol { peer: String, reason: String },
+    #[error("{peer} sent a response head larger than {max} bytes")]
+    HopHeadTooLarge { peer: String, max: usize },
+}
+
+fn hint(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+            " (its credentials were rejected or are missing: check user:pass in --upstream)"
+        }
+        _ => "",
+    }
+}
+
+impl ConnectError {
+    /// The one classification of this failure.
+    pub fn kind(&self) -> ConnectErrorKind {
+        match self {
+            Self::Dns { .. } => ConnectErrorKind::Dns,
+            Self::Refused { .. } => ConnectErrorKind::Refused,
+            Self::Timeout { .. } => ConnectErrorKind::Timeout,
+            Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
+            Self::HopStatus { status, .. } => ConnectErrorKind::HopStatus(*status),
+            Self::HopClosed { .. } => ConnectErrorKind::Incomplete,
+            Self::HopProtocol { .. } => ConnectErrorKind::Protocol,
+            Self::HopHeadTooLarge { .. } => ConnectErrorKind::HeadTooLarge,
+        }
+    }
+
+    /// Maps an I/O error seen while talking to `peer`.
+    pub(crate) fn io(peer: &str, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused {
+                peer: peer.to_owned(),
+            },
+            _ => Self::Unreachable {
+                peer: peer.to_owned(),
+                source,
+            },
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The byte stream a dial hands back, and `Prefixed`, which replays bytes read past a handshake.
+//!
+//! A hop's handshake reads in chunks, so a read can return the end of the hop's answer *and* the
+//! first bytes of the tunnel (a server that speaks first, or a chained hop's reply). Those bytes
+//! belong to whoever reads the stream next; `Prefixed` hands them out before reading the socket.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Any bidirectional byte stream we can relay or speak HTTP over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// An open connection to a target (or to the last upstream hop, for absolute-form forwarding).
+pub type BoxIo = Box<dyn Io>;
+
+/// A stream that yields `prefix` before reading from `inner`. Writes go straight to `inner`.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Boxes `io`, replaying `leftover` first when there is any.
+pub fn with_leftover<S: Io>(leftover: Bytes, io: S) -> BoxIo {
+    if leftover.is_empty() {
+        Box::new(io)
+    } else {
+        Box::new(Prefixed::new(leftover, io))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Leftover bytes come out first, then the socket's, and writes are untouched.
+    #[tokio::test]
+    async fn replays_prefix_then_inner() {
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut p = with_leftover(Bytes::from_static(b"SSH-2.0-"), a);
+        b.write_all(b"banner").await.unwrap();
+        drop(b);
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "SSH-2.0-banner");
+    }
+}

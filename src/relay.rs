@@ -1,0 +1,230 @@
+//! The tunnel data path: bytes both ways between the client and the target until both are done.
+//!
+//! Built on tokio's `copy_bidirectional_with_sizes`, which already gives bounded buffers
+//! (backpressure: a slow reader stalls the writer, nothing piles up) and half-close (EOF on one
+//! side becomes a `shutdown(SHUT_WR)` on the other while the reverse direction carries on).
+//! What it lacks, and this module adds: byte counts that survive an early end, an idle timeout,
+//! and cancellation by shutdown. Activity is a timestamp that every read and write refreshes; a
+//! watchdog sleeps until `last activity + idle` and ends the relay when nothing moved.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Per-direction buffer size. Two of these live per tunnel while it is open.
+pub const BUF_SIZE: usize = 16 * 1024;
+
+/// Why a relay ended.
+#[derive(Debug)]
+pub enum End {
+    /// Both sides finished (EOF both ways).
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A read or write failed (reset, broken pipe, ...).
+    Error(io::Error),
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Closed => f.write_str("closed"),
+            End::Idle => f.write_str("idle timeout"),
+            End::Error(e) => write!(f, "error: {e}"),
+            End::Shutdown => f.write_str("shutdown"),
+        }
+    }
+}
+
+/// What a relay carried.
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes from the client to the target.
+    pub up: u64,
+    /// Bytes from the target to the client.
+    pub down: u64,
+    pub end: End,
+}
+
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Relays between `client` and `target` until both directions end, `idle` passes with no
+/// traffic, an I/O error occurs, or `cancel` fires. Both streams are dropped (closed) on return.
+pub async fn relay<C, T>(
+    mut client: C,
+    mut target: T,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Relayed
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let act = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+        up: AtomicU64::new(0),
+        down: AtomicU64::new(0),
+    };
+    let end = {
+        let mut c = Watched {
+            io: &mut client,
+            act: &act,
+            reads: &act.up,
+        };
+        let mut t = Watched {
+            io: &mut target,
+            act: &act,
+            reads: &act.down,
+        };
+        tokio::select! {
+            res = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut t, BUF_SIZE, BUF_SIZE) => match res {
+                Ok(_) => End::Closed,
+                Err(e) => End::Error(e),
+            },
+            () = idle_watch(&act, idle) => End::Idle,
+            () = cancel.cancelled() => End::Shutdown,
+        }
+    };
+    Relayed {
+        up: act.up.load(Ordering::Relaxed),
+        down: act.down.load(Ordering::Relaxed),
+        end,
+    }
+}
+
+async fn idle_watch(act: &Activity, idle: Duration) {
+    loop {
+        let deadline =
+            act.start + Duration::from_millis(act.last_ms.load(Ordering::Relaxed)) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// A stream that refreshes the activity clock on every transfer and counts the bytes read.
+struct Watched<'a, S> {
+    io: &'a mut S,
+    act: &'a Activity,
+    reads: &'a AtomicU64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut *self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.reads.fetch_add(n as u64, Ordering::Relaxed);
+            self.act.touch();
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let res = Pin::new(&mut *self.io).poll_write(cx, buf);
+        if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
+            self.act.touch();
+        }
+        res
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// EOF from the client reaches the target, which can still answer; then both close.
+    #[tokio::test]
+    async fn passes_half_close_and_counts() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (target, mut target_far) = tokio::io::duplex(64);
+        let task = tokio::spawn(async move {
+            relay(
+                client,
+                target,
+                Duration::from_secs(60),
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        client_far.write_all(b"ping").await.unwrap();
+        client_far.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        target_far.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        target_far.write_all(b"pong!").await.unwrap();
+        drop(target_far);
+        let mut back = Vec::new();
+        client_far.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong!");
+        let r = task.await.unwrap();
+        assert!(matches!(r.end, End::Closed), "{:?}", r.end);
+        assert_eq!((r.up, r.down), (4, 5));
+    }
+
+    /// A tunnel with no traffic ends after the idle timeout, and traffic postpones it.
+    #[tokio::test(start_paused = true)]
+    async fn idle_timeout_ends_quiet_tunnels() {
+        let (client, mut client_far) = tokio::io::duplex(64);
+        let (target, _target_far) = tokio::io::duplex(64);
+        let start = Instant::now();
+        let task = tokio::spawn(async move {
+            relay(
+                client,
+                target,
+                Duration::from_secs(600),
+                &CancellationToken::new(),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        client_far.write_all(b"x").await.unwrap();
+        let r = task.await.unwrap();
+        assert!(matches!(r.end, End::Idle));
+        assert!(
+            start.elapsed() >= Duration::from_secs(900),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

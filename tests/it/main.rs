@@ -1,0 +1,11 @@
+//! End-to-end tests over real loopback sockets: clients, viaduct, fake upstreams and origins,
+//! all in-process on ports bound to `127.0.0.1:0`.
+
+// Test harness code outside #[test] fns: panicking on a broken fixture is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod connect;
+mod forward;
+mod shutdown;
+mod support;
+mod tls;

@@ -1,0 +1,395 @@
+//! Test harness: viaduct, origins and fake upstreams, each on `127.0.0.1:0` in-process, and a
+//! raw HTTP/1 client that shows exactly what crosses the wire.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use viaduct::outbound::resolve::{Resolve, Resolving};
+use viaduct::outbound::{Hop, Route};
+use viaduct::{Config, Proxy};
+
+/// A running viaduct.
+pub struct ProxyHandle {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl ProxyHandle {
+    /// Signals shutdown and waits for `serve` to return (re-raising its panics).
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("serve panicked");
+    }
+}
+
+/// Short timeouts so that failure tests finish quickly; otherwise the defaults.
+pub fn config() -> Config {
+    Config {
+        connect_timeout: Duration::from_secs(2),
+        shutdown_grace: Duration::from_millis(500),
+        ..Config::default()
+    }
+}
+
+pub fn via(url: &str) -> Route {
+    Route::via(vec![Hop::parse(url).expect("valid hop url")])
+}
+
+pub async fn start_proxy(config: Config) -> ProxyHandle {
+    start_proxy_with(config, Arc::new(TestResolver::default())).await
+}
+
+pub async fn start_proxy_with(config: Config, resolver: Arc<dyn Resolve>) -> ProxyHandle {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::with_resolver(config, resolver).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(viaduct::serve(listener, Arc::clone(&proxy), async move {
+        let _ = stopped.await;
+    }));
+    ProxyHandle {
+        addr,
+        proxy,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Resolves names from a fixed map (all loopback); anything else fails like NXDOMAIN.
+#[derive(Default, Clone)]
+pub struct TestResolver(pub HashMap<String, SocketAddr>);
+
+impl TestResolver {
+    pub fn with(mut self, name: &str, addr: SocketAddr) -> Self {
+        self.0.insert(name.to_owned(), addr);
+        self
+    }
+}
+
+impl Resolve for TestResolver {
+    fn resolve(&self, host: &str, port: u16) -> Resolving {
+        let found = self.0.get(host).map(|a| SocketAddr::new(a.ip(), port));
+        let host = host.to_owned();
+        Box::pin(async move {
+            found.map(|a| vec![a]).ok_or_else(|| {
+                std::io::Error::new(std::io::ErrorKind::NotFound, format!("no such host {host}"))
+            })
+        })
+    }
+}
+
+// === raw client ===
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: u16,
+    pub version: u8,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Reads one response head byte by byte, so nothing after it is consumed.
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> Head {
+    let mut buf = Vec::new();
+    while !buf.ends_with(b"\r\n\r\n") {
+        let b = s
+            .read_u8()
+            .await
+            .unwrap_or_else(|e| panic!("eof in head {:?}: {e}", String::from_utf8_lossy(&buf)));
+        buf.push(b);
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    res.parse(&buf).unwrap();
+    Head {
+        status: res.code.unwrap(),
+        version: res.version.unwrap(),
+        headers: res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// Reads a body framed by `head` (Content-Length, chunked, or until close).
+pub async fn read_body<S: AsyncRead + Unpin>(s: &mut S, head: &Head) -> Vec<u8> {
+    if let Some(len) = head.get("content-length") {
+        let mut body = vec![0; len.parse().unwrap()];
+        s.read_exact(&mut body).await.unwrap();
+        return body;
+    }
+    if head
+        .get("transfer-encoding")
+        .is_some_and(|t| t.contains("chunked"))
+    {
+        let mut body = Vec::new();
+        loop {
+            let line = read_line(s).await;
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            if size == 0 {
+                read_line(s).await;
+                return body;
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            s.read_exact(&mut body[start..]).await.unwrap();
+            read_line(s).await;
+        }
+    }
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).await.unwrap();
+    body
+}
+
+async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> String {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        line.push(s.read_u8().await.unwrap());
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Sends raw request bytes on a new connection to `proxy` and reads one response.
+pub async fn send(proxy: SocketAddr, raw: &str) -> (Head, Vec<u8>) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    let body = read_body(&mut s, &head).await;
+    (head, body)
+}
+
+/// Opens a CONNECT tunnel through `proxy`; returns the stream and the proxy's answer.
+pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, Head) {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    (s, head)
+}
+
+/// Asserts an error answer: its status, `Proxy-Status` error type, and a one-line body.
+pub async fn assert_error(head: &Head, body: &[u8], status: u16, error_type: &str) {
+    assert_eq!(
+        head.status,
+        status,
+        "{head:?} {}",
+        String::from_utf8_lossy(body)
+    );
+    let ps = head
+        .get("proxy-status")
+        .unwrap_or_else(|| panic!("no Proxy-Status in {head:?}"));
+    assert!(
+        ps.contains(&format!("error={error_type};")),
+        "Proxy-Status: {ps}"
+    );
+    let text = String::from_utf8_lossy(body);
+    assert!(
+        text.starts_with(&status.to_string()) && text.ends_with('\n') && text.lines().count() == 1,
+        "{text:?}"
+    );
+}
+
+// === servers ===
+
+/// Echoes every byte; on EOF from the client, finishes its writes and closes.
+pub async fn echo_server() -> SocketAddr {
+    serve_tcp(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Runs `f` on every accepted connection.
+pub async fn serve_tcp<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(f(s));
+        }
+    });
+    addr
+}
+
+/// A fake upstream proxy: records each request head, answers `reply` (raw bytes), then, if it
+/// said 2xx, acts as an echo server on the same connection.
+pub async fn fake_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve_tcp(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read_u8().await {
+                    Ok(b) => head.push(b),
+                    Err(_) => return,
+                }
+            }
+            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+            if s.write_all(reply).await.is_err() {
+                return;
+            }
+            if reply.starts_with(b"HTTP/1.1 2") || reply.starts_with(b"HTTP/1.0 2") {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            } else {
+                // Hold the connection open until the proxy closes it.
+                let _ = s.read_to_end(&mut Vec::new()).await;
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// What an origin saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+/// An HTTP origin (hyper) that records requests and serves a few paths:
+/// `/hello` (text), `/echo` (streams the request body back), `/big/N` (N bytes, chunked),
+/// `/hop` (response with hop-by-hop headers), `/ws` (101, then echo).
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+    pub connections: Arc<AtomicUsize>,
+}
+
+pub async fn origin() -> Origin {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, seen) = mpsc::unbounded_channel();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            conns.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| origin_handle(req, tx.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Origin {
+        addr,
+        seen,
+        connections,
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> OriginBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn origin_handle(
+    mut req: Request<Incoming>,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> Result<Response<OriginBody>, Infallible> {
+    let _ = tx.send(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    let resp = match path.as_str() {
+        "/hello" => Response::new(full("hello\n")),
+        "/echo" => Response::new(req.into_body().boxed()),
+        "/hop" => Response::builder()
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic")
+            .header("x-end", "kept")
+            .body(full("hop\n"))
+            .unwrap(),
+        "/ws" => {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let up = on.await.unwrap();
+                let mut io = TokioIo::new(up);
+                let (mut r, mut w) = tokio::io::split(&mut io);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+            Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(full(""))
+                .unwrap()
+        }
+        p if p.starts_with("/big/") => {
+            let n: usize = p["/big/".len()..].parse().unwrap();
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let frames = (0..n.div_ceil(chunk.len())).map(move |i| {
+                let len = chunk.len().min(n - i * chunk.len());
+                Ok::<_, hyper::Error>(Frame::data(chunk.slice(..len)))
+            });
+            Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+        }
+        _ => Response::builder()
+            .status(404)
+            .body(full("not found\n"))
+            .unwrap(),
+    };
+    Ok(resp)
+}
