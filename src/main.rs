@@ -1,5 +1,6 @@
 //! The `viaduct` binary: command line, logging, signals. Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -19,8 +20,10 @@ struct Args {
 
     /// Send everything through this HTTP proxy: http://[user:pass@]host[:port] (port 8080 when
     /// omitted). Percent-encode special characters in the credentials.
-    #[arg(long, value_parser = parse_hop)]
-    upstream: Option<Hop>,
+    // Parsed after clap, not by a value_parser: clap echoes a rejected value in its error, and
+    // this one may carry a password.
+    #[arg(long)]
+    upstream: Option<String>,
 
     /// Bound on reaching a target: DNS, TCP and the upstream handshake together.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -39,22 +42,25 @@ struct Args {
     shutdown_grace: Duration,
 }
 
-fn parse_hop(s: &str) -> Result<Hop, String> {
-    Hop::parse(s).map_err(|e| e.to_string())
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    let route = match args.upstream.as_deref().map(Hop::parse).transpose() {
+        Ok(hop) => hop.map_or_else(Route::direct, |hop| Route::via(vec![hop])),
+        Err(e) => {
+            eprintln!("viaduct: invalid value for --upstream: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let config = Config {
         listen: args.listen,
-        route: args
-            .upstream
-            .map_or_else(Route::direct, |hop| Route::via(vec![hop])),
+        route,
         connect_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         via_name: args.via_name,

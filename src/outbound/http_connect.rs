@@ -59,6 +59,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Some((len, status)) if status.is_success() => {
                 let _ = buf.split_to(len);
+                tracing::debug!(%peer, status = status.as_u16(), leftover = buf.len(), "upstream opened the tunnel");
                 return Ok(buf.freeze());
             }
             Some((_, status)) => {
