@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use viaduct::outbound::{Hop, Route};
+use viaduct::outbound::{Route, TlsOptions};
 use viaduct::{Config, Proxy};
 
 /// A forward HTTP proxy: CONNECT tunnels and plain HTTP, direct or through an upstream proxy.
@@ -18,14 +18,24 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:8083", env = "VIADUCT_LISTEN")]
     listen: SocketAddr,
 
-    /// Send everything through this HTTP proxy: http://[user:pass@]host[:port] (port 8080 when
-    /// omitted). Percent-encode special characters in the credentials.
+    /// Send everything through this upstream proxy, or a chain of them separated by commas
+    /// (first to last): http://, https://, socks5://, socks5h://, socks4a://, each
+    /// [user:pass@]host[:port]. Percent-encode special characters (and commas) in credentials.
     // Parsed after clap, not by a value_parser: clap echoes a rejected value in its error, and
     // this one may carry a password.
     #[arg(long)]
     upstream: Option<String>,
 
-    /// Bound on reaching a target: DNS, TCP and the upstream handshake together.
+    /// Extra CA certificates (PEM) to trust for https:// upstreams, on top of the webpki
+    /// roots. Repeatable.
+    #[arg(long, value_name = "FILE")]
+    upstream_ca: Vec<std::path::PathBuf>,
+
+    /// Do not verify https:// upstreams' certificates. Only for throwaway test setups.
+    #[arg(long)]
+    upstream_insecure: bool,
+
+    /// Bound on reaching a target: DNS, TCP and every upstream hop's handshake together.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
 
@@ -51,8 +61,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let route = match args.upstream.as_deref().map(Hop::parse).transpose() {
-        Ok(hop) => hop.map_or_else(Route::direct, |hop| Route::via(vec![hop])),
+    let route = match args.upstream.as_deref().map(Route::parse).transpose() {
+        Ok(route) => route.unwrap_or_else(Route::direct),
         Err(e) => {
             eprintln!("viaduct: invalid value for --upstream: {e}");
             return ExitCode::from(64);
@@ -65,6 +75,10 @@ fn main() -> ExitCode {
         idle_timeout: args.idle_timeout,
         via_name: args.via_name,
         shutdown_grace: args.shutdown_grace,
+        tls: TlsOptions {
+            ca_files: args.upstream_ca,
+            insecure: args.upstream_insecure,
+        },
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

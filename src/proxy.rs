@@ -16,7 +16,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::inbound::headers::Via;
 use crate::outbound::forward::ForwardConnector;
-use crate::outbound::{Dialer, Resolve, Route, SystemResolver};
+use crate::outbound::tls::{self, TlsConfigError};
+use crate::outbound::{Dialer, Resolve, Route, SystemResolver, TlsOptions};
 
 /// Everything viaduct needs to run. `Config::default()` is the safe default: loopback, direct.
 #[derive(Debug, Clone)]
@@ -33,6 +34,8 @@ pub struct Config {
     pub via_name: String,
     /// On SIGINT/SIGTERM, how long open work may finish before it is cut. Default 5 s.
     pub shutdown_grace: Duration,
+    /// How HTTPS upstreams are trusted. Default: webpki roots, verification on.
+    pub tls: TlsOptions,
 }
 
 impl Default for Config {
@@ -44,6 +47,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(600),
             via_name: "viaduct".to_owned(),
             shutdown_grace: Duration::from_secs(5),
+            tls: TlsOptions::default(),
         }
     }
 }
@@ -53,6 +57,8 @@ impl Default for Config {
 pub enum ConfigError {
     #[error("via name \"{0}\" must be a single token (letters, digits, -._~ ...)")]
     ViaName(String),
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
 }
 
 /// The shared state of a running proxy.
@@ -86,6 +92,7 @@ impl Proxy {
         let route = Arc::new(config.route);
         let dialer = Dialer::new(
             resolver,
+            tls::connector(&config.tls)?,
             config.connect_timeout,
             via.value(http::Version::HTTP_11).clone(),
         );

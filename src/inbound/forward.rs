@@ -58,7 +58,7 @@ pub async fn handle(
     }
     proxy.via().append(headers, received);
     let upstream = proxy.route().absolute_form_hop();
-    if let Some(auth) = upstream.and_then(|hop| hop.auth.clone()) {
+    if let Some(auth) = upstream.and_then(|hop| hop.proxy_authorization.clone()) {
         headers.insert(header::PROXY_AUTHORIZATION, auth);
     }
     // We speak HTTP/1.1 to the next hop whatever the client spoke (RFC 9110 2.5).

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 
 use super::Body;
 use super::headers::Via;
-use crate::outbound::{ConnectError, ConnectErrorKind};
+use crate::outbound::{ConnectError, ConnectErrorKind, SocksReply};
 use crate::target::TargetError;
 
 /// Everything that can go wrong while handling one client request.
@@ -76,6 +76,22 @@ fn connect_verdict(kind: ConnectErrorKind) -> Verdict {
         ConnectErrorKind::Protocol => verdict(StatusCode::BAD_GATEWAY, "http_protocol_error"),
         ConnectErrorKind::HeadTooLarge => {
             verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
+        }
+        ConnectErrorKind::SocksReply(reply) => match reply {
+            SocksReply::ConnectionRefused => verdict(StatusCode::BAD_GATEWAY, "connection_refused"),
+            SocksReply::NetworkUnreachable => {
+                verdict(StatusCode::BAD_GATEWAY, "destination_ip_unroutable")
+            }
+            SocksReply::NotAllowed => verdict(StatusCode::BAD_GATEWAY, "destination_ip_prohibited"),
+            SocksReply::TtlExpired => verdict(StatusCode::GATEWAY_TIMEOUT, "connection_timeout"),
+            _ => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
+        },
+        ConnectErrorKind::HopAuth => verdict(StatusCode::BAD_GATEWAY, "http_request_denied"),
+        ConnectErrorKind::Tls { certificate: true } => {
+            verdict(StatusCode::BAD_GATEWAY, "tls_certificate_error")
+        }
+        ConnectErrorKind::Tls { certificate: false } => {
+            verdict(StatusCode::BAD_GATEWAY, "tls_protocol_error")
         }
     }
 }

@@ -29,6 +29,45 @@ pub enum ConnectErrorKind {
     Protocol,
     /// An upstream proxy's answer head was larger than we accept.
     HeadTooLarge,
+    /// A SOCKS hop answered with a failure reply.
+    SocksReply(SocksReply),
+    /// A hop refused our credentials (or wanted some we do not have).
+    HopAuth,
+    /// The TLS handshake with an HTTPS hop failed; `certificate` when it was the certificate.
+    Tls { certificate: bool },
+}
+
+/// A SOCKS failure reply, in words (RFC 1928 section 6; SOCKS4's single "rejected" maps to
+/// `GeneralFailure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocksReply {
+    GeneralFailure,
+    NotAllowed,
+    NetworkUnreachable,
+    HostUnreachable,
+    ConnectionRefused,
+    TtlExpired,
+    CommandNotSupported,
+    AddressTypeNotSupported,
+    Unassigned,
+}
+
+impl std::fmt::Display for SocksReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::GeneralFailure => "general failure",
+            Self::NotAllowed => "connection not allowed by its rules",
+            Self::NetworkUnreachable => "network unreachable",
+            Self::HostUnreachable => "host unreachable",
+            Self::ConnectionRefused => "connection refused by the target",
+            Self::TtlExpired => "TTL expired (the target did not answer in time)",
+            Self::CommandNotSupported => "command not supported",
+            Self::AddressTypeNotSupported => {
+                "address type not supported (for a proxy that cannot resolve names, use socks5://)"
+            }
+            Self::Unassigned => "an unassigned reply code",
+        })
+    }
 }
 
 /// A failure to open a connection to a target, directly or through upstream hops.
@@ -52,18 +91,28 @@ pub enum ConnectError {
     },
     #[error("{peer} answered {status}{}", hint(*.status))]
     HopStatus { peer: String, status: StatusCode },
-    #[error("{peer} closed the connection before answering the CONNECT")]
+    #[error("{peer} closed the connection during the handshake")]
     HopClosed { peer: String },
-    #[error("{peer} sent an invalid response to the CONNECT: {reason}")]
+    #[error("{peer} sent an invalid handshake response: {reason}")]
     HopProtocol { peer: String, reason: String },
     #[error("{peer} sent a response head larger than {max} bytes")]
     HopHeadTooLarge { peer: String, max: usize },
+    #[error("{peer} answered: {reply}")]
+    SocksReply { peer: String, reply: SocksReply },
+    #[error("{peer} {reason}")]
+    HopAuth { peer: String, reason: &'static str },
+    #[error("TLS with {peer} failed: {source}")]
+    Tls {
+        peer: String,
+        #[source]
+        source: rustls::Error,
+    },
 }
 
 fn hint(status: StatusCode) -> &'static str {
     match status {
         StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
-            " (its credentials were rejected or are missing: check user:pass in --upstream)"
+            " (its credentials were rejected or are missing: check user:pass in the upstream URL)"
         }
         _ => "",
     }
@@ -81,6 +130,14 @@ impl ConnectError {
             Self::HopClosed { .. } => ConnectErrorKind::Incomplete,
             Self::HopProtocol { .. } => ConnectErrorKind::Protocol,
             Self::HopHeadTooLarge { .. } => ConnectErrorKind::HeadTooLarge,
+            Self::SocksReply { reply, .. } => ConnectErrorKind::SocksReply(*reply),
+            Self::HopAuth { .. } => ConnectErrorKind::HopAuth,
+            Self::Tls { source, .. } => ConnectErrorKind::Tls {
+                certificate: matches!(
+                    source,
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                ),
+            },
         }
     }
 

@@ -1,8 +1,9 @@
-//! An upstream proxy hop, parsed from the URL forms curl's `-x` accepts.
+//! An upstream proxy hop, parsed from the URL forms curl's `-x` and `ALL_PROXY` accept, and
+//! routes made of several hops (`socks5h://a:1080,http://b:3128`).
 //!
-//! Credentials are percent-decoded here, turned into a ready `Proxy-Authorization` value marked
-//! sensitive, and never kept in any string that could reach a log or an error message: a hop
-//! displays as `upstream host:port`.
+//! Credentials are percent-decoded here and kept only in [`Credentials`] (redacted `Debug`) and
+//! a ready `Proxy-Authorization` value marked sensitive. A hop displays as `http proxy
+//! host:port`: never with its credentials, so it is safe in logs and error messages.
 
 use std::fmt;
 
@@ -15,8 +16,54 @@ use crate::target::Target;
 /// Which protocol a hop speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HopKind {
-    /// An HTTP proxy reached over plain TCP: CONNECT for tunnels, absolute-form for requests.
+    /// HTTP proxy over TCP: CONNECT for tunnels, absolute-form for plain requests.
     Http,
+    /// HTTP proxy over TLS (the client's own TLS then runs inside ours).
+    Https,
+    /// SOCKS5; with `remote_dns` (`socks5h://`) the target's name goes to the proxy, which
+    /// resolves it (no DNS leak); without, we resolve it and send the address.
+    Socks5 { remote_dns: bool },
+    /// SOCKS4a: names go to the proxy; the URL's user name is sent as the user id.
+    Socks4a,
+}
+
+impl HopKind {
+    fn scheme(self) -> &'static str {
+        match self {
+            HopKind::Http => "http",
+            HopKind::Https => "https",
+            HopKind::Socks5 { remote_dns: false } => "socks5",
+            HopKind::Socks5 { remote_dns: true } => "socks5h",
+            HopKind::Socks4a => "socks4a",
+        }
+    }
+
+    fn default_port(self) -> u16 {
+        match self {
+            // curl's defaults.
+            HopKind::Http => 8080,
+            HopKind::Https => 443,
+            HopKind::Socks5 { .. } | HopKind::Socks4a => 1080,
+        }
+    }
+
+    /// True for the HTTP kinds, which accept absolute-form requests.
+    pub fn is_http(self) -> bool {
+        matches!(self, HopKind::Http | HopKind::Https)
+    }
+}
+
+/// A user name and password from an upstream URL, percent-decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user: String,
+    pub pass: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(<redacted>)")
+    }
 }
 
 /// One upstream proxy.
@@ -25,16 +72,20 @@ pub struct Hop {
     pub kind: HopKind,
     /// Where the proxy listens.
     pub addr: Target,
-    /// `Basic ...`, marked sensitive, when the URL carried credentials.
-    pub auth: Option<HeaderValue>,
+    /// From the URL's userinfo, when present.
+    pub credentials: Option<Credentials>,
+    /// `Basic ...` for the HTTP kinds, marked sensitive.
+    pub proxy_authorization: Option<HeaderValue>,
 }
 
-/// Why an upstream URL was refused.
+/// Why an upstream URL was refused. Never contains the URL's credentials.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HopParseError {
     #[error("not a URL: {0}")]
     Url(String),
-    #[error("unsupported upstream scheme \"{0}\" (supported: http)")]
+    #[error(
+        "unsupported upstream scheme \"{0}\" (supported: http, https, socks5, socks5h, socks4a)"
+    )]
     Scheme(String),
     #[error("the upstream URL has no host")]
     NoHost,
@@ -42,49 +93,122 @@ pub enum HopParseError {
     Path,
     #[error("the upstream URL's credentials are not valid UTF-8 after percent-decoding")]
     Credentials,
+    #[error("{0}")]
+    CredentialLength(&'static str),
     #[error("invalid upstream host: {0}")]
     Host(String),
+    #[error("empty hop in the upstream chain")]
+    EmptyHop,
 }
 
 impl Hop {
-    /// Parses `http://[user:pass@]host[:port]` (port 8080 when omitted, as curl does).
+    /// Parses one `scheme://[user:pass@]host[:port]`.
     pub fn parse(s: &str) -> Result<Self, HopParseError> {
         // Report URL errors without echoing the input: it may hold a password.
-        let url = url::Url::parse(s).map_err(|e| HopParseError::Url(e.to_string()))?;
+        let url = url::Url::parse(s.trim()).map_err(|e| HopParseError::Url(e.to_string()))?;
         let kind = match url.scheme() {
             "http" => HopKind::Http,
+            "https" => HopKind::Https,
+            "socks5" => HopKind::Socks5 { remote_dns: false },
+            "socks5h" => HopKind::Socks5 { remote_dns: true },
+            "socks4a" => HopKind::Socks4a,
             other => return Err(HopParseError::Scheme(other.to_owned())),
         };
         let host = url.host_str().ok_or(HopParseError::NoHost)?;
         if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
             return Err(HopParseError::Path);
         }
-        let port = url.port().unwrap_or(8080);
+        let port = url
+            .port()
+            .or_else(|| explicit_port(s.trim()))
+            .unwrap_or_else(|| kind.default_port());
         let addr = Target::new(host, port).map_err(|e| HopParseError::Host(e.to_string()))?;
-        let auth = match (url.username(), url.password()) {
+        let credentials = match (url.username(), url.password()) {
             ("", None) => None,
-            (user, pass) => {
-                let decode = |s: &str| {
-                    percent_decode_str(s)
-                        .decode_utf8()
-                        .map(|c| c.into_owned())
-                        .map_err(|_| HopParseError::Credentials)
-                };
-                let creds = format!("{}:{}", decode(user)?, decode(pass.unwrap_or(""))?);
-                let encoded = base64::engine::general_purpose::STANDARD.encode(creds);
+            (user, pass) => Some(Credentials {
+                user: decode(user)?,
+                pass: decode(pass.unwrap_or(""))?,
+            }),
+        };
+        if let Some(c) = &credentials {
+            check_lengths(kind, c)?;
+        }
+        let proxy_authorization = match &credentials {
+            Some(c) if kind.is_http() => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.user, c.pass));
                 let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
                     .map_err(|_| HopParseError::Credentials)?;
                 value.set_sensitive(true);
                 Some(value)
             }
+            _ => None,
         };
-        Ok(Self { kind, addr, auth })
+        Ok(Self {
+            kind,
+            addr,
+            credentials,
+            proxy_authorization,
+        })
     }
+}
+
+/// The port written in the URL's authority. Needed because `url` forgets a port equal to the
+/// scheme's default (`http://p:80` has `port() == None`), while an HTTP proxy URL without a port
+/// means 8080, not 80.
+fn explicit_port(s: &str) -> Option<u16> {
+    let rest = s.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = host_port.rsplit_once(':')?;
+    if host.starts_with('[') && !host.ends_with(']') {
+        return None; // the colon was inside an IPv6 literal
+    }
+    port.parse().ok()
+}
+
+fn decode(s: &str) -> Result<String, HopParseError> {
+    percent_decode_str(s)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| HopParseError::Credentials)
+}
+
+/// The SOCKS wire formats carry lengths in one byte (RFC 1929); tokio-socks' SOCKS4 request
+/// buffer is 513 bytes, so a user id plus the longest name (253) must fit in it.
+fn check_lengths(kind: HopKind, c: &Credentials) -> Result<(), HopParseError> {
+    match kind {
+        HopKind::Socks5 { .. }
+            if !(1..=255).contains(&c.user.len()) || !(1..=255).contains(&c.pass.len()) =>
+        {
+            Err(HopParseError::CredentialLength(
+                "socks5 user name and password must each be 1 to 255 bytes",
+            ))
+        }
+        HopKind::Socks4a if c.user.len() > 250 => Err(HopParseError::CredentialLength(
+            "socks4a user id must be at most 250 bytes",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Parses a chain: hops separated by commas, first to last (commas inside credentials must be
+/// percent-encoded).
+pub fn parse_chain(s: &str) -> Result<Vec<Hop>, HopParseError> {
+    s.split(',')
+        .map(|part| {
+            if part.trim().is_empty() {
+                Err(HopParseError::EmptyHop)
+            } else {
+                Hop::parse(part)
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for Hop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream {}", self.addr)
+        write!(f, "{} proxy {}", self.kind.scheme(), self.addr)
     }
 }
 
@@ -93,7 +217,7 @@ impl fmt::Debug for Hop {
         f.debug_struct("Hop")
             .field("kind", &self.kind)
             .field("addr", &self.addr.to_string())
-            .field("auth", &self.auth.as_ref().map(|_| "<redacted>"))
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -110,25 +234,69 @@ mod tests {
     }
 
     #[test]
-    fn parses_default_port_and_decoded_credentials() {
+    fn parses_default_ports_and_decoded_credentials() {
         let hop = Hop::parse("http://al%40ice:p%3Aw%2F%25d@127.0.0.1").unwrap();
         assert_eq!(hop.addr.to_string(), "127.0.0.1:8080");
         assert_eq!(
-            hop.auth.as_ref().unwrap().to_str().unwrap(),
+            hop.proxy_authorization.as_ref().unwrap().to_str().unwrap(),
             basic("al@ice:p:w/%d")
         );
-        assert!(hop.auth.as_ref().unwrap().is_sensitive());
+        assert!(hop.proxy_authorization.as_ref().unwrap().is_sensitive());
         assert_eq!(
             Hop::parse("http://proxy:3128/").unwrap().addr.to_string(),
             "proxy:3128"
         );
-        assert!(Hop::parse("http://proxy:3128").unwrap().auth.is_none());
+        assert!(
+            Hop::parse("http://proxy:3128")
+                .unwrap()
+                .credentials
+                .is_none()
+        );
+        assert_eq!(Hop::parse("https://proxy").unwrap().addr.port, 443);
+        assert_eq!(Hop::parse("http://proxy:80").unwrap().addr.port, 80);
+        assert_eq!(
+            Hop::parse("http://u:p@[::1]:80").unwrap().addr.to_string(),
+            "[::1]:80"
+        );
+        assert_eq!(
+            Hop::parse("http://[::1]").unwrap().addr.to_string(),
+            "[::1]:8080"
+        );
+        let socks = Hop::parse("socks5h://u:p%20w@127.0.0.1").unwrap();
+        assert_eq!(socks.kind, HopKind::Socks5 { remote_dns: true });
+        assert_eq!(socks.addr.port, 1080);
+        assert_eq!(
+            socks.credentials,
+            Some(Credentials {
+                user: "u".into(),
+                pass: "p w".into()
+            })
+        );
+        assert!(socks.proxy_authorization.is_none());
+        assert_eq!(
+            Hop::parse("socks5://h:9").unwrap().kind,
+            HopKind::Socks5 { remote_dns: false }
+        );
+        assert_eq!(Hop::parse("socks4a://h").unwrap().kind, HopKind::Socks4a);
+    }
+
+    #[test]
+    fn parses_chains_in_order() {
+        let chain = parse_chain("socks5h://a:1080, http://user:pw@b:3128").unwrap();
+        assert_eq!(
+            chain.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+            ["socks5h proxy a:1080", "http proxy b:3128"]
+        );
+        assert_eq!(
+            parse_chain("http://a:1,,http://b:2").unwrap_err(),
+            HopParseError::EmptyHop
+        );
     }
 
     #[test]
     fn never_shows_credentials() {
         let hop = Hop::parse("http://alice:s3cret@127.0.0.1:3128").unwrap();
-        assert_eq!(hop.to_string(), "upstream 127.0.0.1:3128");
+        assert_eq!(hop.to_string(), "http proxy 127.0.0.1:3128");
         assert!(!format!("{hop:?}").contains("s3cret"));
         let err = Hop::parse("http://alice:s3cret@[bad/")
             .unwrap_err()
@@ -144,5 +312,14 @@ mod tests {
         );
         assert_eq!(Hop::parse("http://p:1/x").unwrap_err(), HopParseError::Path);
         assert!(Hop::parse("127.0.0.1:3128").is_err());
+        assert!(matches!(
+            Hop::parse("socks5://user@h:1"),
+            Err(HopParseError::CredentialLength(_))
+        ));
+        let long = "u".repeat(251);
+        assert!(matches!(
+            Hop::parse(&format!("socks4a://{long}@h:1")),
+            Err(HopParseError::CredentialLength(_))
+        ));
     }
 }

@@ -91,7 +91,7 @@ mod tests {
     #[tokio::test]
     async fn replays_prefix_then_inner() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut p = with_leftover(Bytes::from_static(b"SSH-2.0-"), a);
+        let mut p = with_leftover(Bytes::from_static(b"SSH-2.0-"), Box::new(a));
         b.write_all(b"banner").await.unwrap();
         drop(b);
         let mut out = String::new();

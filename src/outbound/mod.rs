@@ -7,7 +7,11 @@
 //!
 //! - [`Dialer::tunnel`] ends at the target: used by CONNECT and by upgraded requests.
 //! - [`Dialer::forward`] ends where plain HTTP requests should be written: at the target
-//!   (origin-form), or at a last HTTP hop that takes absolute-form requests.
+//!   (origin-form), or inside a single HTTP(S) upstream that takes absolute-form requests.
+//!
+//! Hops compose: each hop's handshake (HTTP CONNECT in [`http_connect`], SOCKS in [`socks`],
+//! preceded by TLS in [`tls`] for `https://` hops) runs over the stream the previous hop
+//! opened, so any kind can follow any other.
 
 pub mod direct;
 pub mod error;
@@ -16,18 +20,23 @@ pub mod hop;
 pub mod http_connect;
 pub mod io;
 pub mod resolve;
+pub mod socks;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
+use tokio_rustls::TlsConnector;
 
-pub use self::error::{ConnectError, ConnectErrorKind};
-pub use self::hop::{Hop, HopKind};
+pub use self::error::{ConnectError, ConnectErrorKind, SocksReply};
+pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain};
 pub use self::io::BoxIo;
 pub use self::resolve::{Resolve, SystemResolver};
-use crate::target::Target;
+use self::socks::SocksTarget;
+pub use self::tls::TlsOptions;
+use crate::target::{Host, Target};
 
 /// How to reach targets: an ordered list of upstream hops; empty means direct.
 #[derive(Debug, Clone, Default)]
@@ -46,11 +55,30 @@ impl Route {
         Self { hops }
     }
 
-    /// The last hop, when plain requests should be sent to it in absolute-form.
+    /// Parses `--upstream`: one hop URL, or several separated by commas (first to last).
+    pub fn parse(s: &str) -> Result<Self, HopParseError> {
+        parse_chain(s).map(Self::via)
+    }
+
+    pub fn hops(&self) -> &[Hop] {
+        &self.hops
+    }
+
+    /// The hop that plain requests are sent to in absolute-form: a single HTTP(S) upstream,
+    /// which can then cache and log them. Through SOCKS or a chain, plain requests ride a
+    /// tunnel to the origin in origin-form instead.
     pub fn absolute_form_hop(&self) -> Option<&Hop> {
         match self.hops.as_slice() {
-            [hop] if hop.kind == HopKind::Http => Some(hop),
+            [hop] if hop.kind.is_http() => Some(hop),
             _ => None,
+        }
+    }
+
+    /// How errors name hop `i`: the hop itself, or `hop N (...)` in a chain.
+    fn label(&self, i: usize) -> String {
+        match self.hops.len() {
+            1 => self.hops[i].to_string(),
+            _ => format!("hop {} ({})", i + 1, self.hops[i]),
         }
     }
 }
@@ -74,16 +102,32 @@ impl fmt::Display for Route {
 #[derive(Clone)]
 pub struct Dialer {
     resolver: Arc<dyn Resolve>,
+    tls: TlsConnector,
     connect_timeout: Duration,
     via: HeaderValue,
 }
 
+/// Where a dial stops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// At the target: every hop's handshake done.
+    Target,
+    /// Inside the last hop (TCP and TLS up), ready for absolute-form requests.
+    LastHop,
+}
+
 impl Dialer {
     /// `via` is the `Via` value sent on CONNECTs to upstreams (`1.1 viaduct`).
-    /// `connect_timeout` bounds a whole dial: resolution, TCP and every handshake.
-    pub fn new(resolver: Arc<dyn Resolve>, connect_timeout: Duration, via: HeaderValue) -> Self {
+    /// `connect_timeout` bounds a whole dial: resolution, TCP and every hop's handshake.
+    pub fn new(
+        resolver: Arc<dyn Resolve>,
+        tls: TlsConnector,
+        connect_timeout: Duration,
+        via: HeaderValue,
+    ) -> Self {
         Self {
             resolver,
+            tls,
             connect_timeout,
             via,
         }
@@ -91,7 +135,7 @@ impl Dialer {
 
     /// A stream to `target` itself, through every hop of `route`.
     pub async fn tunnel(&self, route: &Route, target: &Target) -> Result<BoxIo, ConnectError> {
-        self.dial(&route.hops, target).await
+        self.dial(route, target, Stop::Target).await
     }
 
     /// A stream to write plain HTTP requests for `target` on. `true` when it ends at an HTTP
@@ -102,36 +146,39 @@ impl Dialer {
         target: &Target,
     ) -> Result<(BoxIo, bool), ConnectError> {
         match route.absolute_form_hop() {
-            Some(hop) => Ok((self.dial(&[], &hop.addr).await?, true)),
-            None => Ok((self.dial(&route.hops, target).await?, false)),
+            Some(_) => Ok((self.dial(route, target, Stop::LastHop).await?, true)),
+            None => Ok((self.dial(route, target, Stop::Target).await?, false)),
         }
     }
 
-    async fn dial(&self, hops: &[Hop], target: &Target) -> Result<BoxIo, ConnectError> {
+    async fn dial(
+        &self,
+        route: &Route,
+        target: &Target,
+        stop: Stop,
+    ) -> Result<BoxIo, ConnectError> {
+        let hops = route.hops();
         // The peer being worked on when the clock ran out, for the timeout's message.
-        let mut at = peer_name(hops.first(), target);
+        let mut at = if hops.is_empty() {
+            format!("target {target}")
+        } else {
+            route.label(0)
+        };
         let walk = async {
             let first = hops.first().map_or(target, |h| &h.addr);
             let mut stream: BoxIo =
                 Box::new(direct::connect_tcp(&*self.resolver, first, &at).await?);
             for (i, hop) in hops.iter().enumerate() {
+                at = route.label(i);
+                if hop.kind == HopKind::Https {
+                    stream = tls::connect(&self.tls, stream, &hop.addr, &at).await?;
+                }
+                if stop == Stop::LastHop && i + 1 == hops.len() {
+                    break;
+                }
                 let next = hops.get(i + 1).map_or(target, |h| &h.addr);
-                let peer = hop.to_string();
-                tracing::debug!(hop = %peer, next = %next, "hop handshake");
-                at = peer.clone();
-                let leftover = match hop.kind {
-                    HopKind::Http => {
-                        http_connect::handshake(
-                            &mut stream,
-                            &peer,
-                            next,
-                            hop.auth.as_ref(),
-                            &self.via,
-                        )
-                        .await?
-                    }
-                };
-                stream = io::with_leftover(leftover, stream);
+                tracing::debug!(hop = %at, next = %next, "hop handshake");
+                stream = self.handshake(stream, hop, &at, next).await?;
             }
             Ok(stream)
         };
@@ -144,11 +191,59 @@ impl Dialer {
             }),
         }
     }
-}
 
-fn peer_name(hop: Option<&Hop>, target: &Target) -> String {
-    match hop {
-        Some(hop) => hop.to_string(),
-        None => format!("target {target}"),
+    /// Asks `hop` (reached over `stream`) to connect onward to `next`.
+    async fn handshake(
+        &self,
+        mut stream: BoxIo,
+        hop: &Hop,
+        peer: &str,
+        next: &Target,
+    ) -> Result<BoxIo, ConnectError> {
+        match hop.kind {
+            HopKind::Http | HopKind::Https => {
+                let auth = hop.proxy_authorization.as_ref();
+                let leftover =
+                    http_connect::handshake(&mut stream, peer, next, auth, &self.via).await?;
+                Ok(io::with_leftover(leftover, stream))
+            }
+            HopKind::Socks5 { remote_dns } => {
+                let to = match (&next.host, remote_dns) {
+                    (Host::Name(name), false) => {
+                        SocksTarget::Addr(self.resolve_one(name, next.port).await?)
+                    }
+                    _ => SocksTarget::remote(next),
+                };
+                socks::socks5(stream, peer, &to, hop.credentials.as_ref()).await
+            }
+            HopKind::Socks4a => {
+                socks::socks4a(
+                    stream,
+                    peer,
+                    &SocksTarget::remote(next),
+                    hop.credentials.as_ref(),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Local resolution for `socks5://` (the proxy gets an address, not a name).
+    async fn resolve_one(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> Result<std::net::SocketAddr, ConnectError> {
+        let dns = |source| ConnectError::Dns {
+            host: name.to_owned(),
+            source,
+        };
+        match self.resolver.resolve(name, port).await {
+            Ok(addrs) => addrs
+                .first()
+                .copied()
+                .ok_or_else(|| dns(std::io::Error::other("no addresses"))),
+            Err(e) => Err(dns(e)),
+        }
     }
 }

@@ -177,7 +177,7 @@ async fn upstream_failures_are_reported() {
             b"SSH-2.0-not-http\r\n\r\n",
             502,
             "http_protocol_error",
-            "invalid response",
+            "invalid handshake response",
         ),
         (
             b"HTTP/1.1 200 OK\r\n",

@@ -1,0 +1,165 @@
+//! TLS to an HTTPS proxy hop (rustls on the ring provider).
+//!
+//! The hop's certificate is checked against its host name (SNI and verification both use the
+//! host from the upstream URL) with the webpki roots plus any `--upstream-ca` files. Turning
+//! verification off takes `--upstream-insecure`, explicitly.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio_rustls::TlsConnector;
+
+use super::error::ConnectError;
+use super::io::BoxIo;
+use crate::target::{Host, Target};
+
+/// How to trust HTTPS proxies.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM files with extra CA certificates (for a private CA), on top of the webpki roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Skip certificate verification entirely. For tests against throwaway proxies only.
+    pub insecure: bool,
+}
+
+/// Why the TLS settings could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("CA file {0} holds no certificate")]
+    NoCertificates(String),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the connector once, at startup.
+pub fn connector(options: &TlsOptions) -> Result<TlsConnector, TlsConfigError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
+    let mut config = if options.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for path in &options.ca_files {
+            let shown = path.display().to_string();
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TlsConfigError::CaFile {
+                    path: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            if certs.is_empty() {
+                return Err(TlsConfigError::NoCertificates(shown));
+            }
+            for cert in certs {
+                roots.add(cert)?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    // We speak HTTP/1.1 to proxies.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Runs the TLS handshake with the hop at `addr` over `io`.
+pub async fn connect(
+    tls: &TlsConnector,
+    io: BoxIo,
+    addr: &Target,
+    peer: &str,
+) -> Result<BoxIo, ConnectError> {
+    let name = match &addr.host {
+        Host::Name(n) => ServerName::try_from(n.clone()),
+        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+    }
+    .map_err(|e| ConnectError::HopProtocol {
+        peer: peer.to_owned(),
+        reason: e.to_string(),
+    })?;
+    match tls.connect(name, io).await {
+        Ok(stream) => Ok(Box::new(stream)),
+        Err(e) => {
+            let source = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned();
+            match source {
+                Some(source) => Err(ConnectError::Tls {
+                    peer: peer.to_owned(),
+                    source,
+                }),
+                None if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Err(ConnectError::HopClosed {
+                        peer: peer.to_owned(),
+                    })
+                }
+                None => Err(ConnectError::io(peer, e)),
+            }
+        }
+    }
+}
+
+/// Accepts any certificate (still checking handshake signatures). Only with `--upstream-insecure`.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
