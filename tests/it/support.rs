@@ -393,3 +393,137 @@ async fn origin_handle(
     };
     Ok(resp)
 }
+
+// === upstream fixtures for chains ===
+
+/// What the SOCKS5 fixture was asked to connect to: `(address type, host, port)`, with
+/// address type 1 (IPv4), 3 (name) or 4 (IPv6).
+pub type SocksSeen = (u8, String, u16);
+
+/// A minimal SOCKS5 server (RFC 1928 CONNECT, RFC 1929 auth when `creds` is set) that resolves
+/// names through `names` (loopback only) and relays. Reports each request it gets.
+pub async fn socks5_server(
+    creds: Option<(&'static str, &'static str)>,
+    names: HashMap<String, SocketAddr>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<SocksSeen>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let names = Arc::new(names);
+    let addr = serve_tcp(move |mut s| {
+        let (tx, names) = (tx.clone(), Arc::clone(&names));
+        async move {
+            let mut head = [0u8; 2];
+            s.read_exact(&mut head).await.unwrap();
+            let mut methods = vec![0; head[1] as usize];
+            s.read_exact(&mut methods).await.unwrap();
+            if let Some((user, pass)) = creds {
+                if !methods.contains(&2) {
+                    s.write_all(&[5, 0xff]).await.unwrap();
+                    return;
+                }
+                s.write_all(&[5, 2]).await.unwrap();
+                let mut v = [0u8; 2];
+                s.read_exact(&mut v).await.unwrap();
+                let mut u = vec![0; v[1] as usize];
+                s.read_exact(&mut u).await.unwrap();
+                let plen = s.read_u8().await.unwrap();
+                let mut p = vec![0; plen as usize];
+                s.read_exact(&mut p).await.unwrap();
+                let ok = u == user.as_bytes() && p == pass.as_bytes();
+                s.write_all(&[1, if ok { 0 } else { 1 }]).await.unwrap();
+                if !ok {
+                    return;
+                }
+            } else {
+                s.write_all(&[5, 0]).await.unwrap();
+            }
+            let mut req = [0u8; 4];
+            s.read_exact(&mut req).await.unwrap();
+            let host = match req[3] {
+                1 => {
+                    let mut ip = [0u8; 4];
+                    s.read_exact(&mut ip).await.unwrap();
+                    std::net::Ipv4Addr::from(ip).to_string()
+                }
+                3 => {
+                    let len = s.read_u8().await.unwrap();
+                    let mut name = vec![0; len as usize];
+                    s.read_exact(&mut name).await.unwrap();
+                    String::from_utf8(name).unwrap()
+                }
+                4 => {
+                    let mut ip = [0u8; 16];
+                    s.read_exact(&mut ip).await.unwrap();
+                    std::net::Ipv6Addr::from(ip).to_string()
+                }
+                _ => return,
+            };
+            let port = s.read_u16().await.unwrap();
+            let _ = tx.send((req[3], host.clone(), port));
+            let dest = match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => Some(SocketAddr::new(ip, port)),
+                Err(_) => names.get(&host).map(|a| SocketAddr::new(a.ip(), port)),
+            };
+            let upstream = match dest {
+                Some(d) => TcpStream::connect(d).await.ok(),
+                None => None,
+            };
+            let Some(mut upstream) = upstream else {
+                // 4: host unreachable
+                let _ = s.write_all(&[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                return;
+            };
+            s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0])
+                .await
+                .unwrap();
+            let _ = tokio::io::copy_bidirectional(&mut s, &mut upstream).await;
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// A self-signed certificate for `name`, written as PEM to a temp file (usable as a CA file).
+pub struct TestCert {
+    pub der: rustls::pki_types::CertificateDer<'static>,
+    pub key_der: Vec<u8>,
+    pub pem_file: tempfile::NamedTempFile,
+}
+
+pub fn test_cert(name: &str) -> TestCert {
+    let cert = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let mut pem_file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut pem_file, cert.cert.pem().as_bytes()).unwrap();
+    TestCert {
+        der: cert.cert.der().clone(),
+        key_der: cert.signing_key.serialize_der(),
+        pem_file,
+    }
+}
+
+/// A TLS terminator: accepts TLS with `cert` and relays the plaintext to `backend` (so a plain
+/// viaduct behind it is an HTTPS proxy).
+pub async fn tls_front(cert: &TestCert, backend: SocketAddr) -> SocketAddr {
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_der.clone().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der.clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    serve_tcp(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(s).await else {
+                return;
+            };
+            let Ok(mut plain) = TcpStream::connect(backend).await else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        }
+    })
+    .await
+}
