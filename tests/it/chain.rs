@@ -146,9 +146,15 @@ async fn https_upstream_with_private_ca() {
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     let seen = o.seen.recv().await.unwrap();
     assert_eq!(seen.uri, "/hello");
-    let via: Vec<_> = seen.headers.get_all("via").iter().map(|v| v.to_str().unwrap()).collect();
+    let via: Vec<_> = seen
+        .headers
+        .get_all("via")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
     assert_eq!(
-        via.join(", "), "1.1 viaduct, 1.1 behind",
+        via.join(", "),
+        "1.1 viaduct, 1.1 behind",
         "absolute-form to the HTTPS hop, which forwarded it"
     );
 
