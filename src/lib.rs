@@ -12,8 +12,14 @@
 //! - [`outbound`]: how we leave. A [`outbound::Route`] (direct, or a chain of hops) and the
 //!   [`outbound::Dialer`] that walks it; this is the one seam that tunnels and forwarding share.
 //!   One file per hop protocol ([`outbound::http_connect`]), plus TCP ([`outbound::direct`]),
-//!   name resolution behind a trait ([`outbound::resolve`]) and the hyper-util connector for
-//!   pooled forwarding ([`outbound::forward`]).
+//!   name resolution behind a trait ([`outbound::resolve`]) and kept-alive HTTP connections
+//!   for forwarding ([`outbound::forward`]).
+//! - [`route`]: the routing decision per request: bypass list, rules by destination and user,
+//!   default. Pure, apart from resolving names for rules that ask for it.
+//! - [`pool`]: upstream pools: selection strategies, sticky sessions, passive and active health.
+//! - [`reach`]: the seam that turns a decision into a connection (direct, upstream, chain, pool
+//!   with failover), shared by CONNECT and forwarding.
+//! - [`config`]: the TOML file: parsing, validation with file/line/field errors, building.
 //! - [`relay`]: the tunnel data path, with backpressure, half-close and an idle timeout.
 //! - [`target`]: parsing `host:port` destinations.
 //! - [`proxy`]: [`Config`] and the shared state built from it.
@@ -27,11 +33,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod config;
 pub mod inbound;
 pub mod outbound;
+pub mod pool;
 pub mod proxy;
+pub mod reach;
 pub mod relay;
+pub mod route;
 pub mod target;
 
-pub use inbound::server::serve;
-pub use proxy::{Config, ConfigError, Proxy};
+pub use inbound::server::{serve, serve_all};
+pub use proxy::{BuildError, Config, Proxy};

@@ -1,59 +1,114 @@
-//! The `viaduct` binary: command line, logging, signals. Everything else lives in the library.
+//! The `viaduct` binary: command line, config file, logging, signals. Everything else lives in
+//! the library.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use viaduct::outbound::{Route, TlsOptions};
+use viaduct::config::{self, FileConfig, parse_target};
+use viaduct::outbound::{Route, SystemResolver, TlsOptions};
+use viaduct::pool::{Pool, PoolSettings, Strategy};
+use viaduct::route::{Action, Router, parse_no_proxy};
 use viaduct::{Config, Proxy};
 
-/// A forward HTTP proxy: CONNECT tunnels and plain HTTP, direct or through an upstream proxy.
+/// Exit code for bad usage or configuration (EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+/// A forward HTTP proxy: CONNECT tunnels and plain HTTP, direct or through upstream proxies.
 #[derive(Debug, Parser)]
 #[command(version, about)]
-struct Args {
-    /// Address to accept clients on. Loopback by default: pass 0.0.0.0:PORT deliberately.
-    #[arg(long, default_value = "127.0.0.1:8083", env = "VIADUCT_LISTEN")]
-    listen: SocketAddr,
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file and exit (0: valid, 64: not, with file:line:col: field).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print which rule matches URL and which way it would go, without connecting.
+    Route {
+        /// `https://host/...`, `http://host:port/...` or `host:port`.
+        url: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The client's user name, for rules that match users.
+        #[arg(long)]
+        user: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// TOML configuration file (see examples/viaduct.toml). Flags override it. SIGHUP re-reads
+    /// its routing (upstreams, pools, rules, default, bypass).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+
+    /// Address to accept clients on; repeatable. Default 127.0.0.1:8083 (loopback: pass
+    /// 0.0.0.0:PORT deliberately).
+    #[arg(long, env = "VIADUCT_LISTEN")]
+    listen: Vec<SocketAddr>,
 
     /// Send everything through this upstream proxy, or a chain of them separated by commas
     /// (first to last): http://, https://, socks5://, socks5h://, socks4a://, each
     /// [user:pass@]host[:port]. Percent-encode special characters (and commas) in credentials.
+    /// Repeat it to make a pool of upstreams (see --strategy). Overrides the file's routing.
     // Parsed after clap, not by a value_parser: clap echoes a rejected value in its error, and
     // this one may carry a password.
     #[arg(long)]
-    upstream: Option<String>,
+    upstream: Vec<String>,
+
+    /// How a pool made of repeated --upstream picks: failover, round-robin, random,
+    /// least-connections, sticky.
+    #[arg(long, default_value = "failover")]
+    strategy: String,
+
+    /// Hosts that always go direct, in NO_PROXY syntax: "localhost,.internal,10.0.0.0/8".
+    #[arg(long)]
+    bypass: Option<String>,
 
     /// Extra CA certificates (PEM) to trust for https:// upstreams, on top of the webpki
     /// roots. Repeatable.
     #[arg(long, value_name = "FILE")]
-    upstream_ca: Vec<std::path::PathBuf>,
+    upstream_ca: Vec<PathBuf>,
 
     /// Do not verify https:// upstreams' certificates. Only for throwaway test setups.
     #[arg(long)]
     upstream_insecure: bool,
 
-    /// Bound on reaching a target: DNS, TCP and every upstream hop's handshake together.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    connect_timeout: Duration,
+    /// Bound on reaching a target: DNS, TCP and every upstream hop's handshake together
+    /// (for a pool: all attempts together). Default 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    connect_timeout: Option<Duration>,
 
-    /// Close a tunnel after this long with no bytes in either direction.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    idle_timeout: Duration,
+    /// Close a tunnel after this long with no bytes in either direction. Default 10m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    idle_timeout: Option<Duration>,
 
-    /// Our name in Via and Proxy-Status headers; a request whose Via already has it is a loop.
-    #[arg(long, default_value = "viaduct")]
-    via_name: String,
+    /// Our name in Via and Proxy-Status headers; a request whose Via already has it is a
+    /// loop. Default viaduct.
+    #[arg(long)]
+    via_name: Option<String>,
 
     /// On SIGINT/SIGTERM, how long open requests and tunnels may finish before they are cut.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    shutdown_grace: Duration,
+    /// Default 5s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shutdown_grace: Option<Duration>,
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -61,25 +116,6 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let route = match args.upstream.as_deref().map(Route::parse).transpose() {
-        Ok(route) => route.unwrap_or_else(Route::direct),
-        Err(e) => {
-            eprintln!("viaduct: invalid value for --upstream: {e}");
-            return ExitCode::from(64);
-        }
-    };
-    let config = Config {
-        listen: args.listen,
-        route,
-        connect_timeout: args.connect_timeout,
-        idle_timeout: args.idle_timeout,
-        via_name: args.via_name,
-        shutdown_grace: args.shutdown_grace,
-        tls: TlsOptions {
-            ca_files: args.upstream_ca,
-            insecure: args.upstream_insecure,
-        },
-    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -87,29 +123,251 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(config))
+    match cli.command {
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Route { url, config, user }) => {
+            runtime.block_on(route(&url, config.as_deref(), user.as_deref()))
+        }
+        None => runtime.block_on(run(cli.run)),
+    }
 }
 
-async fn run(config: Config) -> ExitCode {
-    let listen = config.listen;
-    let route = config.route.to_string();
+/// Loads the file (if any) and merges the flags over it: the one place where flags override.
+fn build_config(args: &RunArgs) -> Result<Config, String> {
+    let file = args
+        .config
+        .as_deref()
+        .map(config::load)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let defaults = Config::default();
+    let (file_router, file_listen, mut tls, file_settings) = match file {
+        Some(FileConfig {
+            listen,
+            connect_timeout,
+            idle_timeout,
+            shutdown_grace,
+            via_name,
+            tls,
+            router,
+        }) => (
+            Some(router),
+            listen,
+            tls,
+            (connect_timeout, idle_timeout, shutdown_grace, via_name),
+        ),
+        None => (
+            None,
+            Vec::new(),
+            TlsOptions::default(),
+            (None, None, None, None),
+        ),
+    };
+    let (connect_timeout, idle_timeout, shutdown_grace, via_name) = file_settings;
+    tls.ca_files.extend(args.upstream_ca.iter().cloned());
+    tls.insecure |= args.upstream_insecure;
+
+    let bypass = args
+        .bypass
+        .as_deref()
+        .map(parse_no_proxy)
+        .transpose()
+        .map_err(|entry| {
+            format!("invalid value for --bypass: not a host, domain or CIDR: \"{entry}\"")
+        })?;
+    let mut router = if !args.upstream.is_empty() {
+        cli_router(args)?
+    } else {
+        file_router.unwrap_or_else(Router::direct)
+    };
+    if let Some(bypass) = bypass {
+        router.bypass = bypass;
+    }
+    Ok(Config {
+        listen: [args.listen.clone(), file_listen]
+            .into_iter()
+            .find(|l| !l.is_empty())
+            .unwrap_or(defaults.listen),
+        router,
+        connect_timeout: args
+            .connect_timeout
+            .or(connect_timeout)
+            .unwrap_or(defaults.connect_timeout),
+        idle_timeout: args
+            .idle_timeout
+            .or(idle_timeout)
+            .unwrap_or(defaults.idle_timeout),
+        via_name: args
+            .via_name
+            .clone()
+            .or(via_name)
+            .unwrap_or(defaults.via_name),
+        shutdown_grace: args
+            .shutdown_grace
+            .or(shutdown_grace)
+            .unwrap_or(defaults.shutdown_grace),
+        tls,
+    })
+}
+
+/// Routing from repeated --upstream: one is used for everything; several form a pool.
+fn cli_router(args: &RunArgs) -> Result<Router, String> {
+    let routes = args
+        .upstream
+        .iter()
+        .map(|u| Route::parse(u).map_err(|e| format!("invalid value for --upstream: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let [route] = routes.as_slice() {
+        return Ok(Router::single(route.clone()));
+    }
+    let strategy = Strategy::parse(&args.strategy).ok_or_else(|| {
+        format!("invalid value for --strategy: \"{}\" (failover, round-robin, random, least-connections, sticky)", args.strategy)
+    })?;
+    let members = routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (format!("upstream-{}", i + 1), r))
+        .collect();
+    let pool = Pool::new(
+        "upstreams".into(),
+        members,
+        PoolSettings {
+            strategy,
+            ..PoolSettings::default()
+        },
+    );
+    Ok(Router {
+        bypass: None,
+        rules: Vec::new(),
+        default: Action::Pool(Arc::new(pool)),
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load(path) {
+        Ok(cfg) => {
+            println!(
+                "{}: ok ({} rules, {} pools, default: {})",
+                path.display(),
+                cfg.router.rules.len(),
+                cfg.router.pools().len(),
+                cfg.router.default
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode {
+    let router = match config.map(config::load).transpose() {
+        Ok(cfg) => cfg.map_or_else(Router::direct, |c| c.router),
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let authority = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+            let default_port = if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            let has_port = host_port.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.ends_with(':')
+                    && p.parse::<u16>().is_ok()
+                    && (!h.starts_with('[') || h.ends_with(']'))
+            });
+            if has_port {
+                host_port.to_owned()
+            } else {
+                format!("{host_port}:{default_port}")
+            }
+        }
+        None => url.to_owned(),
+    };
+    let target = match parse_target(&authority) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let decision = router.decide(&target, user, &SystemResolver).await;
+    println!("target:  {target}");
+    println!("matched: {}", decision.reason);
+    println!("via:     {}", decision.action);
+    ExitCode::SUCCESS
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let config = match build_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let listen = config.listen.clone();
+    let summary = config.router.default.to_string();
+    let rules = config.router.rules.len();
     let proxy = match Proxy::new(config) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("viaduct: {e}");
-            return ExitCode::from(64);
+            return ExitCode::from(EX_USAGE);
         }
     };
-    let listener = match tokio::net::TcpListener::bind(listen).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("viaduct: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
+    let mut listeners = Vec::new();
+    for addr in &listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                eprintln!("viaduct: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    tracing::info!(%listen, %route, "viaduct listening");
-    viaduct::serve(listener, proxy, shutdown_signal()).await;
+    }
+    tracing::info!(listen = ?listen, default = %summary, rules, "viaduct listening");
+    #[cfg(unix)]
+    if args.config.is_some() {
+        spawn_reloader(Arc::clone(&proxy), args);
+    }
+    viaduct::serve_all(listeners, proxy, shutdown_signal()).await;
     ExitCode::SUCCESS
+}
+
+/// On SIGHUP: re-read the file and swap in its routing; a file that fails validation is
+/// logged and the running config stays.
+#[cfg(unix)]
+fn spawn_reloader(proxy: Arc<Proxy>, args: RunArgs) {
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload disabled");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match build_config(&args) {
+                Ok(config) => {
+                    let rules = config.router.rules.len();
+                    proxy.reload(config.router);
+                    tracing::info!(rules, "configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload rejected; keeping the running configuration")
+                }
+            }
+        }
+    });
 }
 
 /// Resolves on SIGINT or SIGTERM.

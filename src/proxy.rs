@@ -8,24 +8,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::inbound::headers::Via;
-use crate::outbound::forward::ForwardConnector;
+use crate::outbound::forward::ConnPool;
 use crate::outbound::tls::{self, TlsConfigError};
-use crate::outbound::{Dialer, Resolve, Route, SystemResolver, TlsOptions};
+use crate::outbound::{Dialer, Resolve, SystemResolver, TlsOptions};
+use crate::pool::health;
+use crate::route::Router;
 
 /// Everything viaduct needs to run. `Config::default()` is the safe default: loopback, direct.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Config {
     /// Where to accept clients. Default `127.0.0.1:8083` (loopback: nothing else can reach it).
-    pub listen: SocketAddr,
-    /// How to reach targets. Default: direct.
-    pub route: Route,
+    pub listen: Vec<SocketAddr>,
+    /// How to reach targets: bypass list, rules, pools, default. Default: everything direct.
+    pub router: Router,
     /// Bound on a whole dial (DNS, TCP, every upstream handshake). Default 10 s.
     pub connect_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed. Default 10 min.
@@ -41,8 +41,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8083)),
-            route: Route::direct(),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8083))],
+            router: Router::direct(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             via_name: "viaduct".to_owned(),
@@ -54,7 +54,7 @@ impl Default for Config {
 
 /// Why a [`Config`] cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub enum BuildError {
     #[error("via name \"{0}\" must be a single token (letters, digits, -._~ ...)")]
     ViaName(String),
     #[error(transparent)]
@@ -63,9 +63,10 @@ pub enum ConfigError {
 
 /// The shared state of a running proxy.
 pub struct Proxy {
-    route: Arc<Route>,
+    router: ArcSwap<Router>,
+    resolver: Arc<dyn Resolve>,
     dialer: Dialer,
-    client: Client<ForwardConnector, Incoming>,
+    conns: Arc<ConnPool>,
     via: Via,
     idle_timeout: Duration,
     shutdown_grace: Duration,
@@ -78,7 +79,7 @@ pub struct Proxy {
 
 impl Proxy {
     /// Builds a proxy that resolves names with the system resolver.
-    pub fn new(config: Config) -> Result<Arc<Self>, ConfigError> {
+    pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
         Self::with_resolver(config, Arc::new(SystemResolver))
     }
 
@@ -86,26 +87,23 @@ impl Proxy {
     pub fn with_resolver(
         config: Config,
         resolver: Arc<dyn Resolve>,
-    ) -> Result<Arc<Self>, ConfigError> {
+    ) -> Result<Arc<Self>, BuildError> {
         let via = Via::new(&config.via_name)
-            .ok_or_else(|| ConfigError::ViaName(config.via_name.clone()))?;
-        let route = Arc::new(config.route);
+            .ok_or_else(|| BuildError::ViaName(config.via_name.clone()))?;
         let dialer = Dialer::new(
-            resolver,
+            Arc::clone(&resolver),
             tls::connector(&config.tls)?,
             config.connect_timeout,
             via.value(http::Version::HTTP_11).clone(),
         );
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .set_host(false)
-            .http1_preserve_header_case(true)
-            .build(ForwardConnector::new(dialer.clone(), Arc::clone(&route)));
+        for pool in config.router.pools() {
+            health::spawn(&pool, dialer.clone());
+        }
         Ok(Arc::new(Self {
-            route,
+            router: ArcSwap::from_pointee(config.router),
+            resolver,
             dialer,
-            client,
+            conns: Arc::new(ConnPool::default()),
             via,
             idle_timeout: config.idle_timeout,
             shutdown_grace: config.shutdown_grace,
@@ -128,14 +126,29 @@ impl Proxy {
         TunnelGuard(&self.open_tunnels)
     }
 
-    pub(crate) fn route(&self) -> &Route {
-        &self.route
+    /// The routing in force now. A request keeps the snapshot it started with.
+    pub fn router(&self) -> Arc<Router> {
+        self.router.load_full()
+    }
+
+    /// Swaps in new routing (a config reload): new requests use it at once; open tunnels and
+    /// in-flight requests keep what they had. Health checks start for the new pools; the old
+    /// pools' checkers stop when their last user drops them.
+    pub fn reload(&self, router: Router) {
+        for pool in router.pools() {
+            health::spawn(&pool, self.dialer.clone());
+        }
+        self.router.store(Arc::new(router));
+    }
+
+    pub(crate) fn resolver(&self) -> &dyn Resolve {
+        &*self.resolver
+    }
+    pub(crate) fn conns(&self) -> &Arc<ConnPool> {
+        &self.conns
     }
     pub(crate) fn dialer(&self) -> &Dialer {
         &self.dialer
-    }
-    pub(crate) fn client(&self) -> &Client<ForwardConnector, Incoming> {
-        &self.client
     }
     pub(crate) fn via(&self) -> &Via {
         &self.via

@@ -17,8 +17,11 @@ use tracing::Instrument;
 
 use super::Body;
 use super::respond::ProxyError;
+use super::service::{ClientId, allowed};
 use crate::outbound::BoxIo;
+use crate::pool::MemberGuard;
 use crate::proxy::Proxy;
+use crate::reach::reach;
 use crate::relay;
 use crate::target::Target;
 
@@ -26,16 +29,35 @@ use crate::target::Target;
 pub async fn handle(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
+    client: &ClientId,
 ) -> Result<Response<Body>, ProxyError> {
     let target = Target::from_connect_uri(req.uri())?;
     let started = Instant::now();
-    tracing::debug!(%target, route = %proxy.route(), "dialing");
-    let conn = proxy.dialer().tunnel(proxy.route(), &target).await?;
+    let router = proxy.router();
+    let decision = allowed(
+        router
+            .decide(&target, client.user.as_deref(), proxy.resolver())
+            .await,
+    )?;
+    tracing::debug!(%target, route = %decision.action, "dialing");
+    let to = target.clone();
+    let reached = reach(
+        decision.action,
+        Some(&client.session),
+        &target,
+        proxy.dialer(),
+        move |route, dialer| {
+            let to = to.clone();
+            Box::pin(async move { dialer.tunnel(&route, &to).await })
+        },
+    )
+    .await?;
+    let (conn, member) = (reached.value, reached.member);
     tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "target reachable; answering 200");
     let on_upgrade = hyper::upgrade::on(&mut req);
     spawn_tunnel(proxy, "CONNECT", 200, target.to_string(), async move {
         let client = on_upgrade.await?;
-        Ok((TokioIo::new(client), conn))
+        Ok((TokioIo::new(client), conn, member))
     });
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
     *resp.status_mut() = StatusCode::OK;
@@ -51,8 +73,16 @@ pub(crate) fn spawn_tunnel<F>(
     target: String,
     ends: F,
 ) where
-    F: Future<Output = Result<(TokioIo<hyper::upgrade::Upgraded>, BoxIo), hyper::Error>>
-        + Send
+    F: Future<
+            Output = Result<
+                (
+                    TokioIo<hyper::upgrade::Upgraded>,
+                    BoxIo,
+                    Option<MemberGuard>,
+                ),
+                hyper::Error,
+            >,
+        > + Send
         + 'static,
 {
     let tracker = proxy.tracker().clone();
@@ -60,7 +90,8 @@ pub(crate) fn spawn_tunnel<F>(
     let task = async move {
         let _open = proxy.tunnel_opened();
         let started = Instant::now();
-        let (client, remote) = match ends.await {
+        // `_member` keeps the pool member's connection count up for the tunnel's life.
+        let (client, remote, _member) = match ends.await {
             Ok(ends) => ends,
             Err(e) => {
                 tracing::debug!(%target, error = %e, "client went away before the tunnel started");

@@ -1,6 +1,7 @@
 //! Plain HTTP forwarding of absolute-form requests (`GET http://host/path HTTP/1.1`).
 //!
-//! The request goes out through the route's pooled client: origin-form with `Host` when the
+//! The route is chosen first (failing over across pool members), then the request goes out on a
+//! kept-alive connection for that route: origin-form with `Host` when the
 //! connection ends at the origin, absolute-form plus the upstream's `Proxy-Authorization` when
 //! it ends at an HTTP upstream. Bodies stream both ways untouched (hyper re-frames them);
 //! hop-by-hop headers are dropped both ways and `Via` added. An `Upgrade` request keeps its
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -18,14 +19,17 @@ use super::Body;
 use super::connect::spawn_tunnel;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
-use crate::outbound::{BoxIo, ConnectError};
+use super::service::{ClientId, allowed};
+use crate::outbound::{BoxIo, ConnectError, Hop};
 use crate::proxy::Proxy;
+use crate::reach::reach;
 use crate::target::Target;
 
 /// Forwards one absolute-form request and returns the origin's (or upstream's) response.
 pub async fn handle(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
+    client: &ClientId,
 ) -> Result<Response<Body>, ProxyError> {
     match req.uri().scheme_str() {
         Some("http") => {}
@@ -46,6 +50,12 @@ pub async fn handle(
         .cloned()
         .ok_or(ProxyError::BadRequest("the URL has no host"))?;
     let target = Target::from_authority(&authority, Some(80))?;
+    let router = proxy.router();
+    let decision = allowed(
+        router
+            .decide(&target, client.user.as_deref(), proxy.resolver())
+            .await,
+    )?;
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -57,21 +67,53 @@ pub async fn handle(
         headers.insert(header::HOST, host);
     }
     proxy.via().append(headers, received);
-    let upstream = proxy.route().absolute_form_hop();
-    if let Some(auth) = upstream.and_then(|hop| hop.proxy_authorization.clone()) {
-        headers.insert(header::PROXY_AUTHORIZATION, auth);
-    }
     // We speak HTTP/1.1 to the next hop whatever the client spoke (RFC 9110 2.5).
     *req.version_mut() = Version::HTTP_11;
+    let absolute = req.uri().clone();
 
-    let mut resp = proxy
-        .client()
-        .request(req)
-        .await
-        .map_err(ProxyError::Forward)?;
+    // Pick the route (failing over across pool members) before the request is handed to a
+    // connection: until then nothing of it is sent, so a failed dial can go elsewhere.
+    let (conns, to) = (Arc::clone(proxy.conns()), target.clone());
+    let reached = reach(
+        decision.action,
+        Some(&client.session),
+        &target,
+        proxy.dialer(),
+        move |route, dialer| {
+            let (conns, to) = (Arc::clone(&conns), to.clone());
+            Box::pin(async move {
+                let conn = conns.acquire(&dialer, &route, &to, false).await?;
+                Ok((conn, route))
+            })
+        },
+    )
+    .await?;
+    let ((mut conn, route), _member) = (reached.value, reached.member);
+    let mut resp = loop {
+        prepare(
+            &mut req,
+            &absolute,
+            conn.proxied.then(|| route.absolute_form_hop()).flatten(),
+        );
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => break resp,
+            Err(mut e) => match e.take_message() {
+                // A kept-alive connection the peer closed meanwhile: nothing was sent.
+                Some(back) if conn.reused => {
+                    req = back;
+                    conn = proxy
+                        .conns()
+                        .acquire(proxy.dialer(), &route, &target, true)
+                        .await?;
+                }
+                _ => return Err(ProxyError::Forward(e.into_error())),
+            },
+        }
+    };
 
-    if let Some(hop) =
-        upstream.filter(|_| resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED)
+    if let Some(hop) = route
+        .absolute_form_hop()
+        .filter(|_| resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED)
     {
         // The challenge is for our credentials, not the client's: never pass it on.
         return Err(ConnectError::HopStatus {
@@ -82,15 +124,39 @@ pub async fn handle(
     }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
-        let remote_upgrade = hyper::upgrade::on(&mut resp);
-        spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), async move {
-            let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-            Ok((TokioIo::new(client_upgrade.await?), remote))
-        });
+    match (switching, client_upgrade) {
+        (true, Some(client_upgrade)) => {
+            let remote_upgrade = hyper::upgrade::on(&mut resp);
+            spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), async move {
+                let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                Ok((TokioIo::new(client_upgrade.await?), remote, _member))
+            });
+        }
+        _ => proxy.conns().recycle(conn.key, conn.sender),
     }
     let received = resp.version();
     strip_hop_by_hop(resp.headers_mut(), switching);
     proxy.via().append(resp.headers_mut(), received);
     Ok(resp.map(|body| body.boxed()))
+}
+
+/// Shapes the request for the connection it goes on: absolute-form with the upstream's
+/// credentials (when `upstream` is the absolute-form hop), else origin-form without any.
+fn prepare(req: &mut Request<Incoming>, absolute: &Uri, upstream: Option<&Hop>) {
+    match upstream {
+        Some(hop) => {
+            *req.uri_mut() = absolute.clone();
+            match &hop.proxy_authorization {
+                Some(auth) => req
+                    .headers_mut()
+                    .insert(header::PROXY_AUTHORIZATION, auth.clone()),
+                None => req.headers_mut().remove(header::PROXY_AUTHORIZATION),
+            };
+        }
+        None => {
+            let pq = absolute.path_and_query().map_or("/", |pq| pq.as_str());
+            *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            req.headers_mut().remove(header::PROXY_AUTHORIZATION);
+        }
+    }
 }

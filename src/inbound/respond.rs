@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use super::Body;
 use super::headers::Via;
 use crate::outbound::{ConnectError, ConnectErrorKind, SocksReply};
+use crate::pool::PoolError;
 use crate::target::TargetError;
 
 /// Everything that can go wrong while handling one client request.
@@ -28,8 +29,12 @@ pub enum ProxyError {
     Loop(String),
     #[error(transparent)]
     Connect(#[from] ConnectError),
-    #[error("forwarding failed: {0}")]
-    Forward(#[source] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error("blocked by {0}")]
+    Blocked(String),
+    #[error("the next hop failed while forwarding: {0}")]
+    Forward(#[source] hyper::Error),
 }
 
 /// What a failure means on the wire.
@@ -104,40 +109,29 @@ impl ProxyError {
             }
             Self::Loop(_) => verdict(StatusCode::LOOP_DETECTED, "proxy_loop_detected"),
             Self::Connect(e) => connect_verdict(e.kind()),
-            Self::Forward(e) => {
-                if let Some(e) = find::<ConnectError>(e) {
-                    return connect_verdict(e.kind());
-                }
-                if find::<TargetError>(e).is_some() {
-                    return verdict(StatusCode::BAD_REQUEST, "http_request_error");
-                }
-                match find::<hyper::Error>(e) {
-                    Some(h) if h.is_parse() || h.is_parse_status() => {
-                        verdict(StatusCode::BAD_GATEWAY, "http_protocol_error")
-                    }
-                    Some(h) if h.is_parse_too_large() => {
-                        verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
-                    }
-                    Some(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => {
-                        verdict(StatusCode::BAD_GATEWAY, "http_response_incomplete")
-                    }
-                    _ => verdict(StatusCode::BAD_GATEWAY, "connection_terminated"),
-                }
+            Self::Pool(e) => match e.last() {
+                Some(last) => connect_verdict(last.kind()),
+                None => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
+            },
+            Self::Blocked(_) => verdict(StatusCode::FORBIDDEN, "http_request_denied"),
+            Self::Forward(h) if h.is_parse() || h.is_parse_status() => {
+                verdict(StatusCode::BAD_GATEWAY, "http_protocol_error")
             }
+            Self::Forward(h) if h.is_parse_too_large() => {
+                verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
+            }
+            Self::Forward(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => {
+                verdict(StatusCode::BAD_GATEWAY, "http_response_incomplete")
+            }
+            Self::Forward(_) => verdict(StatusCode::BAD_GATEWAY, "connection_terminated"),
         }
     }
 
-    /// One line for the client and the log: the innermost error that says something.
+    /// One line for the client and the log.
     pub fn details(&self) -> String {
         match self {
             Self::Forward(e) => {
-                if let Some(c) = find::<ConnectError>(e) {
-                    return c.to_string();
-                }
-                if let Some(t) = find::<TargetError>(e) {
-                    return t.to_string();
-                }
-                let mut out = String::from("forwarding to the next hop failed");
+                let mut out = self.to_string();
                 let mut src = e.source();
                 while let Some(s) = src {
                     out.push_str(": ");
@@ -149,20 +143,6 @@ impl ProxyError {
             other => other.to_string(),
         }
     }
-}
-
-/// The first error of type `T` in `e`'s source chain.
-fn find<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if let Some(t) = err.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = err.source();
-    }
-    None
 }
 
 /// Builds the client-facing response for `err`.

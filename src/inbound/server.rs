@@ -13,6 +13,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::service;
@@ -20,30 +21,25 @@ use crate::proxy::Proxy;
 
 /// Serves clients on `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    let _ = stream.set_nodelay(true);
-                    let id = proxy.next_conn_id();
-                    let span = tracing::info_span!("conn", id, %peer);
-                    proxy.tracker().spawn(serve_connection(Arc::clone(&proxy), stream, peer).instrument(span));
-                }
-                Err(e) => {
-                    // Out of descriptors, or a connection aborted before accept: the listener is
-                    // fine. Back off so that a persistent error cannot spin a core.
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            },
-            () = &mut shutdown => break,
-        }
+    serve_all(vec![listener], proxy, shutdown).await;
+}
+
+/// Serves clients on every listener until `shutdown` resolves, then drains.
+pub async fn serve_all(
+    listeners: Vec<TcpListener>,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let stop_accepting = CancellationToken::new();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(accept_loop(l, Arc::clone(&proxy), stop_accepting.clone())))
+        .collect();
+    shutdown.await;
+    stop_accepting.cancel();
+    for l in loops {
+        let _ = l.await;
     }
-    drop(listener);
     let open = proxy.tracker().len();
     tracing::info!(
         open,
@@ -64,6 +60,35 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Futu
         proxy.tracker().wait().await;
     }
     tracing::info!("shut down");
+}
+
+/// Accepts until `stop` fires; the listener is closed when this returns.
+async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let _ = stream.set_nodelay(true);
+                    let id = proxy.next_conn_id();
+                    let span = tracing::info_span!("conn", id, %peer);
+                    proxy.tracker().spawn(serve_connection(Arc::clone(&proxy), stream, peer).instrument(span));
+                }
+                Err(e) => {
+                    // Out of descriptors, or a connection aborted before accept: the listener is
+                    // fine. Back off so that a persistent error cannot spin a core.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 async fn serve_connection(

@@ -1,18 +1,75 @@
-//! Per-request dispatch: loop check, then CONNECT or forwarding; errors become responses here
-//! (through `respond`), and every request gets one access line.
+//! Per-request dispatch: loop check, who the client is (for rules and sticky sessions), then
+//! CONNECT or forwarding; errors become responses here (through `respond`), and every request
+//! gets one access line.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Request, Response};
+use base64::Engine;
+use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::Body;
 use super::respond::{ProxyError, error_response};
 use super::{connect, forward};
 use crate::proxy::Proxy;
+use crate::route::{Action, Decision};
+
+/// Who sent a request, as far as routing cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientId {
+    /// The user name from the client's `Proxy-Authorization: Basic`, without a `-session-ID`
+    /// suffix. Not authenticated here: it selects rules and sessions, it grants nothing.
+    pub user: Option<String>,
+    /// The sticky-session key: the `-session-ID` suffix of the user name, else the client IP.
+    pub session: String,
+}
+
+impl ClientId {
+    pub fn from_request(headers: &HeaderMap, peer: SocketAddr) -> Self {
+        let name = headers
+            .get(header::PROXY_AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Basic ")
+                    .or_else(|| v.strip_prefix("basic "))
+            })
+            .and_then(|b64| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()
+            })
+            .and_then(|raw| String::from_utf8(raw).ok())
+            .and_then(|creds| creds.split_once(':').map(|(u, _)| u.to_owned()));
+        match name {
+            Some(name) => match name.rsplit_once("-session-") {
+                Some((user, session)) if !session.is_empty() => Self {
+                    user: Some(user.to_owned()),
+                    session: session.to_owned(),
+                },
+                _ => Self {
+                    user: Some(name),
+                    session: peer.ip().to_string(),
+                },
+            },
+            None => Self {
+                user: None,
+                session: peer.ip().to_string(),
+            },
+        }
+    }
+}
+
+/// Refuses blocked requests; otherwise passes the decision on.
+pub(crate) fn allowed<'a>(decision: Decision<'a>) -> Result<Decision<'a>, ProxyError> {
+    tracing::debug!(action = %decision.action, reason = %decision.reason, "routing decision");
+    match decision.action {
+        Action::Block => Err(ProxyError::Blocked(decision.reason.to_string())),
+        _ => Ok(decision),
+    }
+}
 
 /// Serves one request from `peer`. Never fails: errors are answered with a status.
 pub async fn handle(
@@ -23,12 +80,13 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
+    let client = ClientId::from_request(req.headers(), peer);
     let res = if proxy.via().seen_in(req.headers()) {
         Err(ProxyError::Loop(proxy.via().pseudonym().to_owned()))
     } else if method == Method::CONNECT {
-        connect::handle(&proxy, req).await
+        connect::handle(&proxy, req, &client).await
     } else {
-        forward::handle(&proxy, req).await
+        forward::handle(&proxy, req, &client).await
     };
     let resp = match res {
         // A successful CONNECT is logged when its tunnel closes, with the bytes it carried.
@@ -48,4 +106,46 @@ pub async fn handle(
         "request"
     );
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(auth: Option<&str>) -> ClientId {
+        let mut h = HeaderMap::new();
+        if let Some(creds) = auth {
+            let v = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(creds)
+            );
+            h.insert(header::PROXY_AUTHORIZATION, v.parse().unwrap());
+        }
+        ClientId::from_request(&h, "192.0.2.9:5000".parse().unwrap())
+    }
+
+    #[test]
+    fn session_key_from_user_suffix_else_ip() {
+        assert_eq!(
+            id(Some("alice-session-42:x")),
+            ClientId {
+                user: Some("alice".into()),
+                session: "42".into()
+            }
+        );
+        assert_eq!(
+            id(Some("bob:pw")),
+            ClientId {
+                user: Some("bob".into()),
+                session: "192.0.2.9".into()
+            }
+        );
+        assert_eq!(
+            id(None),
+            ClientId {
+                user: None,
+                session: "192.0.2.9".into()
+            }
+        );
+    }
 }

@@ -141,6 +141,30 @@ impl ConnectError {
         }
     }
 
+    /// True when the failure is the hop's own (it refused us, timed out, broke its handshake,
+    /// rejected our credentials, answered 407/429/5xx other than 502/504), false when the hop
+    /// worked but could not reach `target` (its 502/504, a SOCKS target-side reply, or the
+    /// target's own name not resolving). Pools eject members only for their own faults.
+    pub fn blames_hop(&self, target: &crate::target::Target) -> bool {
+        match self {
+            Self::Dns { host, .. } => {
+                !matches!(&target.host, crate::target::Host::Name(n) if n == host)
+            }
+            Self::HopStatus { status, .. } => !matches!(
+                *status,
+                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
+            ),
+            Self::SocksReply { reply, .. } => !matches!(
+                reply,
+                SocksReply::HostUnreachable
+                    | SocksReply::NetworkUnreachable
+                    | SocksReply::ConnectionRefused
+                    | SocksReply::TtlExpired
+            ),
+            _ => true,
+        }
+    }
+
     /// Maps an I/O error seen while talking to `peer`.
     pub(crate) fn io(peer: &str, source: io::Error) -> Self {
         match source.kind() {

@@ -1,111 +1,134 @@
-//! The connector that hyper-util's pooling client uses for plain HTTP forwarding.
+//! Plain-HTTP connections: HTTP/1 client connections to origins (or to an HTTP upstream that
+//! takes absolute-form requests), kept alive and reused.
 //!
-//! It turns the request URI's authority into a [`Target`] and asks the [`Dialer`] for a forward
-//! connection along the route; `Connected::proxy(true)` makes hyper-util keep absolute-form when
-//! that connection ends at an HTTP upstream. One client (and so one pool) exists per route.
+//! Hand-written on `hyper::client::conn::http1` rather than hyper-util's pooling client so that
+//! the proxy picks the route (and, in a pool, the member) *before* the request is handed over:
+//! when a dial fails nothing of the request has been sent, so it can go to the next member, and
+//! the member's credentials are known when the request head is written.
+//!
+//! Connections are keyed by how they were made: through an absolute-form upstream a connection
+//! serves every destination; otherwise it belongs to one origin.
 
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{BoxIo, ConnectError, Dialer, Route};
-use crate::target::{Target, TargetError};
+use super::{ConnectError, Dialer, Route};
+use crate::target::Target;
 
-/// Dials forward connections for one route.
-#[derive(Clone)]
-pub struct ForwardConnector {
-    dialer: Dialer,
-    route: Arc<Route>,
+/// How long an idle connection is kept. Origins commonly close after 60-120 s.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per key.
+const MAX_IDLE_PER_KEY: usize = 64;
+
+/// Identifies interchangeable connections: the route (as displayed: hops' kinds and addresses)
+/// and, unless the connection ends at an absolute-form upstream, the origin.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    route: String,
+    origin: Option<String>,
 }
 
-impl ForwardConnector {
-    pub fn new(dialer: Dialer, route: Arc<Route>) -> Self {
-        Self { dialer, route }
-    }
+/// A connection ready for one request.
+pub struct Conn {
+    pub sender: SendRequest<Incoming>,
+    /// True when requests go in absolute-form (to an HTTP upstream).
+    pub proxied: bool,
+    pub key: ConnKey,
+    /// True when it came from the idle set (it may have been closed by the peer meanwhile).
+    pub reused: bool,
 }
 
-/// A pooled forward connection.
-pub struct ForwardConn {
-    io: BoxIo,
-    proxied: bool,
+/// An idle connection and since when.
+type Idle = (SendRequest<Incoming>, Instant);
+
+/// The idle connections.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<HashMap<ConnKey, Vec<Idle>>>,
 }
 
-/// Why a forward connection could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardConnectError {
-    // Not `transparent`: the inner error must stay in the `source()` chain, where the
-    // status mapping looks for it.
-    #[error("invalid forward target")]
-    Target(#[from] TargetError),
-    #[error("cannot open a forward connection")]
-    Connect(#[from] ConnectError),
-}
-
-impl tower_service::Service<Uri> for ForwardConnector {
-    type Response = TokioIo<ForwardConn>;
-    type Error = ForwardConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let authority = uri
-                .authority()
-                .ok_or_else(|| TargetError::NotAuthorityForm(uri.to_string()))?;
-            let target = Target::from_authority(authority, Some(80))?;
-            let (io, proxied) = this.dialer.forward(&this.route, &target).await?;
-            Ok(TokioIo::new(ForwardConn { io, proxied }))
+impl ConnPool {
+    /// A connection for `target` along `route`: an idle one if any (unless `fresh`), else a new
+    /// dial.
+    pub async fn acquire(
+        &self,
+        dialer: &Dialer,
+        route: &Route,
+        target: &Target,
+        fresh: bool,
+    ) -> Result<Conn, ConnectError> {
+        let proxied = route.absolute_form_hop().is_some();
+        let key = ConnKey {
+            route: route.to_string(),
+            origin: (!proxied).then(|| target.to_string()),
+        };
+        if !fresh && let Some(sender) = self.checkout(&key) {
+            return Ok(Conn {
+                sender,
+                proxied,
+                key,
+                reused: true,
+            });
+        }
+        let (io, proxied) = dialer.forward(route, target).await?;
+        let (sender, conn) = http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| ConnectError::Unreachable {
+                peer: key.route.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(Conn {
+            sender,
+            proxied,
+            key,
+            reused: false,
         })
     }
-}
 
-impl Connection for ForwardConn {
-    fn connected(&self) -> Connected {
-        Connected::new().proxy(self.proxied)
+    fn checkout(&self, key: &ConnKey) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(key)?;
+        while let Some((sender, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
     }
-}
 
-impl AsyncRead for ForwardConn {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for ForwardConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+    /// Puts `sender` back once its current response is done (hyper reports it ready again).
+    pub fn recycle(self: &std::sync::Arc<Self>, key: ConnKey, mut sender: SendRequest<Incoming>) {
+        let pool = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Ok(mut idle) = pool.idle.lock() else {
+                return;
+            };
+            if idle.len() > 1024 {
+                idle.retain(|_, list| {
+                    list.retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && !s.is_closed());
+                    !list.is_empty()
+                });
+            }
+            let list = idle.entry(key).or_default();
+            list.retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && !s.is_closed());
+            if list.len() < MAX_IDLE_PER_KEY {
+                list.push((sender, Instant::now()));
+            }
+        });
     }
 }

@@ -39,9 +39,10 @@ pub use self::tls::TlsOptions;
 use crate::target::{Host, Target};
 
 /// How to reach targets: an ordered list of upstream hops; empty means direct.
+/// Cheap to clone: the hops are shared.
 #[derive(Debug, Clone, Default)]
 pub struct Route {
-    hops: Vec<Hop>,
+    hops: Arc<[Hop]>,
 }
 
 impl Route {
@@ -52,7 +53,7 @@ impl Route {
 
     /// Goes through `hops`, first to last.
     pub fn via(hops: Vec<Hop>) -> Self {
-        Self { hops }
+        Self { hops: hops.into() }
     }
 
     /// Parses `--upstream`: one hop URL, or several separated by commas (first to last).
@@ -68,7 +69,7 @@ impl Route {
     /// which can then cache and log them. Through SOCKS or a chain, plain requests ride a
     /// tunnel to the origin in origin-form instead.
     pub fn absolute_form_hop(&self) -> Option<&Hop> {
-        match self.hops.as_slice() {
+        match &*self.hops {
             [hop] if hop.kind.is_http() => Some(hop),
             _ => None,
         }
@@ -130,6 +131,39 @@ impl Dialer {
             tls,
             connect_timeout,
             via,
+        }
+    }
+
+    /// The same dialer with another bound on each dial (pools share one budget across members).
+    pub fn with_timeout(&self, connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            ..self.clone()
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// Opens (and drops) a TCP connection to the route's first hop: the health probe used
+    /// when a pool has no probe target.
+    pub async fn reach_first_hop(&self, route: &Route) -> Result<(), ConnectError> {
+        let Some(hop) = route.hops().first() else {
+            return Ok(());
+        };
+        let peer = route.label(0);
+        match tokio::time::timeout(
+            self.connect_timeout,
+            direct::connect_tcp(&*self.resolver, &hop.addr, &peer),
+        )
+        .await
+        {
+            Ok(res) => res.map(drop),
+            Err(_) => Err(ConnectError::Timeout {
+                peer,
+                after: self.connect_timeout,
+            }),
         }
     }
 

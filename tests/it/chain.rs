@@ -8,11 +8,12 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use viaduct::Config;
 use viaduct::outbound::{Route, TlsOptions};
+use viaduct::route::Router;
 
 use crate::support::*;
 
-fn route(s: &str) -> Route {
-    Route::parse(s).unwrap()
+fn route(s: &str) -> Router {
+    Router::single(Route::parse(s).unwrap())
 }
 
 async fn assert_echo(proxy: SocketAddr, target: &str) {
@@ -40,7 +41,7 @@ async fn socks5h_sends_names_socks5_sends_addresses() {
     let target = format!("origin.test:{}", echo.port());
 
     let p = start_proxy(Config {
-        route: route(&format!("socks5h://bob:p%40ss@{socks}")),
+        router: route(&format!("socks5h://bob:p%40ss@{socks}")),
         ..config()
     })
     .await;
@@ -53,7 +54,7 @@ async fn socks5h_sends_names_socks5_sends_addresses() {
     let resolver = TestResolver::default().with("origin.test", echo);
     let p = start_proxy_with(
         Config {
-            route: route(&format!("socks5://bob:p%40ss@{socks}")),
+            router: route(&format!("socks5://bob:p%40ss@{socks}")),
             ..config()
         },
         Arc::new(resolver),
@@ -71,7 +72,7 @@ async fn socks5h_sends_names_socks5_sends_addresses() {
 async fn socks_failures_name_the_hop() {
     let (socks, _) = socks5_server(Some(("bob", "right")), HashMap::new()).await;
     let p = start_proxy(Config {
-        route: route(&format!("socks5h://bob:wrong@{socks}")),
+        router: route(&format!("socks5h://bob:wrong@{socks}")),
         ..config()
     })
     .await;
@@ -91,7 +92,7 @@ async fn socks_failures_name_the_hop() {
     assert!(!body.contains("wrong"));
 
     let p = start_proxy(Config {
-        route: route(&format!("socks5h://bob:right@{socks}")),
+        router: route(&format!("socks5h://bob:right@{socks}")),
         ..config()
     })
     .await;
@@ -122,7 +123,7 @@ async fn https_upstream_with_private_ca() {
     let cert = test_cert("proxy.test");
     let front = tls_front(&cert, behind.addr).await;
     let resolver = Arc::new(TestResolver::default().with("proxy.test", front));
-    let hop = route(&format!("https://proxy.test:{}", front.port()));
+    let hop = || route(&format!("https://proxy.test:{}", front.port()));
 
     let tls = TlsOptions {
         ca_files: vec![cert.pem_file.path().to_owned()],
@@ -130,7 +131,7 @@ async fn https_upstream_with_private_ca() {
     };
     let p = start_proxy_with(
         Config {
-            route: hop.clone(),
+            router: hop(),
             tls,
             ..config()
         },
@@ -165,7 +166,7 @@ async fn https_upstream_with_private_ca() {
     };
     let p = start_proxy_with(
         Config {
-            route: hop.clone(),
+            router: hop(),
             tls,
             ..config()
         },
@@ -194,7 +195,7 @@ async fn https_upstream_with_private_ca() {
     };
     let p = start_proxy_with(
         Config {
-            route: hop,
+            router: hop(),
             tls,
             ..config()
         },
@@ -237,7 +238,7 @@ async fn any_kind_at_any_hop() {
         insecure: false,
     };
     let p = start_proxy(Config {
-        route: route(&chain),
+        router: route(&chain),
         tls,
         ..config()
     })
@@ -251,7 +252,7 @@ async fn any_kind_at_any_hop() {
     // SOCKS inside CONNECT: the SOCKS handshake runs through an HTTP proxy's tunnel.
     let chain = format!("http://{},socks5h://{socks}", last.addr);
     let p = start_proxy(Config {
-        route: route(&chain),
+        router: route(&chain),
         ..config()
     })
     .await;
@@ -273,7 +274,7 @@ async fn plain_http_through_socks_and_chains() {
         format!("http://{},socks5h://{socks}", second.addr),
     ] {
         let p = start_proxy(Config {
-            route: route(&chain),
+            router: route(&chain),
             ..config()
         })
         .await;
@@ -307,7 +308,7 @@ async fn chain_failures_name_the_hop() {
     let (denying, _) = fake_upstream(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
     let chain = format!("http://{},http://user:secret@{denying}", first.addr);
     let p = start_proxy(Config {
-        route: route(&chain),
+        router: route(&chain),
         ..config()
     })
     .await;
@@ -331,7 +332,7 @@ async fn chain_failures_name_the_hop() {
     .await;
     let chain = format!("http://{},socks5h://{silent}", first.addr);
     let p = start_proxy(Config {
-        route: route(&chain),
+        router: route(&chain),
         connect_timeout: Duration::from_millis(400),
         ..config()
     })

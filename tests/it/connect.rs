@@ -101,7 +101,7 @@ async fn upstream_connect_bytes_and_leftover() {
     let (up, mut heads) =
         fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-banner\r\n").await;
     let p = start_proxy(Config {
-        route: via(&format!("http://al%40ice:p%3Aw@{up}")),
+        router: via(&format!("http://al%40ice:p%3Aw@{up}")),
         ..config()
     })
     .await;
@@ -145,7 +145,7 @@ async fn optimistic_client_data_is_kept() {
 async fn any_2xx_from_upstream_opens() {
     let (up, _) = fake_upstream(b"HTTP/1.0 204 No Content\r\nContent-Length: 10\r\n\r\n").await;
     let p = start_proxy(Config {
-        route: via(&format!("http://{up}")),
+        router: via(&format!("http://{up}")),
         ..config()
     })
     .await;
@@ -193,7 +193,7 @@ async fn upstream_failures_are_reported() {
             fake_upstream(reply).await
         };
         let p = start_proxy(Config {
-            route: via(&format!("http://u:secret@{up}")),
+            router: via(&format!("http://u:secret@{up}")),
             ..config()
         })
         .await;
@@ -240,7 +240,7 @@ async fn silent_upstream_is_504() {
     })
     .await;
     let p = start_proxy(Config {
-        route: via(&format!("http://{up}")),
+        router: via(&format!("http://{up}")),
         connect_timeout: Duration::from_millis(300),
         ..config()
     })
@@ -260,7 +260,7 @@ async fn large_transfer_both_ways_through_a_chain() {
     })
     .await;
     let first = start_proxy(Config {
-        route: via(&format!("http://{}", second.addr)),
+        router: via(&format!("http://{}", second.addr)),
         ..config()
     })
     .await;
@@ -310,7 +310,7 @@ async fn self_loop_is_508() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = viaduct::Proxy::new(Config {
-        route: via(&format!("http://{addr}")),
+        router: via(&format!("http://{addr}")),
         ..config()
     })
     .unwrap();

@@ -53,7 +53,7 @@ async fn direct_get_rewrites_headers_both_ways() {
 async fn via_upstream_sends_absolute_form_with_credentials() {
     let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
     let p = start_proxy(Config {
-        route: via(&format!("http://bob:pa%20ss@{up}")),
+        router: via(&format!("http://bob:pa%20ss@{up}")),
         ..config()
     })
     .await;
@@ -89,7 +89,7 @@ async fn via_upstream_sends_absolute_form_with_credentials() {
 async fn upstream_407_on_plain_request_is_502() {
     let (up, _) = fake_upstream(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n").await;
     let p = start_proxy(Config {
-        route: via(&format!("http://{up}")),
+        router: via(&format!("http://{up}")),
         ..config()
     })
     .await;

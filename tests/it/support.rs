@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use viaduct::outbound::resolve::{Resolve, Resolving};
 use viaduct::outbound::{Hop, Route};
+use viaduct::route::Router;
 use viaduct::{Config, Proxy};
 
 /// A running viaduct.
@@ -50,8 +51,8 @@ pub fn config() -> Config {
     }
 }
 
-pub fn via(url: &str) -> Route {
-    Route::via(vec![Hop::parse(url).expect("valid hop url")])
+pub fn via(url: &str) -> Router {
+    Router::single(Route::via(vec![Hop::parse(url).expect("valid hop url")]))
 }
 
 pub async fn start_proxy(config: Config) -> ProxyHandle {

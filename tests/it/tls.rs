@@ -67,7 +67,7 @@ async fn https_through_upstream_tunnel() {
     )
     .await;
     let p = start_proxy(Config {
-        route: via(&format!("http://{}", upstream.addr)),
+        router: via(&format!("http://{}", upstream.addr)),
         ..config()
     })
     .await;

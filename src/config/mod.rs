@@ -1,0 +1,434 @@
+//! The configuration file: TOML, parsed into a raw model close to the file, then validated and
+//! built into runtime objects ([`Router`] with its pools and matchers).
+//!
+//! Every error names the file, line, column and field (`viaduct.toml:14:12: pools.res.strategy:
+//! unknown strategy "fastest"`), and is found before any port is bound. Names are checked:
+//! rules and pools may only refer to upstreams and pools that exist, pool members must be
+//! upstreams (so there are no cycles), and unknown fields are errors, not silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::outbound::{Route, TlsOptions};
+use crate::pool::{HealthCheck, Pool, PoolSettings, Strategy};
+use crate::route::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
+use crate::target::Target;
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {field}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// What a configuration file sets. `None` / empty: not set in the file (defaults or flags apply).
+#[derive(Debug)]
+pub struct FileConfig {
+    pub listen: Vec<SocketAddr>,
+    pub connect_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub shutdown_grace: Option<Duration>,
+    pub via_name: Option<String>,
+    pub tls: TlsOptions,
+    pub router: Router,
+}
+
+// === raw model ===
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    listen: Vec<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    via_name: Option<String>,
+    #[serde(default)]
+    upstream_ca: Vec<PathBuf>,
+    #[serde(default)]
+    upstream_insecure: bool,
+    bypass: Option<Spanned<String>>,
+    #[serde(default)]
+    upstreams: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    pools: BTreeMap<String, RawPool>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+    default: Option<RawDefault>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    members: Spanned<Vec<Spanned<String>>>,
+    strategy: Option<Spanned<String>>,
+    health: Option<RawHealth>,
+    sticky_ttl: Option<Spanned<String>>,
+    max_attempts: Option<Spanned<usize>>,
+    failures: Option<Spanned<u32>>,
+    ejection: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    interval: Spanned<String>,
+    target: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    #[serde(rename = "match")]
+    matcher: RawMatch,
+    via: Spanned<String>,
+    #[serde(default)]
+    resolve: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    ports: Vec<u16>,
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefault {
+    via: Spanned<String>,
+}
+
+// === loading ===
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        line: 0,
+        column: 0,
+        field: "-".into(),
+        message: format!("cannot read: {e}"),
+    })?;
+    parse(&text, &file)
+}
+
+/// Validates `text` (named `file` in errors).
+pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
+    let at = Locator { text, file };
+    let raw: Raw = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let field = field_at(text, span.start, e.message());
+        at.error(span, &field, e.message().trim())
+    })?;
+    build(raw, &at)
+}
+
+struct Locator<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: Range<usize>, field: &str, message: impl Into<String>) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The field a TOML error is about: the name in "unknown field `x`", else the key on the line.
+fn field_at(text: &str, offset: usize, message: &str) -> String {
+    if let Some((_, rest)) = message.split_once("unknown field `")
+        && let Some((name, _)) = rest.split_once('`')
+    {
+        return name.to_owned();
+    }
+    let line_start = text[..offset.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) => key.trim().to_owned(),
+        None => line
+            .trim()
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_owned(),
+    }
+}
+
+fn duration(at: &Locator, field: &str, s: &Spanned<String>) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.get_ref()).map_err(|e| {
+        at.error(
+            s.span(),
+            field,
+            format!(
+                "invalid duration \"{}\": {e} (write 500ms, 10s, 5m)",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
+    let listen = raw
+        .listen
+        .iter()
+        .map(|l| {
+            l.get_ref().parse().map_err(|_| {
+                at.error(
+                    l.span(),
+                    "listen",
+                    format!("not an address:port: \"{}\"", l.get_ref()),
+                )
+            })
+        })
+        .collect::<Result<Vec<SocketAddr>, _>>()?;
+    let opt = |field: &str, d: &Option<Spanned<String>>| {
+        d.as_ref().map(|d| duration(at, field, d)).transpose()
+    };
+
+    let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
+    for (name, url) in &raw.upstreams {
+        let field = format!("upstreams.{name}");
+        check_name(at, &field, name, url.span())?;
+        let route =
+            Route::parse(url.get_ref()).map_err(|e| at.error(url.span(), &field, e.to_string()))?;
+        upstreams.insert(
+            name,
+            Arc::new(Upstream {
+                name: name.clone(),
+                route,
+            }),
+        );
+    }
+
+    let mut pools: BTreeMap<&str, Arc<Pool>> = BTreeMap::new();
+    for (name, p) in &raw.pools {
+        let field = |f: &str| format!("pools.{name}.{f}");
+        check_name(at, &format!("pools.{name}"), name, p.members.span())?;
+        if upstreams.contains_key(name.as_str()) {
+            return Err(at.error(
+                p.members.span(),
+                &format!("pools.{name}"),
+                "a pool and an upstream share this name",
+            ));
+        }
+        if p.members.get_ref().is_empty() {
+            return Err(at.error(
+                p.members.span(),
+                &field("members"),
+                "a pool needs at least one member",
+            ));
+        }
+        let mut members = Vec::new();
+        for m in p.members.get_ref() {
+            let up = upstreams.get(m.get_ref().as_str()).ok_or_else(|| {
+                let why = if raw.pools.contains_key(m.get_ref()) {
+                    "is a pool; members must be upstreams"
+                } else {
+                    "is not a defined upstream"
+                };
+                at.error(
+                    m.span(),
+                    &field("members"),
+                    format!("\"{}\" {why}", m.get_ref()),
+                )
+            })?;
+            members.push((up.name.clone(), up.route.clone()));
+        }
+        let mut settings = PoolSettings::default();
+        if let Some(s) = &p.strategy {
+            settings.strategy = Strategy::parse(s.get_ref()).ok_or_else(|| {
+                at.error(s.span(), &field("strategy"), format!("unknown strategy \"{}\" (round-robin, random, failover, least-connections, sticky)", s.get_ref()))
+            })?;
+        }
+        if let Some(h) = &p.health {
+            let interval = duration(at, &field("health.interval"), &h.interval)?;
+            if interval.is_zero() {
+                return Err(at.error(
+                    h.interval.span(),
+                    &field("health.interval"),
+                    "must be more than 0",
+                ));
+            }
+            let target = h
+                .target
+                .as_ref()
+                .map(|t| {
+                    parse_target(t.get_ref())
+                        .map_err(|m| at.error(t.span(), &field("health.target"), m))
+                })
+                .transpose()?;
+            settings.health = Some(HealthCheck { interval, target });
+        }
+        if let Some(d) = opt(&field("sticky_ttl"), &p.sticky_ttl)? {
+            settings.sticky_ttl = d;
+        }
+        if let Some(d) = opt(&field("ejection"), &p.ejection)? {
+            settings.ejection = d;
+        }
+        if let Some(n) = &p.max_attempts {
+            if *n.get_ref() == 0 {
+                return Err(at.error(n.span(), &field("max_attempts"), "must be at least 1"));
+            }
+            settings.max_attempts = *n.get_ref();
+        }
+        if let Some(n) = &p.failures {
+            if *n.get_ref() == 0 {
+                return Err(at.error(n.span(), &field("failures"), "must be at least 1"));
+            }
+            settings.failures = *n.get_ref();
+        }
+        pools.insert(name, Arc::new(Pool::new(name.clone(), members, settings)));
+    }
+
+    let action = |field: &str, via: &Spanned<String>| -> Result<Action, ConfigError> {
+        let v = via.get_ref().as_str();
+        Ok(match v {
+            "direct" => Action::Direct,
+            "block" => Action::Block,
+            _ if v.contains("://") => Action::Upstream(Arc::new(Upstream {
+                name: "inline".into(),
+                route: Route::parse(v).map_err(|e| at.error(via.span(), field, e.to_string()))?,
+            })),
+            _ => match (upstreams.get(v), pools.get(v)) {
+                (Some(u), _) => Action::Upstream(Arc::clone(u)),
+                (None, Some(p)) => Action::Pool(Arc::clone(p)),
+                (None, None) => {
+                    return Err(at.error(
+                        via.span(),
+                        field,
+                        format!("\"{v}\" is not direct, block, an upstream or a pool"),
+                    ));
+                }
+            },
+        })
+    };
+
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.iter().enumerate() {
+        let field = |f: &str| format!("rules[{}].{f}", i + 1);
+        let m = &r.matcher;
+        let domains = m
+            .domains
+            .iter()
+            .map(|d| {
+                DomainPattern::parse(d.get_ref()).ok_or_else(|| {
+                    at.error(
+                        d.span(),
+                        &field("match.domains"),
+                        format!("not a domain pattern: \"{}\"", d.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let cidrs = m
+            .cidrs
+            .iter()
+            .map(|c| {
+                c.get_ref().parse().map_err(|_| {
+                    at.error(
+                        c.span(),
+                        &field("match.cidrs"),
+                        format!("not a CIDR: \"{}\"", c.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let matcher = Matcher {
+            domains,
+            cidrs,
+            ports: m.ports.clone(),
+            users: m.users.clone(),
+        };
+        rules.push(Rule {
+            matcher,
+            resolve: r.resolve,
+            action: action(&field("via"), &r.via)?,
+        });
+    }
+    let default = match &raw.default {
+        Some(d) => action("default.via", &d.via)?,
+        None => Action::Direct,
+    };
+    let bypass = match &raw.bypass {
+        Some(b) => parse_no_proxy(b.get_ref()).map_err(|entry| {
+            at.error(
+                b.span(),
+                "bypass",
+                format!("not a host, domain or CIDR: \"{entry}\""),
+            )
+        })?,
+        None => None,
+    };
+    Ok(FileConfig {
+        listen,
+        connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
+        idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,
+        shutdown_grace: opt("shutdown_grace", &raw.shutdown_grace)?,
+        via_name: raw.via_name,
+        tls: TlsOptions {
+            ca_files: raw.upstream_ca,
+            insecure: raw.upstream_insecure,
+        },
+        router: Router {
+            bypass,
+            rules,
+            default,
+        },
+    })
+}
+
+fn check_name(
+    at: &Locator,
+    field: &str,
+    name: &str,
+    span: Range<usize>,
+) -> Result<(), ConfigError> {
+    if matches!(name, "direct" | "block") {
+        return Err(at.error(span, field, format!("\"{name}\" is reserved")));
+    }
+    Ok(())
+}
+
+/// Parses `host:port` (with `[v6]`).
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{s}\" is not host:port"))?;
+    let port = port
+        .parse()
+        .map_err(|_| format!("\"{s}\" has an invalid port"))?;
+    Target::new(host, port).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

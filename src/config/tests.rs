@@ -1,0 +1,132 @@
+//! Config parsing and validation: the shipped example, and one located error per mistake.
+
+use super::*;
+use crate::route::Reason;
+
+fn err(text: &str) -> ConfigError {
+    match parse(text, "t.toml") {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn example_file_validates_and_routes() {
+    let cfg = parse(include_str!("../../examples/viaduct.toml"), "viaduct.toml").unwrap();
+    assert_eq!(
+        cfg.listen,
+        ["127.0.0.1:8083".parse::<SocketAddr>().unwrap()]
+    );
+    let r = &cfg.router;
+    let decide = |t: &str| {
+        let d = r.decide_with(&parse_target(t).unwrap(), None, &[]);
+        (d.action.to_string(), d.reason)
+    };
+    assert!(decide("abc.onion:80").0.starts_with("upstream tor"));
+    assert_eq!(
+        decide("db.internal:5432"),
+        ("direct".into(), Reason::Rule(2))
+    );
+    assert_eq!(decide("10.1.2.3:22"), ("direct".into(), Reason::Rule(2)));
+    assert_eq!(
+        decide("x.ads.example:443"),
+        ("block".into(), Reason::Rule(3))
+    );
+    assert_eq!(
+        decide("mail.example.org:25"),
+        ("block".into(), Reason::Rule(4))
+    );
+    assert!(
+        decide("www.shop.example:443")
+            .0
+            .starts_with("pool residential")
+    );
+    let (action, reason) = decide("www.example.org:443");
+    assert!(
+        action.starts_with("upstream corp (http proxy proxy.corp.example:3128)"),
+        "{action}"
+    );
+    assert!(!action.contains("s3cret"));
+    assert_eq!(reason, Reason::Default);
+    assert_eq!(r.pools().len(), 1);
+}
+
+#[test]
+fn errors_name_file_line_and_field() {
+    let e = err(
+        "listen = [\"127.0.0.1:1\"]\n[upstreams]\na = \"http://h:1\"\n\n[[rules]]\nmatch = {}\nvia = \"nope\"\n",
+    );
+    assert_eq!(
+        (e.file.as_str(), e.line, e.field.as_str()),
+        ("t.toml", 7, "rules[1].via")
+    );
+    assert!(
+        e.message
+            .contains("\"nope\" is not direct, block, an upstream or a pool"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with("t.toml:7:7: rules[1].via: "),
+        "{e}"
+    );
+
+    let e = err("[pools.p]\nmembers = [\"x\"]\nstrateg = \"random\"\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "strateg"));
+    assert!(e.message.contains("unknown field"), "{e}");
+
+    let e = err(
+        "[upstreams]\na = \"http://h:1\"\n[pools.p]\nmembers = [\"a\"]\nstrategy = \"fastest\"\n",
+    );
+    assert_eq!((e.line, e.field.as_str()), (5, "pools.p.strategy"));
+
+    let e = err(
+        "[upstreams]\na = \"http://h:1\"\n[pools.p]\nmembers = [\"a\"]\n[pools.q]\nmembers = [\"p\"]\n",
+    );
+    assert_eq!((e.line, e.field.as_str()), (6, "pools.q.members"));
+    assert!(
+        e.message.contains("is a pool; members must be upstreams"),
+        "{e}"
+    );
+
+    let e = err("connect_timeout = \"ten seconds\"\n");
+    assert_eq!((e.line, e.field.as_str()), (1, "connect_timeout"));
+
+    let e = err("[upstreams]\ncorp = \"ftp://alice:s3cret@h:1\"\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "upstreams.corp"));
+    assert!(!e.to_string().contains("s3cret"));
+
+    let e = err("[[rules]]\nmatch = { cidrs = [\"10.0.0.0/33\"] }\nvia = \"direct\"\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "rules[1].match.cidrs"));
+
+    let e = err("bypass = \"localhost,not a host\"\n");
+    assert_eq!(e.field, "bypass");
+
+    let e = err("listen = [\"nowhere\"]\n");
+    assert_eq!((e.line, e.field.as_str()), (1, "listen"));
+
+    let e = err("[default]\nvia = \"corp\"\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "default.via"));
+
+    let e = err("this is not toml\n");
+    assert_eq!(e.line, 1);
+}
+
+#[test]
+fn chains_and_inline_routes() {
+    let cfg = parse(
+        "[upstreams]\nchain = \"socks5h://127.0.0.1:1080,http://127.0.0.1:3128\"\n[[rules]]\nmatch = { ports = [22] }\nvia = \"socks5://127.0.0.1:9\"\n[default]\nvia = \"chain\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    let d = cfg
+        .router
+        .decide_with(&parse_target("x.org:443").unwrap(), None, &[]);
+    assert_eq!(
+        d.action.to_string(),
+        "upstream chain (socks5h proxy 127.0.0.1:1080 -> http proxy 127.0.0.1:3128)"
+    );
+    let d = cfg
+        .router
+        .decide_with(&parse_target("x.org:22").unwrap(), None, &[]);
+    assert!(d.action.to_string().contains("socks5 proxy 127.0.0.1:9"));
+}

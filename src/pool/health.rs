@@ -1,0 +1,55 @@
+//! Active health checks: one task per pool probes every member each interval.
+//!
+//! A probe is a real dial through the member (CONNECT or SOCKS connect to the health target),
+//! or a TCP connect to its first hop when no target is set. Its outcome feeds the same passive
+//! state as client traffic: success brings a member back at once, hop faults count toward
+//! ejection. The task holds only a `Weak` to its pool, so a pool dropped by a reload takes its
+//! checker with it.
+
+use std::sync::{Arc, Weak};
+
+use super::{Outcome, Pool};
+use crate::outbound::Dialer;
+
+/// Spawns the checker for `pool` (no-op without a health section).
+pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
+    let Some(check) = pool.settings.health.clone() else {
+        return;
+    };
+    let weak: Weak<Pool> = Arc::downgrade(pool);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(check.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(pool) = weak.upgrade() else { return };
+            let dialer = dialer.with_timeout(check.interval.min(dialer.connect_timeout()));
+            for (i, member) in pool.members.iter().enumerate() {
+                let res = match &check.target {
+                    Some(target) => dialer
+                        .tunnel(&member.route, target)
+                        .await
+                        .map(drop)
+                        .map_err(|e| (e, Some(target))),
+                    None => dialer
+                        .reach_first_hop(&member.route)
+                        .await
+                        .map_err(|e| (e, None)),
+                };
+                let outcome = match &res {
+                    Ok(()) => Outcome::Success,
+                    Err((e, Some(target))) if !e.blames_hop(target) => Outcome::TargetFault,
+                    Err(_) => Outcome::HopFault,
+                };
+                if let Err((e, _)) = &res {
+                    tracing::debug!(pool = %pool.name, member = %member.name, error = %e, "health probe failed");
+                }
+                let was_up = pool.is_up(i);
+                pool.report(i, outcome);
+                if !was_up && pool.is_up(i) {
+                    tracing::info!(pool = %pool.name, member = %member.name, "member healthy again");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,266 @@
+//! Routing: which way a request leaves, decided per request from its target and user.
+//!
+//! A [`Router`] holds an optional bypass list (NO_PROXY syntax, always direct), ordered
+//! [`Rule`]s (first match wins) and a default [`Action`]. Deciding is pure
+//! ([`Router::decide_with`]); the only I/O is resolving the target's name, done by
+//! [`Router::decide`] and only when a rule asks for it (`resolve = true` with CIDRs).
+
+pub mod matcher;
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use self::matcher::{DomainPattern, Matcher, parse_no_proxy};
+use crate::outbound::{Resolve, Route};
+use crate::pool::Pool;
+use crate::target::{Host, Target};
+
+/// A named upstream: one hop or a chain.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub route: Route,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Connect to the target ourselves.
+    Direct,
+    /// Refuse with 403.
+    Block,
+    /// Through a named upstream (or chain).
+    Upstream(Arc<Upstream>),
+    /// Through a member of a pool, with failover.
+    Pool(Arc<Pool>),
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Direct => f.write_str("direct"),
+            Action::Block => f.write_str("block"),
+            Action::Upstream(u) => write!(f, "upstream {} ({})", u.name, u.route),
+            Action::Pool(p) => write!(f, "pool {}", p.describe()),
+        }
+    }
+}
+
+/// One `[[rules]]` entry.
+#[derive(Debug)]
+pub struct Rule {
+    pub matcher: Matcher,
+    /// Match CIDRs against the target name's resolved addresses too.
+    pub resolve: bool,
+    pub action: Action,
+}
+
+/// Why an action was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Bypass,
+    /// The rule's position, from 1.
+    Rule(usize),
+    Default,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Bypass => f.write_str("bypass list"),
+            Reason::Rule(n) => write!(f, "rule {n}"),
+            Reason::Default => f.write_str("default"),
+        }
+    }
+}
+
+/// A routing decision.
+#[derive(Debug, Clone)]
+pub struct Decision<'a> {
+    pub action: &'a Action,
+    pub reason: Reason,
+}
+
+/// Bypass list, rules in order, default.
+#[derive(Debug)]
+pub struct Router {
+    pub bypass: Option<Matcher>,
+    pub rules: Vec<Rule>,
+    pub default: Action,
+}
+
+impl Router {
+    /// Everything direct.
+    pub fn direct() -> Self {
+        Self {
+            bypass: None,
+            rules: Vec::new(),
+            default: Action::Direct,
+        }
+    }
+
+    /// Everything through `route` (direct when it has no hops).
+    pub fn single(route: Route) -> Self {
+        let default = if route.hops().is_empty() {
+            Action::Direct
+        } else {
+            Action::Upstream(Arc::new(Upstream {
+                name: "upstream".into(),
+                route,
+            }))
+        };
+        Self {
+            bypass: None,
+            rules: Vec::new(),
+            default,
+        }
+    }
+
+    /// Decides for `target`; `resolved` are the target name's addresses, used only by rules
+    /// with `resolve = true`.
+    pub fn decide_with(
+        &self,
+        target: &Target,
+        user: Option<&str>,
+        resolved: &[IpAddr],
+    ) -> Decision<'_> {
+        const DIRECT: &Action = &Action::Direct;
+        if self
+            .bypass
+            .as_ref()
+            .is_some_and(|b| b.matches(target, None, &[]))
+        {
+            return Decision {
+                action: DIRECT,
+                reason: Reason::Bypass,
+            };
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let addrs = if rule.resolve { resolved } else { &[] };
+            if rule.matcher.matches(target, user, addrs) {
+                return Decision {
+                    action: &rule.action,
+                    reason: Reason::Rule(i + 1),
+                };
+            }
+        }
+        Decision {
+            action: &self.default,
+            reason: Reason::Default,
+        }
+    }
+
+    /// Like [`Router::decide_with`], resolving the target's name first when a rule needs it.
+    /// A name that does not resolve simply matches no CIDR.
+    pub async fn decide(
+        &self,
+        target: &Target,
+        user: Option<&str>,
+        resolver: &dyn Resolve,
+    ) -> Decision<'_> {
+        let wants = self
+            .rules
+            .iter()
+            .any(|r| r.resolve && r.matcher.wants_addresses());
+        let resolved = match (&target.host, wants) {
+            (Host::Name(name), true) => resolver
+                .resolve(name, target.port)
+                .await
+                .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        self.decide_with(target, user, &resolved)
+    }
+
+    /// Every pool the router can send to (for health checking).
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut pools: Vec<Arc<Pool>> = Vec::new();
+        for action in self.rules.iter().map(|r| &r.action).chain([&self.default]) {
+            if let Action::Pool(p) = action
+                && !pools.iter().any(|q| Arc::ptr_eq(p, q))
+            {
+                pools.push(Arc::clone(p));
+            }
+        }
+        pools
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Target {
+        let (h, p) = s.rsplit_once(':').unwrap();
+        Target::new(h, p.parse().unwrap()).unwrap()
+    }
+
+    fn rule(domains: &[&str], action: Action) -> Rule {
+        Rule {
+            matcher: Matcher {
+                domains: domains
+                    .iter()
+                    .map(|d| DomainPattern::parse(d).unwrap())
+                    .collect(),
+                ..Default::default()
+            },
+            resolve: false,
+            action,
+        }
+    }
+
+    #[test]
+    fn first_matching_rule_wins_then_default() {
+        let corp = Action::Upstream(Arc::new(Upstream {
+            name: "corp".into(),
+            route: Route::direct(),
+        }));
+        let router = Router {
+            bypass: parse_no_proxy("localhost").unwrap(),
+            rules: vec![
+                rule(&["*.ads.example"], Action::Block),
+                rule(&["*.example"], Action::Direct),
+            ],
+            default: corp,
+        };
+        let d = router.decide_with(&t("x.ads.example:443"), None, &[]);
+        assert!(matches!(d.action, Action::Block) && d.reason == Reason::Rule(1));
+        let d = router.decide_with(&t("www.example:443"), None, &[]);
+        assert!(matches!(d.action, Action::Direct) && d.reason == Reason::Rule(2));
+        let d = router.decide_with(&t("other.org:443"), None, &[]);
+        assert!(matches!(d.action, Action::Upstream(_)) && d.reason == Reason::Default);
+        assert_eq!(
+            router.decide_with(&t("localhost:80"), None, &[]).reason,
+            Reason::Bypass
+        );
+    }
+
+    #[test]
+    fn resolved_addresses_only_for_resolving_rules() {
+        let m = Matcher {
+            cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut router = Router {
+            bypass: None,
+            rules: vec![Rule {
+                matcher: m,
+                resolve: false,
+                action: Action::Block,
+            }],
+            default: Action::Direct,
+        };
+        let ten = ["10.1.1.1".parse().unwrap()];
+        assert_eq!(
+            router.decide_with(&t("db.corp:5432"), None, &ten).reason,
+            Reason::Default
+        );
+        router.rules[0].resolve = true;
+        assert_eq!(
+            router.decide_with(&t("db.corp:5432"), None, &ten).reason,
+            Reason::Rule(1)
+        );
+    }
+}
