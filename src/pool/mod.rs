@@ -182,7 +182,7 @@ impl Pool {
     pub fn describe(&self) -> String {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
         format!(
-            "{} ({:?}: {})",
+            "{} ({}: {})",
             self.name,
             self.settings.strategy,
             names.join(", ")

@@ -124,3 +124,144 @@ async fn bad_flags_are_refused_clearly() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("via name"));
 }
+
+/// `viaduct check` accepts the shipped example and refuses a broken file with
+/// file:line:column: field and exit 64; `viaduct route` says which way a URL goes.
+#[tokio::test]
+async fn check_and_route_subcommands() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/viaduct.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["check", "--config", example])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (5 rules, 1 pools"));
+
+    let broken = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        broken.path(),
+        "[upstreams]\na = \"http://127.0.0.1:1\"\n[pools.p]\nmembers = [\"a\", \"nope\"]\n",
+    )
+    .unwrap();
+    let path = broken.path().to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["check", "--config", path])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{path}:4:17: pools.p.members: \"nope\" is not a defined upstream"
+        )),
+        "{err}"
+    );
+    // Running with it fails the same way, before binding anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--config", path])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args([
+            "route",
+            "https://www.shop.example/cart",
+            "--config",
+            example,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("target:  www.shop.example:443"), "{text}");
+    assert!(
+        text.contains("matched: rule 5")
+            && text.contains("via:     pool residential (round-robin: res-1, res-2)"),
+        "{text}"
+    );
+}
+
+/// SIGHUP re-reads the file: a broken file is rejected and the running config keeps serving;
+/// a valid one applies to new requests while an open tunnel carries on untouched.
+#[tokio::test]
+async fn sighup_reload() {
+    let echo = echo_server().await;
+    let port = free_port();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let direct = format!("listen = [\"127.0.0.1:{port}\"]\n[default]\nvia = \"direct\"\n");
+    std::fs::write(file.path(), &direct).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--config", file.path().to_str().unwrap()])
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut tunnel, head) = connect(proxy, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    let hup = || {
+        let pid = child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+
+    std::fs::write(
+        file.path(),
+        format!("{direct}[[rules]]\nmatch = {{ ports = [\"x\"] }}\nvia = \"block\"\n"),
+    )
+    .unwrap();
+    hup();
+    let logged = |needle: &'static str| {
+        let path = log.path().to_owned();
+        async move {
+            for _ in 0..200 {
+                if std::fs::read_to_string(&path).unwrap().contains(needle) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!(
+                "never logged {needle:?}: {}",
+                std::fs::read_to_string(&path).unwrap()
+            );
+        }
+    };
+    logged("reload rejected").await;
+    assert!(
+        std::fs::read_to_string(log.path()).unwrap().contains(":5:"),
+        "error names the line"
+    );
+    let (_s, head) = connect(proxy, &echo.to_string()).await;
+    assert_eq!(head.status, 200, "old config still serving");
+
+    let block = format!(
+        "{direct}[[rules]]\nmatch = {{ ports = [{}] }}\nvia = \"block\"\n",
+        echo.port()
+    );
+    std::fs::write(file.path(), block).unwrap();
+    hup();
+    logged("configuration reloaded").await;
+    let (_s, head) = connect(proxy, &echo.to_string()).await;
+    assert_eq!(head.status, 403, "new rules apply to new requests");
+
+    tunnel.write_all(b"still here").await.unwrap();
+    let mut buf = [0; 10];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still here", "the open tunnel was untouched");
+    child.kill().await.unwrap();
+}

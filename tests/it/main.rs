@@ -8,6 +8,7 @@ mod chain;
 mod cli;
 mod connect;
 mod forward;
+mod pools;
 mod shutdown;
 mod support;
 mod tls;
