@@ -265,3 +265,60 @@ async fn sighup_reload() {
     assert_eq!(&buf, b"still here", "the open tunnel was untouched");
     child.kill().await.unwrap();
 }
+
+/// Without a file: repeated --upstream makes a pool (failing over past a dead member), and
+/// --bypass sends matching hosts direct.
+#[tokio::test]
+async fn cli_pool_and_bypass() {
+    let echo = echo_server().await;
+    let good = start_proxy(viaduct::Config {
+        via_name: "good".into(),
+        ..crate::support::config()
+    })
+    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let port = free_port();
+    let _pool = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--strategy",
+            "round-robin",
+        ])
+        .args([
+            "--upstream",
+            &format!("http://{dead}"),
+            "--upstream",
+            &format!("http://{}", good.addr),
+        ])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let bypass_port = free_port();
+    let _bypass = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{bypass_port}"),
+            "--upstream",
+            &format!("http://{dead}"),
+        ])
+        .args(["--bypass", "localhost,127.0.0.0/8"])
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(port).await;
+    wait_listening(bypass_port).await;
+    for p in [port, port, port, port, bypass_port] {
+        let (mut s, head) =
+            connect(format!("127.0.0.1:{p}").parse().unwrap(), &echo.to_string()).await;
+        assert_eq!(head.status, 200, "through {p}");
+        s.write_all(b"hi").await.unwrap();
+        let mut buf = [0; 2];
+        s.read_exact(&mut buf).await.unwrap();
+    }
+}
