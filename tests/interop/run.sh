@@ -43,6 +43,11 @@ wait_port() {
     return 1
 }
 
+eventually() { # eventually COMMAND...: for log lines written when a connection closes
+    for _ in $(seq 1 50); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    "$@"
+}
+
 check() { # check NAME COMMAND...
     local name=$1; shift
     if out=$("$@" 2>&1); then
@@ -231,7 +236,7 @@ check "curl 64 MiB https via viaduct -> squid, byte-identical" \
     bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_CHAIN https://localhost:$HTTPS_PORT/big.bin | sha256sum)\" = '$big_sha' ]"
 check "curl http via viaduct -> squid -> nginx (absolute-form through squid)" \
     bash -c "curl -fsS --noproxy '' -x http://127.0.0.1:$V_CHAIN -D - http://127.0.0.1:$HTTP_PORT/hello.txt | tee /dev/stderr | grep -qi '^via:.*viaduct'"
-check "squid saw the plain request and the CONNECT" \
+check "squid saw the plain request and the CONNECT" eventually \
     bash -c "grep -q 'GET http://127.0.0.1:$HTTP_PORT/hello.txt' $work/squid/access.log && grep -q 'CONNECT localhost:$HTTPS_PORT' $work/squid/access.log"
 check "curl https direct through viaduct" \
     bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_DIRECT https://127.0.0.1:$HTTPS_PORT/hello.txt)\" = 'hello from nginx' ]"
@@ -258,7 +263,7 @@ export work
 check "curl https via viaduct -> microsocks (user/pass, socks5h) -> nginx" hello_via "$V_SOCKS" "https://localhost:$HTTPS_PORT/hello.txt"
 check "curl http via viaduct -> microsocks (origin-form in a tunnel)" hello_via "$V_SOCKS" "http://127.0.0.1:$HTTP_PORT/hello.txt"
 check "curl https via viaduct -> dante (socks5) -> nginx" hello_via "$V_DANTE" "https://127.0.0.1:$HTTPS_PORT/hello.txt"
-check "dante logged the connection" grep -q "pass.*127.0.0.1.$HTTPS_PORT" "$work/danted.log"
+check "dante logged the connection" eventually grep -q "pass.*127.0.0.1.$HTTPS_PORT" "$work/danted.log"
 check "curl https via viaduct -> stunnel (TLS, --upstream-ca) -> squid -> nginx" hello_via "$V_TLS" "https://localhost:$HTTPS_PORT/hello.txt"
 check "curl http via viaduct -> stunnel -> squid (absolute-form inside TLS)" hello_via "$V_TLS" "http://127.0.0.1:$HTTP_PORT/hello.txt"
 check "wrong CA for the TLS upstream: 502 tls_certificate_error" status_via "$V_BADCA" "https://localhost:$HTTPS_PORT/hello.txt" tls_certificate_error
@@ -270,7 +275,7 @@ check "two hops: viaduct -> microsocks -> squid -> nginx, 64 MiB down byte-ident
     bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_TWOHOP https://localhost:$HTTPS_PORT/big.bin | sha256sum)\" = '$big_sha' ]"
 check "two hops: 64 MiB up byte-identical" \
     bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_TWOHOP -T $work/www/big.bin https://localhost:$SINK_PORT/up)\" = '${big_sha%% *}' ]"
-check "squid behind microsocks saw the CONNECT" grep -q "CONNECT localhost:$SINK_PORT" "$work/squid/access.log"
+check "squid behind microsocks saw the CONNECT" eventually grep -q "CONNECT localhost:$SINK_PORT" "$work/squid/access.log"
 
 cat > "$work/requests_check.py" <<PY
 import hashlib, sys, requests
@@ -308,7 +313,7 @@ if command -v chromium >/dev/null 2>&1; then
         bash -c "chromium_get https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx'"
     check "chromium plain http via viaduct -> squid -> nginx" \
         bash -c "chromium_get http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
-    check "viaduct logged chromium's tunnel" grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
+    check "viaduct logged chromium's tunnel" eventually grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
 else
     echo "FAIL chromium is not installed (.ci/run installs it)"; failed=$((failed + 1))
 fi
