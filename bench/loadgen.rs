@@ -1,0 +1,193 @@
+//! `viaduct-loadgen`: the load generator for `bench/run`. Small, single-purpose and fast enough
+//! not to be the bottleneck: raw sockets, one reusable buffer per connection, no HTTP library.
+//!
+//! ```text
+//! viaduct-loadgen throughput   --proxy ADDR|direct --origin HOST:PORT --path /big --runs 5
+//! viaduct-loadgen connect-rate --proxy ADDR --origin HOST:PORT --path /small --concurrency 32 --seconds 5
+//! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
+//! ```
+//! Every mode prints one `key=value` line that `bench/run` parses.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: failing loudly is right
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Args {
+    mode: String,
+    proxy: Option<SocketAddr>,
+    origin: String,
+    path: String,
+    runs: usize,
+    concurrency: usize,
+    seconds: u64,
+    count: usize,
+    hold: u64,
+}
+
+fn parse_args() -> Args {
+    let mut it = std::env::args().skip(1);
+    let mode = it.next().expect("mode: throughput | connect-rate | idle");
+    let mut a = Args {
+        mode,
+        proxy: None,
+        origin: String::new(),
+        path: "/".into(),
+        runs: 5,
+        concurrency: 32,
+        seconds: 5,
+        count: 10_000,
+        hold: 10,
+    };
+    while let Some(flag) = it.next() {
+        let v = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--proxy" if v == "direct" => a.proxy = None,
+            "--proxy" => a.proxy = Some(v.parse().expect("--proxy ADDR")),
+            "--origin" => a.origin = v,
+            "--path" => a.path = v,
+            "--runs" => a.runs = v.parse().unwrap(),
+            "--concurrency" => a.concurrency = v.parse().unwrap(),
+            "--seconds" => a.seconds = v.parse().unwrap(),
+            "--count" => a.count = v.parse().unwrap(),
+            "--hold" => a.hold = v.parse().unwrap(),
+            _ => panic!("unknown flag {flag}"),
+        }
+    }
+    a
+}
+
+/// A connection to the origin: through a CONNECT tunnel when a proxy is given.
+async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStream> {
+    let Some(proxy) = proxy else {
+        let s = TcpStream::connect(origin).await?;
+        s.set_nodelay(true)?;
+        return Ok(s);
+    };
+    let mut s = TcpStream::connect(proxy).await?;
+    s.set_nodelay(true)?;
+    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes()).await?;
+    // Read the head byte by byte: nothing past it may be consumed.
+    let mut head = Vec::with_capacity(128);
+    while !head.ends_with(b"\r\n\r\n") {
+        let b = s.read_u8().await?;
+        head.push(b);
+        if head.len() > 8192 {
+            return Err(std::io::Error::other("CONNECT answer too long"));
+        }
+    }
+    if !(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")) {
+        let line = String::from_utf8_lossy(&head);
+        return Err(std::io::Error::other(format!("CONNECT refused: {}", line.lines().next().unwrap_or(""))));
+    }
+    Ok(s)
+}
+
+/// One GET with `Connection: close`, reading to EOF; returns the bytes received.
+async fn get(s: &mut TcpStream, origin: &str, path: &str, buf: &mut [u8]) -> std::io::Result<u64> {
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut total = 0u64;
+    loop {
+        let n = s.read(buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
+async fn throughput(a: &Args) {
+    let mut rates = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    for _ in 0..a.runs {
+        let started = Instant::now();
+        let mut s = open(a.proxy, &a.origin).await.expect("open");
+        let bytes = get(&mut s, &a.origin, &a.path, &mut buf).await.expect("get");
+        rates.push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    let all: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    println!("median_mbps={median:.0} runs_mbps={}", all.join(","));
+}
+
+async fn connect_rate(a: &Args) {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..a.concurrency {
+        let (done, errors, origin, path, proxy) =
+            (Arc::clone(&done), Arc::clone(&errors), a.origin.clone(), a.path.clone(), a.proxy);
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while Instant::now() < deadline {
+                let ok = match open(proxy, &origin).await {
+                    Ok(mut s) => get(&mut s, &origin, &path, &mut buf).await.is_ok_and(|n| n > 0),
+                    Err(_) => false,
+                };
+                if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "tunnels_per_s={:.0} done={} errors={}",
+        done.load(Ordering::Relaxed) as f64 / secs,
+        done.load(Ordering::Relaxed),
+        errors.load(Ordering::Relaxed)
+    );
+}
+
+async fn idle(a: &Args) {
+    let mut open_ok = Vec::with_capacity(a.count);
+    let mut errors = 0usize;
+    let mut pending = tokio::task::JoinSet::new();
+    let mut started = 0;
+    // At most 256 handshakes in flight: a connect storm measures the SYN backlog, not memory.
+    while started < a.count || !pending.is_empty() {
+        while started < a.count && pending.len() < 256 {
+            let origin = a.origin.clone();
+            let proxy = a.proxy;
+            pending.spawn(async move { open(proxy, &origin).await });
+            started += 1;
+        }
+        match pending.join_next().await {
+            Some(Ok(Ok(s))) => open_ok.push(s),
+            _ => errors += 1,
+        }
+    }
+    println!("open={} errors={errors}", open_ok.len());
+    tokio::time::sleep(Duration::from_secs(a.hold)).await;
+    // Check the tunnels are still alive after the hold: none was dropped.
+    let mut alive = 0;
+    let mut buf = [0u8; 1];
+    for s in &open_ok {
+        match s.try_read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => alive += 1, // open, quiet
+            Ok(n) if n > 0 => alive += 1,
+            _ => {} // closed or reset
+        }
+    }
+    println!("alive={alive}");
+}
+
+#[tokio::main]
+async fn main() {
+    let a = parse_args();
+    match a.mode.as_str() {
+        "throughput" => throughput(&a).await,
+        "connect-rate" => connect_rate(&a).await,
+        "idle" => idle(&a).await,
+        m => panic!("unknown mode {m}"),
+    }
+}

@@ -1,0 +1,105 @@
+"""Formats bench/run's results: one table with every figure from the same run, ratios, targets."""
+import re
+import sys
+from collections import defaultdict
+
+rows = defaultdict(dict)
+for line in open(sys.argv[1]):
+    name, key, value = line.rstrip("\n").split("\t", 2)
+    rows[name][key] = value
+
+
+def ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    if not m:
+        return None
+    v, unit = float(m.group(1)), m.group(2)
+    return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+for name, r in rows.items():
+    if "wrk" in r:
+        out = r.pop("wrk").replace("|", "\n")
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+        p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+        p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+        errs = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sock = re.search(r"Socket errors: (.*)", out)
+        r["plain_rps"] = float(rps.group(1)) if rps else None
+        r["p50_ms"] = ms(p50.group(1)) if p50 else None
+        r["p99_ms"] = ms(p99.group(1)) if p99 else None
+        r["plain_errors"] = (errs.group(1) if errs else "0") + (f" ({sock.group(1).strip()})" if sock else "")
+
+
+def num(v, fmt="{:,.0f}"):
+    try:
+        return fmt.format(float(v))
+    except (TypeError, ValueError):
+        return "-" if v in (None, "") else str(v)
+
+
+def table(names, title):
+    names = [n for n in names if n in rows]
+    print(f"\n{title}")
+    lines = [
+        ("tunnel MB/s (CONNECT, median)", "tunnel_mbps", "{:,.0f}"),
+        ("plain HTTP req/s (64 conns)", "plain_rps", "{:,.0f}"),
+        ("plain HTTP p50 ms", "p50_ms", "{:.2f}"),
+        ("plain HTTP p99 ms", "p99_ms", "{:.2f}"),
+        ("plain HTTP errors", "plain_errors", None),
+        ("CONNECT setup, tunnels/s", "tunnels_per_s", "{:,.0f}"),
+        ("CONNECT setup errors", "rate_errors", None),
+        ("RSS per idle tunnel, KiB", "idle_kib_per_tunnel", "{:.1f}"),
+        ("idle tunnels lost/refused", "idle_errors", None),
+    ]
+    width = max(len(n) for n in names) + 2
+    print(f"{'':32}" + "".join(f"{n:>{max(width, 12)}}" for n in names))
+    for label, key, fmt in lines:
+        if not any(key in rows[n] for n in names):
+            continue
+        cells = [num(rows[n].get(key), fmt) if fmt else (rows[n].get(key) or "-") for n in names]
+        print(f"{label:32}" + "".join(f"{c:>{max(width, 12)}}" for c in cells))
+
+
+def ratio(a, b, key):
+    try:
+        return float(rows[a][key]) / float(rows[b][key])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+print(f"viaduct benchmark: {sys.argv[2]}")
+peers = ["direct", "viaduct", "squid", "tinyproxy", "proxy-chain"]
+table(peers, "client -> proxy -> origin (nginx)")
+table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], "client -> proxy -> squid -> origin")
+
+print("\nratios (viaduct / peer)")
+for peer in ["direct", "squid", "tinyproxy", "proxy-chain"]:
+    if peer not in rows:
+        continue
+    parts = []
+    for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/s", "tunnels_per_s")]:
+        r = ratio("viaduct", peer, key)
+        if r is not None:
+            parts.append(f"{label} {r:.2f}x")
+    print(f"  vs {peer:12} " + ", ".join(parts))
+
+print("\ntargets")
+
+
+def target(text, ok):
+    print(f"  [{'met' if ok else 'MISSED'}] {text}")
+
+
+t = ratio("viaduct", "direct", "tunnel_mbps")
+target(f"tunnel throughput >= 0.95 x direct: {t:.2f}x" if t else "tunnel throughput: no figure", bool(t and t >= 0.95))
+p = ratio("viaduct", "squid", "plain_rps")
+v99, s99 = rows["viaduct"].get("p99_ms"), rows.get("squid", {}).get("p99_ms")
+target(f"plain HTTP >= 1.5 x squid req/s: {p:.2f}x" if p else "plain HTTP: no figure", bool(p and p >= 1.5))
+target(f"plain HTTP p99 <= squid's: {v99:.2f} ms vs {s99:.2f} ms" if v99 and s99 else "p99: no figure", bool(v99 and s99 and v99 <= s99))
+c = ratio("viaduct", "squid", "tunnels_per_s")
+target(f"CONNECT setup >= 2 x squid: {c:.2f}x" if c else "CONNECT setup: no figure", bool(c and c >= 2))
+kib = rows["viaduct"].get("idle_kib_per_tunnel")
+target(f"<= 8 KiB RSS per idle tunnel: {kib} KiB", kib is not None and float(kib) <= 8)
+lost = rows["viaduct"].get("idle_errors")
+target(f"idle tunnels all open, zero errors: {lost} lost or refused", lost == "0")
