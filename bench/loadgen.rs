@@ -71,7 +71,8 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
     };
     let mut s = TcpStream::connect(proxy).await?;
     s.set_nodelay(true)?;
-    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes()).await?;
+    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+        .await?;
     // Read the head byte by byte: nothing past it may be consumed.
     let mut head = Vec::with_capacity(128);
     while !head.ends_with(b"\r\n\r\n") {
@@ -83,14 +84,20 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
     }
     if !(head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200")) {
         let line = String::from_utf8_lossy(&head);
-        return Err(std::io::Error::other(format!("CONNECT refused: {}", line.lines().next().unwrap_or(""))));
+        return Err(std::io::Error::other(format!(
+            "CONNECT refused: {}",
+            line.lines().next().unwrap_or("")
+        )));
     }
     Ok(s)
 }
 
 /// One GET with `Connection: close`, reading to EOF; returns the bytes received.
 async fn get(s: &mut TcpStream, origin: &str, path: &str, buf: &mut [u8]) -> std::io::Result<u64> {
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut total = 0u64;
     loop {
         let n = s.read(buf).await?;
@@ -107,7 +114,9 @@ async fn throughput(a: &Args) {
     for _ in 0..a.runs {
         let started = Instant::now();
         let mut s = open(a.proxy, &a.origin).await.expect("open");
-        let bytes = get(&mut s, &a.origin, &a.path, &mut buf).await.expect("get");
+        let bytes = get(&mut s, &a.origin, &a.path, &mut buf)
+            .await
+            .expect("get");
         rates.push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
@@ -122,13 +131,20 @@ async fn connect_rate(a: &Args) {
     let deadline = Instant::now() + Duration::from_secs(a.seconds);
     let mut tasks = Vec::new();
     for _ in 0..a.concurrency {
-        let (done, errors, origin, path, proxy) =
-            (Arc::clone(&done), Arc::clone(&errors), a.origin.clone(), a.path.clone(), a.proxy);
+        let (done, errors, origin, path, proxy) = (
+            Arc::clone(&done),
+            Arc::clone(&errors),
+            a.origin.clone(),
+            a.path.clone(),
+            a.proxy,
+        );
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             while Instant::now() < deadline {
                 let ok = match open(proxy, &origin).await {
-                    Ok(mut s) => get(&mut s, &origin, &path, &mut buf).await.is_ok_and(|n| n > 0),
+                    Ok(mut s) => get(&mut s, &origin, &path, &mut buf)
+                        .await
+                        .is_ok_and(|n| n > 0),
                     Err(_) => false,
                 };
                 if ok { &done } else { &errors }.fetch_add(1, Ordering::Relaxed);

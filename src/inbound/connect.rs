@@ -12,7 +12,6 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use super::Body;
@@ -57,7 +56,7 @@ pub async fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     spawn_tunnel(proxy, "CONNECT", 200, target.to_string(), async move {
         let client = on_upgrade.await?;
-        Ok((TokioIo::new(client), conn, member))
+        Ok((client, conn, member))
     });
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
     *resp.status_mut() = StatusCode::OK;
@@ -74,14 +73,7 @@ pub(crate) fn spawn_tunnel<F>(
     ends: F,
 ) where
     F: Future<
-            Output = Result<
-                (
-                    TokioIo<hyper::upgrade::Upgraded>,
-                    BoxIo,
-                    Option<MemberGuard>,
-                ),
-                hyper::Error,
-            >,
+            Output = Result<(hyper::upgrade::Upgraded, BoxIo, Option<MemberGuard>), hyper::Error>,
         > + Send
         + 'static,
 {
@@ -99,7 +91,7 @@ pub(crate) fn spawn_tunnel<F>(
             }
         };
         tracing::debug!(%target, "tunnel established");
-        let r = relay::relay(client, remote, proxy.idle_timeout(), proxy.hard_stop()).await;
+        let r = relay::tunnel(client, remote, proxy.idle_timeout(), proxy.hard_stop()).await;
         tracing::info!(
             method,
             %target,

@@ -129,7 +129,7 @@ pub async fn handle(
             let remote_upgrade = hyper::upgrade::on(&mut resp);
             spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), async move {
                 let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                Ok((TokioIo::new(client_upgrade.await?), remote, _member))
+                Ok((client_upgrade.await?, remote, _member))
             });
         }
         _ => proxy.conns().recycle(conn.key, conn.sender),

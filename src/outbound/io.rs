@@ -4,16 +4,30 @@
 //! first bytes of the tunnel (a server that speaks first, or a chained hop's reply). Those bytes
 //! belong to whoever reads the stream next; `Prefixed` hands them out before reading the socket.
 
+use std::any::Any;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Any bidirectional byte stream we can relay or speak HTTP over.
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// For recovering the concrete stream (a plain `TcpStream` can be relayed zero-copy).
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
 
 /// An open connection to a target (or to the last upstream hop, for absolute-form forwarding).
 pub type BoxIo = Box<dyn Io>;
@@ -73,10 +87,24 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// Boxes `io`, replaying `leftover` first when there is any.
-pub fn with_leftover<S: Io>(leftover: Bytes, io: S) -> BoxIo {
+/// The plain TCP stream inside `io`, when that is all it is (no TLS, no leftover to replay).
+pub fn into_tcp(io: BoxIo) -> Result<TcpStream, BoxIo> {
+    // `(*io)`: ask the boxed stream, not the box (which is itself an `Io`).
+    if !(*io).as_any().is::<TcpStream>() {
+        return Err(io);
+    }
+    match io.into_any().downcast::<TcpStream>() {
+        Ok(tcp) => Ok(*tcp),
+        // Cannot happen (checked just above); kept total rather than panicking on the data
+        // path: a stream whose far end is gone, so the tunnel just closes.
+        Err(_) => Err(Box::new(tokio::io::duplex(1).0)),
+    }
+}
+
+/// `io`, replaying `leftover` first when there is any (never boxed twice).
+pub fn with_leftover(leftover: Bytes, io: BoxIo) -> BoxIo {
     if leftover.is_empty() {
-        Box::new(io)
+        io
     } else {
         Box::new(Prefixed::new(leftover, io))
     }

@@ -13,8 +13,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+#[cfg(target_os = "linux")]
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::outbound::BoxIo;
+
+#[cfg(target_os = "linux")]
+mod splice;
 use tokio_util::sync::CancellationToken;
 
 /// Per-direction buffer size. Two of these live per tunnel while it is open.
@@ -54,7 +64,7 @@ pub struct Relayed {
     pub end: End,
 }
 
-struct Activity {
+pub(crate) struct Activity {
     start: Instant,
     last_ms: AtomicU64,
     up: AtomicU64,
@@ -62,9 +72,87 @@ struct Activity {
 }
 
 impl Activity {
-    fn touch(&self) {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn touch(&self) {
         self.last_ms
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Relays a CONNECT (or upgraded) tunnel: zero-copy `splice(2)` when both ends are plain TCP
+/// on Linux, else the portable copy. Bytes hyper had already read from the client (optimistic
+/// data) go to the target first either way.
+pub async fn tunnel(
+    client: Upgraded,
+    target: BoxIo,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Relayed {
+    #[cfg(target_os = "linux")]
+    {
+        let target = match crate::outbound::io::into_tcp(target) {
+            Ok(tcp) => tcp,
+            Err(boxed) => return relay(TokioIo::new(client), boxed, idle, cancel).await,
+        };
+        match client.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                relay_tcp(parts.io.into_inner(), parts.read_buf, target, idle, cancel).await
+            }
+            Err(client) => relay(TokioIo::new(client), target, idle, cancel).await,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    relay(TokioIo::new(client), target, idle, cancel).await
+}
+
+/// Zero-copy relay between two TCP streams; `early` (client bytes already read) goes first.
+#[cfg(target_os = "linux")]
+async fn relay_tcp(
+    client: TcpStream,
+    early: Bytes,
+    mut target: TcpStream,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Relayed {
+    use tokio::io::AsyncWriteExt;
+    let act = Activity::new();
+    if !early.is_empty() {
+        if let Err(e) = target.write_all(&early).await {
+            return Relayed {
+                up: 0,
+                down: 0,
+                end: End::Error(e),
+            };
+        }
+        act.up.fetch_add(early.len() as u64, Ordering::Relaxed);
+    }
+    // Even when empty, `early` can pin hyper's whole read buffer: let it go now.
+    drop(early);
+    let run = async {
+        let up = splice::one_way(&client, &target, &act, &act.up);
+        let down = splice::one_way(&target, &client, &act, &act.down);
+        tokio::try_join!(up, down).map(drop)
+    };
+    let end = tokio::select! {
+        res = run => match res {
+            Ok(()) => End::Closed,
+            Err(e) => End::Error(e),
+        },
+        () = idle_watch(&act, idle) => End::Idle,
+        () = cancel.cancelled() => End::Shutdown,
+    };
+    Relayed {
+        up: act.up.load(Ordering::Relaxed),
+        down: act.down.load(Ordering::Relaxed),
+        end,
     }
 }
 
@@ -80,12 +168,7 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let act = Activity {
-        start: Instant::now(),
-        last_ms: AtomicU64::new(0),
-        up: AtomicU64::new(0),
-        down: AtomicU64::new(0),
-    };
+    let act = Activity::new();
     let end = {
         let mut c = Watched {
             io: &mut client,
