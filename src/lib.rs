@@ -20,7 +20,8 @@
 //! - [`reach`]: the seam that turns a decision into a connection (direct, upstream, chain, pool
 //!   with failover), shared by CONNECT and forwarding.
 //! - [`config`]: the TOML file: parsing, validation with file/line/field errors, building.
-//! - [`relay`]: the tunnel data path, with backpressure, half-close and an idle timeout.
+//! - [`relay`]: the tunnel data path, with backpressure, half-close and an idle timeout;
+//!   zero-copy `splice(2)` between plain TCP sockets on Linux.
 //! - [`target`]: parsing `host:port` destinations.
 //! - [`proxy`]: [`Config`] and the shared state built from it.
 //!
