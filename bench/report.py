@@ -28,7 +28,10 @@ for name, r in rows.items():
         r["plain_rps"] = float(rps.group(1)) if rps else None
         r["p50_ms"] = ms(p50.group(1)) if p50 else None
         r["p99_ms"] = ms(p99.group(1)) if p99 else None
-        r["plain_errors"] = (errs.group(1) if errs else "0") + (f" ({sock.group(1).strip()})" if sock else "")
+        bad = [f"{errs.group(1)} non-2xx"] if errs else []
+        if sock:
+            bad += [f"{n} {kind}" for kind, n in re.findall(r"(\w+) (\d+)", sock.group(1)) if n != "0"]
+        r["plain_errors"] = ", ".join(bad) or "0"
 
 
 def num(v, fmt="{:,.0f}"):
