@@ -45,4 +45,4 @@ pub mod route;
 pub mod target;
 
 pub use inbound::server::{serve, serve_all};
-pub use proxy::{BuildError, Config, Proxy};
+pub use proxy::{BuildError, Config, Limits, Proxy};

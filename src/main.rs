@@ -14,7 +14,7 @@ use viaduct::config::{self, FileConfig, parse_target};
 use viaduct::outbound::{Route, SystemResolver, TlsOptions};
 use viaduct::pool::{Pool, PoolSettings, Strategy};
 use viaduct::route::{Action, Router, parse_no_proxy};
-use viaduct::{Config, Proxy};
+use viaduct::{Config, Limits, Proxy};
 
 /// Exit code for bad usage or configuration (EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -105,6 +105,27 @@ struct RunArgs {
     /// Default 5s.
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
+
+    /// Largest request head accepted (bytes); past it: 431 and close.
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+
+    /// Most header fields in a request head; past it: 431 and close.
+    #[arg(long, default_value_t = 100)]
+    max_headers: usize,
+
+    /// A request head must arrive within this (slowloris); else 408 and close. Also closes
+    /// idle keep-alive client connections.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    header_read_timeout: Duration,
+
+    /// Open client connections at most; more are answered 503 and closed.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+
+    /// Open client connections per client IP at most (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    max_connections_per_ip: usize,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +228,13 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
             .or(shutdown_grace)
             .unwrap_or(defaults.shutdown_grace),
         tls,
+        limits: Limits {
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+            header_read_timeout: args.header_read_timeout,
+            max_connections: args.max_connections,
+            max_connections_per_ip: args.max_connections_per_ip,
+        },
     })
 }
 

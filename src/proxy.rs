@@ -3,9 +3,10 @@
 //! It owns the dialer and route (outbound), the pooled client for plain forwarding, the `Via`
 //! identity, timeouts, and the shutdown machinery (task tracker and cancellation tokens).
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -36,6 +37,36 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How HTTPS upstreams are trusted. Default: webpki roots, verification on.
     pub tls: TlsOptions,
+    /// Client-side limits.
+    pub limits: Limits,
+}
+
+/// What one client may cost us. Defaults suit a proxy on a workstation or a small server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request head accepted; past it: 431 and the connection is closed. Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields in a request head; past it: 431. Default 100.
+    pub max_headers: usize,
+    /// A request head must arrive within this (slowloris); else 408 and close. It also closes
+    /// idle keep-alive connections. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; more are answered 503 and closed. Default 10,000.
+    pub max_connections: usize,
+    /// Open client connections per client IP at most (0: no limit). Default 0.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_connections_per_ip: 0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -48,6 +79,7 @@ impl Default for Config {
             via_name: "viaduct".to_owned(),
             shutdown_grace: Duration::from_secs(5),
             tls: TlsOptions::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -75,6 +107,14 @@ pub struct Proxy {
     hard_stop: CancellationToken,
     open_tunnels: AtomicUsize,
     conn_ids: AtomicU64,
+    limits: Limits,
+    connections: Arc<tokio::sync::Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    timeout_response: Arc<[u8]>,
+    refused: AtomicU64,
+    zero_copy: AtomicU64,
+    refused_logged_at: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 impl Proxy {
@@ -112,7 +152,26 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             open_tunnels: AtomicUsize::new(0),
             conn_ids: AtomicU64::new(1),
+            connections: Arc::new(tokio::sync::Semaphore::new(
+                config.limits.max_connections.max(1),
+            )),
+            per_ip: Mutex::new(HashMap::new()),
+            timeout_response: timeout_response(&config.via_name, config.limits.header_read_timeout),
+            limits: config.limits,
+            refused: AtomicU64::new(0),
+            zero_copy: AtomicU64::new(0),
+            refused_logged_at: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
         }))
+    }
+
+    /// Tunnels relayed with splice(2) since start.
+    pub fn zero_copy_tunnels(&self) -> u64 {
+        self.zero_copy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_zero_copy(&self) {
+        self.zero_copy.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Tunnels (CONNECT and upgraded requests) open right now.
@@ -171,9 +230,89 @@ impl Proxy {
     pub(crate) fn begin_shutdown(&self) {
         self.graceful.cancel();
     }
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    pub(crate) fn timeout_response(&self) -> &Arc<[u8]> {
+        &self.timeout_response
+    }
+
+    /// Admits a new client connection from `ip`, or says why not. The returned guard holds its
+    /// place until dropped.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admission, &'static str> {
+        let permit = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| "max_connections")?;
+        if self.limits.max_connections_per_ip > 0 {
+            let mut per_ip = self.per_ip.lock().map_err(|_| "per_ip")?;
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= self.limits.max_connections_per_ip {
+                return Err("max_connections_per_ip");
+            }
+            *n += 1;
+        }
+        Ok(Admission {
+            _permit: permit,
+            proxy: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Counts a refused connection; logs at most once a second, with the count since.
+    pub(crate) fn note_refused(&self, why: &'static str) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.refused_logged_at.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .refused_logged_at
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(limit = why, refused = n, "connections refused at the limit");
+        }
+    }
+
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// A client connection's place under the limits.
+pub(crate) struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    proxy: Arc<Proxy>,
+    ip: IpAddr,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        if self.proxy.limits.max_connections_per_ip > 0
+            && let Ok(mut per_ip) = self.proxy.per_ip.lock()
+            && let Some(n) = per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The bytes of the 408 sent when a request head does not arrive in time.
+fn timeout_response(via_name: &str, after: Duration) -> Arc<[u8]> {
+    let body = format!(
+        "408 Request Timeout: no request head within {}\n",
+        humantime::format_duration(after)
+    );
+    format!(
+        "HTTP/1.1 408 Request Timeout\r\nProxy-Status: {via_name}; error=http_request_error; details=\"no request head within {}\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        humantime::format_duration(after),
+        body.len()
+    )
+    .into_bytes()
+    .into()
 }
 
 /// Decrements the open-tunnel gauge on drop.

@@ -92,6 +92,9 @@ pub(crate) fn spawn_tunnel<F>(
         };
         tracing::debug!(%target, "tunnel established");
         let r = relay::tunnel(client, remote, proxy.idle_timeout(), proxy.hard_stop()).await;
+        if r.zero_copy {
+            proxy.count_zero_copy();
+        }
         tracing::info!(
             method,
             %target,
@@ -100,6 +103,7 @@ pub(crate) fn spawn_tunnel<F>(
             down = r.down,
             duration_ms = started.elapsed().as_millis() as u64,
             end = %r.end,
+            zero_copy = r.zero_copy,
             "tunnel closed"
         );
     };

@@ -12,10 +12,14 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::client_io::{ClientIo, ConnState};
 use super::service;
 use crate::proxy::Proxy;
 
@@ -70,10 +74,27 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: Cancellatio
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    let admission = match proxy.admit(peer.ip()) {
+                        Ok(a) => a,
+                        Err(limit) => {
+                            // Best effort, never blocking the accept loop: a full send buffer
+                            // just means the client sees the close.
+                            let _ = stream.try_write(refusal(&proxy, limit).as_bytes());
+                            proxy.note_refused(limit);
+                            continue;
+                        }
+                    };
                     let _ = stream.set_nodelay(true);
                     let id = proxy.next_conn_id();
                     let span = tracing::info_span!("conn", id, %peer);
-                    proxy.tracker().spawn(serve_connection(Arc::clone(&proxy), stream, peer).instrument(span));
+                    let conn_proxy = Arc::clone(&proxy);
+                    proxy.tracker().spawn(
+                        async move {
+                            serve_connection(conn_proxy, stream, peer).await;
+                            drop(admission);
+                        }
+                        .instrument(span),
+                    );
                 }
                 Err(e) => {
                     // Out of descriptors, or a connection aborted before accept: the listener is
@@ -91,19 +112,39 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: Cancellatio
     }
 }
 
-async fn serve_connection(
-    proxy: Arc<Proxy>,
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-) {
+fn refusal(proxy: &Proxy, limit: &str) -> String {
+    let body = format!("503 Service Unavailable: connection limit reached ({limit})\n");
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nProxy-Status: {}; error=connection_limit_reached; details=\"{limit}\"\r\n\
+         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        proxy.via().pseudonym(),
+        body.len()
+    )
+}
+
+async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
     tracing::debug!("accepted");
-    let svc_proxy = Arc::clone(&proxy);
-    let svc = service_fn(move |req| service::handle(Arc::clone(&svc_proxy), req, peer));
+    let state = Arc::new(ConnState::default());
+    let io = ClientIo::new(
+        stream,
+        Arc::clone(&state),
+        Arc::clone(proxy.timeout_response()),
+    );
+    let (svc_proxy, svc_state) = (Arc::clone(&proxy), Arc::clone(&state));
+    let svc = service_fn(move |req| {
+        svc_state.served.store(true, Ordering::Relaxed);
+        service::handle(Arc::clone(&svc_proxy), req, peer)
+    });
+    let limits = proxy.limits();
     let conn = http1::Builder::new()
-        // Without a timer hyper silently ignores header_read_timeout (it defaults to 30 s).
+        // Without a timer hyper silently ignores header_read_timeout.
         .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 past these and closes; its buffer cannot go below 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
         .preserve_header_case(true)
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     let res = tokio::select! {
@@ -118,6 +159,11 @@ async fn serve_connection(
     };
     match res {
         Ok(()) => tracing::debug!("connection closed"),
+        Err(e) if e.is_timeout() && !state.served.load(Ordering::Relaxed) => {
+            // The socket is still inside `conn`; it answers 408 as it is dropped.
+            state.timed_out.store(true, Ordering::Relaxed);
+            tracing::debug!("no request head in time: 408");
+        }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
 }

@@ -21,6 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+#[cfg(target_os = "linux")]
+use crate::inbound::client_io::ClientIo;
 use crate::outbound::BoxIo;
 
 #[cfg(target_os = "linux")]
@@ -62,6 +64,8 @@ pub struct Relayed {
     /// Bytes from the target to the client.
     pub down: u64,
     pub end: End,
+    /// Relayed with splice(2), no byte through user space.
+    pub zero_copy: bool,
 }
 
 pub(crate) struct Activity {
@@ -102,10 +106,16 @@ pub async fn tunnel(
             Ok(tcp) => tcp,
             Err(boxed) => return relay(TokioIo::new(client), boxed, idle, cancel).await,
         };
-        match client.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                relay_tcp(parts.io.into_inner(), parts.read_buf, target, idle, cancel).await
-            }
+        match client.downcast::<TokioIo<ClientIo>>() {
+            Ok(parts) => match parts.io.into_inner().into_tcp() {
+                Some(tcp) => relay_tcp(tcp, parts.read_buf, target, idle, cancel).await,
+                None => Relayed {
+                    up: 0,
+                    down: 0,
+                    end: End::Error(io::ErrorKind::NotConnected.into()),
+                    zero_copy: false,
+                },
+            },
             Err(client) => relay(TokioIo::new(client), target, idle, cancel).await,
         }
     }
@@ -130,6 +140,7 @@ async fn relay_tcp(
                 up: 0,
                 down: 0,
                 end: End::Error(e),
+                zero_copy: true,
             };
         }
         act.up.fetch_add(early.len() as u64, Ordering::Relaxed);
@@ -153,6 +164,7 @@ async fn relay_tcp(
         up: act.up.load(Ordering::Relaxed),
         down: act.down.load(Ordering::Relaxed),
         end,
+        zero_copy: true,
     }
 }
 
@@ -193,6 +205,7 @@ where
         up: act.up.load(Ordering::Relaxed),
         down: act.down.load(Ordering::Relaxed),
         end,
+        zero_copy: false,
     }
 }
 

@@ -1,0 +1,116 @@
+//! The client's socket as hyper sees it, so that a header-read timeout can still be answered.
+//!
+//! hyper closes a connection whose request head does not arrive in time without writing a
+//! response. We want the client told why (`408` with `Proxy-Status`), and hyper owns the socket
+//! until it drops it. So the socket sits in this wrapper, which shares a small state with the
+//! connection task: when that task sees hyper's timeout on a connection that has not yet had a
+//! request, it marks the state, and the wrapper writes the 408 (best effort, non-blocking) as
+//! hyper drops it. After an upgrade the plain `TcpStream` comes back out for the relay.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Shared between the wrapper, the connection task and the service.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    /// A request head has been received on this connection.
+    pub served: AtomicBool,
+    /// Answer 408 when the socket is dropped.
+    pub timed_out: AtomicBool,
+}
+
+/// A client socket that can answer a header-read timeout on drop.
+pub struct ClientIo {
+    tcp: Option<TcpStream>,
+    state: Arc<ConnState>,
+    timeout_response: Arc<[u8]>,
+}
+
+impl ClientIo {
+    pub fn new(tcp: TcpStream, state: Arc<ConnState>, timeout_response: Arc<[u8]>) -> Self {
+        Self {
+            tcp: Some(tcp),
+            state,
+            timeout_response,
+        }
+    }
+
+    /// The socket, for the relay after an upgrade.
+    pub fn into_tcp(mut self) -> Option<TcpStream> {
+        self.tcp.take()
+    }
+
+    fn tcp(&mut self) -> io::Result<&mut TcpStream> {
+        self.tcp
+            .as_mut()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
+    }
+}
+
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        if self.state.timed_out.load(Ordering::Relaxed)
+            && let Some(tcp) = &self.tcp
+        {
+            // Best effort: one non-blocking write into an empty send buffer.
+            let _ = tcp.try_write(&self.timeout_response);
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.tcp() {
+            Ok(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.tcp() {
+            Ok(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.tcp() {
+            Ok(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tcp() {
+            Ok(tcp) => Pin::new(tcp).poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.tcp() {
+            Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
