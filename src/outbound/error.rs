@@ -95,7 +95,7 @@ pub enum ConnectError {
     HopClosed { peer: String },
     #[error("{peer} sent an invalid handshake response: {reason}")]
     HopProtocol { peer: String, reason: String },
-    #[error("{peer} sent a response head larger than {max} bytes")]
+    #[error("{peer} sent a response head larger than {max} bytes or with too many fields")]
     HopHeadTooLarge { peer: String, max: usize },
     #[error("{peer} answered: {reply}")]
     SocksReply { peer: String, reply: SocksReply },

@@ -1,0 +1,194 @@
+//! Hostile and broken clients and peers: limits, slowloris, connection caps, faults mid-stream.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use viaduct::{Config, Limits};
+
+use crate::support::*;
+
+async fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An oversized head or too many header fields: 431, then the connection is closed.
+#[tokio::test]
+async fn oversized_heads_are_431_and_closed() {
+    let o = origin().await;
+    let limits = Limits {
+        max_header_bytes: 16 * 1024,
+        max_headers: 20,
+        ..Limits::default()
+    };
+    let p = start_proxy(Config { limits, ..config() }).await;
+    let big = format!(
+        "GET http://{}/hello HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        o.addr,
+        "a".repeat(20_000)
+    );
+    let many: String = (0..30).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!(
+        "GET http://{}/hello HTTP/1.1\r\nHost: x\r\n{many}\r\n",
+        o.addr
+    );
+    for req in [big, many] {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        let _ = s.write_all(req.as_bytes()).await;
+        let text = read_all(&mut s).await;
+        assert!(
+            text.starts_with("HTTP/1.1 431"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+    }
+    // And a normal request still works.
+    let (head, _) = send(
+        p.addr,
+        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+}
+
+/// Slowloris: 1,000 clients dribbling their heads do not delay a well-behaved one, and each
+/// gets 408 with Proxy-Status when the header-read timeout passes.
+#[tokio::test]
+async fn slowloris_clients_get_408_and_do_not_delay_others() {
+    let o = origin().await;
+    let limits = Limits {
+        header_read_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    };
+    let p = start_proxy(Config { limits, ..config() }).await;
+    let mut slow = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(b"GET http://example.test/ HTTP/1.1\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let started = Instant::now();
+    let (head, body) = send(
+        p.addr,
+        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+    )
+    .await;
+    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "served while the slow heads were still pending"
+    );
+    for s in slow.iter_mut().step_by(50) {
+        let _ = s.write_all(b"a").await;
+    }
+    for s in slow.iter_mut().step_by(25) {
+        let text = read_all(s).await;
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Proxy-Status: viaduct; error=http_request_error; details=\"no request head within 2s\""), "{text}");
+    }
+}
+
+/// Past the connection caps, new connections get 503 connection_limit_reached and are closed;
+/// closing one makes room again.
+#[tokio::test]
+async fn connection_caps() {
+    let o = origin().await;
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let p = start_proxy(Config { limits, ..config() }).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(p.addr).await.unwrap();
+    let text = read_all(&mut extra).await;
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("error=connection_limit_reached; details=\"max_connections\""),
+        "{text}"
+    );
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (head, _) = send(
+        p.addr,
+        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+    )
+    .await;
+    assert_eq!(head.status, 200);
+
+    let limits = Limits {
+        max_connections_per_ip: 2,
+        ..Limits::default()
+    };
+    let p = start_proxy(Config { limits, ..config() }).await;
+    let _a = TcpStream::connect(p.addr).await.unwrap();
+    let _b = TcpStream::connect(p.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    let text = read_all(&mut c).await;
+    assert!(
+        text.contains("details=\"max_connections_per_ip\""),
+        "{text}"
+    );
+}
+
+/// The client resets mid-download: the origin's connection is closed promptly and no tunnel
+/// or task is left behind.
+#[tokio::test]
+async fn client_reset_mid_download_closes_the_origin_side() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_tcp(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            let chunk = vec![b'x'; 64 * 1024];
+            // Stream until the proxy side goes away.
+            while s.write_all(&chunk).await.is_ok() {}
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    let p = start_proxy(config()).await;
+    let (mut s, head) = connect(p.addr, &origin.to_string()).await;
+    assert_eq!(head.status, 200);
+    let mut buf = vec![0; 256 * 1024];
+    s.read_exact(&mut buf).await.unwrap();
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s); // RST
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("origin side closed")
+        .unwrap();
+    crate::connect::assert_no_tunnels(&p).await;
+}
+
+/// An upstream that sends a never-ending response head: 502, never a hang.
+#[tokio::test]
+async fn never_ending_upstream_head_is_502() {
+    let up = serve_tcp(|mut s| async move {
+        let mut buf = [0; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        let line =
+            b"X-Endless: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+        while s.write_all(line).await.is_ok() {}
+    })
+    .await;
+    let p = start_proxy(Config {
+        router: via(&format!("http://{up}")),
+        ..config()
+    })
+    .await;
+    let (mut s, head) = connect(p.addr, "origin.test:443").await;
+    let body = read_body(&mut s, &head).await;
+    assert_error(&head, &body, 502, "http_response_header_section_size").await;
+}
