@@ -135,6 +135,11 @@ pub async fn handle(
         _ => proxy.conns().recycle(conn.key, conn.sender),
     }
     let received = resp.version();
+    if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+        // The body was de-chunked and is re-framed: a Content-Length beside it (ambiguous, and
+        // ignored by hyper) must not reach the client.
+        resp.headers_mut().remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(resp.headers_mut(), switching);
     proxy.via().append(resp.headers_mut(), received);
     Ok(resp.map(|body| body.boxed()))

@@ -71,6 +71,40 @@ pub(crate) fn allowed<'a>(decision: Decision<'a>) -> Result<Decision<'a>, ProxyE
     }
 }
 
+/// Refuses requests whose body framing an upstream could read differently from us (RFC 9112
+/// 6.1 and 6.3): both `Transfer-Encoding` and `Content-Length`, `Transfer-Encoding` in an
+/// HTTP/1.0 request, or any transfer coding but a single `chunked` (we could not pass others
+/// on: the body is re-framed). hyper has already refused malformed lengths, duplicate
+/// differing lengths, obs-fold and whitespace before colons.
+fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
+    let headers = req.headers();
+    let te = headers.get_all(header::TRANSFER_ENCODING);
+    if te.iter().next().is_none() {
+        return Ok(());
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "ambiguous framing: both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if req.version() == http::Version::HTTP_10 {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding in an HTTP/1.0 request",
+        ));
+    }
+    let mut codings = te
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("\0").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => Ok(()),
+        _ => Err(ProxyError::BadRequest(
+            "only Transfer-Encoding: chunked is accepted",
+        )),
+    }
+}
+
 /// Serves one request from `peer`. Never fails: errors are answered with a status.
 pub async fn handle(
     proxy: Arc<Proxy>,
@@ -85,6 +119,8 @@ pub async fn handle(
         Err(ProxyError::Loop(proxy.via().pseudonym().to_owned()))
     } else if method == Method::CONNECT {
         connect::handle(&proxy, req, &client).await
+    } else if let Err(e) = check_framing(&req) {
+        Err(e)
     } else {
         forward::handle(&proxy, req, &client).await
     };

@@ -108,9 +108,10 @@ fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>, Con
             Ok(Some((len, status)))
         }
         Ok(httparse::Status::Partial) => Ok(None),
-        Err(httparse::Error::TooManyHeaders) => {
-            Err(ConnectError::HopHeadTooLarge { peer: peer.to_owned(), max: MAX_HEAD })
-        }
+        Err(httparse::Error::TooManyHeaders) => Err(ConnectError::HopHeadTooLarge {
+            peer: peer.to_owned(),
+            max: MAX_HEAD,
+        }),
         Err(e) => Err(protocol(e.to_string())),
     }
 }

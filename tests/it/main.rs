@@ -11,5 +11,6 @@ mod forward;
 mod pools;
 mod robust;
 mod shutdown;
+mod smuggling;
 mod support;
 mod tls;

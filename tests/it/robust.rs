@@ -162,6 +162,7 @@ async fn client_reset_mid_download_closes_the_origin_side() {
     assert_eq!(head.status, 200);
     let mut buf = vec![0; 256 * 1024];
     s.read_exact(&mut buf).await.unwrap();
+    #[allow(deprecated)] // SO_LINGER 0 is exactly what makes drop send a reset
     s.set_linger(Some(Duration::ZERO)).unwrap();
     drop(s); // RST
     tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
