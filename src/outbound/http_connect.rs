@@ -90,7 +90,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// `Some((head length, status))` once `buf` holds a complete head.
-fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>, ConnectError> {
+pub fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>, ConnectError> {
     if buf.is_empty() {
         return Ok(None);
     }

@@ -9,6 +9,7 @@ mod cli;
 mod connect;
 mod forward;
 mod pools;
+mod props;
 mod robust;
 mod shutdown;
 mod smuggling;
