@@ -193,3 +193,130 @@ async fn never_ending_upstream_head_is_502() {
     let body = read_body(&mut s, &head).await;
     assert_error(&head, &body, 502, "http_response_header_section_size").await;
 }
+
+/// The upstream resets a tunnel mid-stream: the client sees the bytes sent before, then its
+/// connection closes; nothing is left behind.
+#[tokio::test]
+async fn upstream_reset_mid_tunnel_closes_the_client() {
+    let up = serve_tcp(|mut s| async move {
+        let mut buf = [0; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\npartial")
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        #[allow(deprecated)] // SO_LINGER 0 is exactly what makes drop send a reset
+        let _ = s.set_linger(Some(Duration::ZERO));
+    })
+    .await;
+    let p = start_proxy(Config {
+        router: via(&format!("http://{up}")),
+        ..config()
+    })
+    .await;
+    let (mut s, head) = connect(p.addr, "origin.test:443").await;
+    assert_eq!(head.status, 200);
+    let text = read_all(&mut s).await;
+    assert_eq!(text, "partial");
+    crate::connect::assert_no_tunnels(&p).await;
+}
+
+/// The client resets in the middle of an upload: the origin's connection is closed promptly.
+#[tokio::test]
+async fn client_reset_mid_upload_closes_the_origin_side() {
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let origin = serve_tcp(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            let mut buf = vec![0; 64 * 1024];
+            // Read the never-complete upload until the proxy side goes away.
+            while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            let _ = closed_tx.send(());
+        }
+    })
+    .await;
+    let p = start_proxy(config()).await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    let head =
+        format!("POST http://{origin}/up HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&vec![b'u'; 1 << 20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    #[allow(deprecated)] // SO_LINGER 0 is exactly what makes drop send a reset
+    s.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(s);
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("origin side closed")
+        .unwrap();
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the ")" that ends the command name: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors (EMFILE, in a child whose RLIMIT_NOFILE is 40): the listener neither
+/// dies nor spins a core, logs the failure, and serves again once descriptors are free.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn descriptor_exhaustion_backs_off_and_recovers() {
+    let o = origin().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let cmd = format!(
+        "ulimit -n 40 && exec {} --listen 127.0.0.1:{port}",
+        env!("CARGO_BIN_EXE_viaduct")
+    );
+    let mut child = tokio::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(proxy).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..80 {
+        held.push(TcpStream::connect(proxy).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = child.id().unwrap();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used < 100,
+        "{used} clock ticks of CPU in 2 s while out of descriptors: spinning"
+    );
+    assert!(
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .contains("accept failed")
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (head, body) = send(
+        proxy,
+        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+    )
+    .await;
+    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+    child.kill().await.unwrap();
+}

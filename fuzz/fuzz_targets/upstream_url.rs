@@ -1,0 +1,9 @@
+//! Upstream URLs and chains, as given to --upstream.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = viaduct::outbound::Route::parse(s);
+    }
+});
