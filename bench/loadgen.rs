@@ -5,6 +5,7 @@
 //! viaduct-loadgen throughput   --proxy ADDR|direct --origin HOST:PORT --path /big --runs 5
 //! viaduct-loadgen connect-rate --proxy ADDR --origin HOST:PORT --path /small --concurrency 32 --seconds 5
 //! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
+//! viaduct-loadgen soak         --proxy ADDR --origin HOST:PORT --path /small --count 2000 --seconds 600
 //! ```
 //! Every mode prints one `key=value` line that `bench/run` parses.
 
@@ -197,6 +198,117 @@ async fn idle(a: &Args) {
     println!("alive={alive}");
 }
 
+/// Keeps `count` tunnels busy with keep-alive requests inside them, plus 64 keep-alive
+/// plain-HTTP clients, each aborting at random (a reset, mid-request or between requests) and
+/// starting over, for `seconds`. Prints totals every 10 s.
+async fn soak(a: &Args) {
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let aborted = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let mut tasks = Vec::new();
+    for i in 0..a.count + 64 {
+        let (ok, failed, aborted) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&aborted));
+        let (origin, path, proxy) = (a.origin.clone(), a.path.clone(), a.proxy);
+        let tunnel = i < a.count;
+        tasks.push(tokio::spawn(async move {
+            // Spread the start so that the proxy sees a steady state, not one burst.
+            tokio::time::sleep(Duration::from_millis((i as u64 * 7) % 5000)).await;
+            let mut buf = vec![0u8; 4096];
+            while Instant::now() < deadline {
+                let conn = if tunnel {
+                    open(proxy, &origin).await
+                } else {
+                    match proxy {
+                        Some(p) => TcpStream::connect(p).await,
+                        None => TcpStream::connect(&origin).await,
+                    }
+                };
+                let Ok(mut s) = conn else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                };
+                let target = if tunnel { path.clone() } else { format!("http://{origin}{path}") };
+                let req = format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
+                // A handful of requests on this connection, with pauses; then maybe an abort.
+                for _ in 0..fastrand_like(i as u64 ^ Instant::now().elapsed().as_nanos() as u64, 1, 20) {
+                    if s.write_all(req.as_bytes()).await.is_err() || !read_response(&mut s, &mut buf).await {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    ok.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(fastrand_like(i as u64, 50, 500))).await;
+                }
+                if fastrand_like(i as u64 + 1, 0, 3) == 0 {
+                    // An abrupt abort: half a request, then a reset.
+                    let _ = s.write_all(b"GET /half").await;
+                    #[allow(deprecated)] // SO_LINGER 0 makes the drop a reset: that is the point
+                    let _ = s.set_linger(Some(Duration::ZERO));
+                    aborted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let reporter = {
+        let (ok, failed, aborted) = (Arc::clone(&ok), Arc::clone(&failed), Arc::clone(&aborted));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                println!(
+                    "ok={} failed={} aborted={}",
+                    ok.load(Ordering::Relaxed),
+                    failed.load(Ordering::Relaxed),
+                    aborted.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
+    for t in tasks {
+        let _ = t.await;
+    }
+    reporter.abort();
+    println!(
+        "final ok={} failed={} aborted={}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        aborted.load(Ordering::Relaxed)
+    );
+}
+
+/// Reads one response (Content-Length framed, as nginx sends for a static file).
+async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> bool {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read_u8().await {
+            Ok(b) => head.push(b),
+            Err(_) => return false,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let Some(len) = text.split("content-length:").nth(1).and_then(|r| r.split("\r\n").next()).and_then(|v| v.trim().parse::<usize>().ok()) else {
+        return false;
+    };
+    let mut left = len;
+    let cap = buf.len();
+    while left > 0 {
+        match s.read(&mut buf[..left.min(cap)]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => left -= n,
+        }
+    }
+    text.starts_with("http/1.1 200")
+}
+
+/// A cheap pseudo-random number in `lo..hi` (splitmix64 of a seed and the clock).
+fn fastrand_like(seed: u64, lo: u64, hi: u64) -> u64 {
+    let mut z = seed.wrapping_add(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    lo + z % (hi - lo).max(1)
+}
+
 #[tokio::main]
 async fn main() {
     let a = parse_args();
@@ -204,6 +316,7 @@ async fn main() {
         "throughput" => throughput(&a).await,
         "connect-rate" => connect_rate(&a).await,
         "idle" => idle(&a).await,
+        "soak" => soak(&a).await,
         m => panic!("unknown mode {m}"),
     }
 }
