@@ -229,16 +229,25 @@ async fn soak(a: &Args) {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 };
-                let target = if tunnel { path.clone() } else { format!("http://{origin}{path}") };
+                let target = if tunnel {
+                    path.clone()
+                } else {
+                    format!("http://{origin}{path}")
+                };
                 let req = format!("GET {target} HTTP/1.1\r\nHost: {origin}\r\n\r\n");
                 // A handful of requests on this connection, with pauses; then maybe an abort.
-                for _ in 0..fastrand_like(i as u64 ^ Instant::now().elapsed().as_nanos() as u64, 1, 20) {
-                    if s.write_all(req.as_bytes()).await.is_err() || !read_response(&mut s, &mut buf).await {
+                for _ in
+                    0..fastrand_like(i as u64 ^ Instant::now().elapsed().as_nanos() as u64, 1, 20)
+                {
+                    if s.write_all(req.as_bytes()).await.is_err()
+                        || !read_response(&mut s, &mut buf).await
+                    {
                         failed.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     ok.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(fastrand_like(i as u64, 50, 500))).await;
+                    tokio::time::sleep(Duration::from_millis(fastrand_like(i as u64, 50, 500)))
+                        .await;
                 }
                 if fastrand_like(i as u64 + 1, 0, 3) == 0 {
                     // An abrupt abort: half a request, then a reset.
@@ -286,7 +295,12 @@ async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> bool {
         }
     }
     let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-    let Some(len) = text.split("content-length:").nth(1).and_then(|r| r.split("\r\n").next()).and_then(|v| v.trim().parse::<usize>().ok()) else {
+    let Some(len) = text
+        .split("content-length:")
+        .nth(1)
+        .and_then(|r| r.split("\r\n").next())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
         return false;
     };
     let mut left = len;
@@ -302,7 +316,11 @@ async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> bool {
 
 /// A cheap pseudo-random number in `lo..hi` (splitmix64 of a seed and the clock).
 fn fastrand_like(seed: u64, lo: u64, hi: u64) -> u64 {
-    let mut z = seed.wrapping_add(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+    let mut z = seed.wrapping_add(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^= z >> 31;

@@ -114,11 +114,12 @@ impl ProxyError {
                 None => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
             },
             Self::Blocked(_) => verdict(StatusCode::FORBIDDEN, "http_request_denied"),
-            Self::Forward(h) if h.is_parse() || h.is_parse_status() => {
-                verdict(StatusCode::BAD_GATEWAY, "http_protocol_error")
-            }
+            // Before `is_parse`, which is true for an oversized head too.
             Self::Forward(h) if h.is_parse_too_large() => {
                 verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
+            }
+            Self::Forward(h) if h.is_parse() || h.is_parse_status() => {
+                verdict(StatusCode::BAD_GATEWAY, "http_protocol_error")
             }
             Self::Forward(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => {
                 verdict(StatusCode::BAD_GATEWAY, "http_response_incomplete")

@@ -320,3 +320,36 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     child.kill().await.unwrap();
 }
+
+/// An origin (or upstream) answering a plain request with garbage, or with a head that never
+/// ends: 502, never a hang.
+#[tokio::test]
+async fn malformed_and_endless_response_heads_are_502() {
+    let garbage = serve_tcp(|mut s| async move {
+        let mut buf = [0; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.6\r\n\r\n").await;
+    })
+    .await;
+    let endless = serve_tcp(|mut s| async move {
+        let mut buf = [0; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+        let line = b"X-Endless: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+        while s.write_all(line).await.is_ok() {}
+    })
+    .await;
+    let p = start_proxy(config()).await;
+    let (head, body) = send(
+        p.addr,
+        &format!("GET http://{garbage}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_error(&head, &body, 502, "http_protocol_error").await;
+    let (head, body) = send(
+        p.addr,
+        &format!("GET http://{endless}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_error(&head, &body, 502, "http_response_header_section_size").await;
+}
