@@ -3,7 +3,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(s) = std::str::from_utf8(data) else { return };
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
     let (pattern, name) = s.split_once('\n').unwrap_or((s, "www.example.com"));
     if let Some(p) = viaduct::route::DomainPattern::parse(pattern) {
         let _ = p.matches(name);

@@ -7,9 +7,15 @@ use viaduct::outbound::Credentials;
 use viaduct::outbound::socks::{SocksTarget, socks4a, socks5};
 
 fuzz_target!(|data: &[u8]| {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async {
-        let creds = Credentials { user: "u".into(), pass: "p".into() };
+        let creds = Credentials {
+            user: "u".into(),
+            pass: "p".into(),
+        };
         let target = SocksTarget::Name("example.com".into(), 443);
         for v4 in [false, true] {
             let (near, mut far) = tokio::io::duplex(4096);
