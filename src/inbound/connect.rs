@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::Body;
 use super::respond::ProxyError;
-use super::service::{ClientId, allowed};
+use super::service::{ClientId, route_for};
 use crate::outbound::BoxIo;
 use crate::pool::MemberGuard;
 use crate::proxy::Proxy;
@@ -32,16 +32,10 @@ pub async fn handle(
 ) -> Result<Response<Body>, ProxyError> {
     let target = Target::from_connect_uri(req.uri())?;
     let started = Instant::now();
-    let router = proxy.router();
-    let decision = allowed(
-        router
-            .decide(&target, client.user.as_deref(), proxy.resolver())
-            .await,
-    )?;
-    tracing::debug!(%target, route = %decision.action, "dialing");
+    let action = route_for(proxy, &target, client).await?;
     let to = target.clone();
     let reached = reach(
-        decision.action,
+        &action,
         Some(&client.session),
         &target,
         proxy.dialer(),

@@ -19,7 +19,7 @@ use super::Body;
 use super::connect::spawn_tunnel;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
-use super::service::{ClientId, allowed};
+use super::service::{ClientId, route_for};
 use crate::outbound::{BoxIo, ConnectError, Hop};
 use crate::proxy::Proxy;
 use crate::reach::reach;
@@ -50,12 +50,7 @@ pub async fn handle(
         .cloned()
         .ok_or(ProxyError::BadRequest("the URL has no host"))?;
     let target = Target::from_authority(&authority, Some(80))?;
-    let router = proxy.router();
-    let decision = allowed(
-        router
-            .decide(&target, client.user.as_deref(), proxy.resolver())
-            .await,
-    )?;
+    let action = route_for(proxy, &target, client).await?;
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -75,7 +70,7 @@ pub async fn handle(
     // connection: until then nothing of it is sent, so a failed dial can go elsewhere.
     let (conns, to) = (Arc::clone(proxy.conns()), target.clone());
     let reached = reach(
-        decision.action,
+        &action,
         Some(&client.session),
         &target,
         proxy.dialer(),

@@ -15,7 +15,8 @@ use super::Body;
 use super::respond::{ProxyError, error_response};
 use super::{connect, forward};
 use crate::proxy::Proxy;
-use crate::route::{Action, Decision};
+use crate::route::Action;
+use crate::target::Target;
 
 /// Who sent a request, as far as routing cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,12 +63,21 @@ impl ClientId {
     }
 }
 
-/// Refuses blocked requests; otherwise passes the decision on.
-pub(crate) fn allowed<'a>(decision: Decision<'a>) -> Result<Decision<'a>, ProxyError> {
-    tracing::debug!(action = %decision.action, reason = %decision.reason, "routing decision");
+/// Where `target` goes for `client` under the routing in force now; blocked requests are
+/// refused here.
+pub(crate) async fn route_for(
+    proxy: &Proxy,
+    target: &Target,
+    client: &ClientId,
+) -> Result<Action, ProxyError> {
+    let router = proxy.router();
+    let decision = router
+        .decide(target, client.user.as_deref(), proxy.resolver())
+        .await;
+    tracing::debug!(%target, action = %decision.action, reason = %decision.reason, "routing decision");
     match decision.action {
         Action::Block => Err(ProxyError::Blocked(decision.reason.to_string())),
-        _ => Ok(decision),
+        action => Ok(action.clone()),
     }
 }
 

@@ -152,19 +152,30 @@ async fn relay_tcp(
         let down = splice::one_way(&target, &client, &act, &act.down);
         tokio::try_join!(up, down).map(drop)
     };
+    supervise(&act, run, idle, cancel, true).await
+}
+
+/// Runs a relay's copying until it finishes, the tunnel idles out, or shutdown; then reports.
+async fn supervise(
+    act: &Activity,
+    run: impl Future<Output = io::Result<()>>,
+    idle: Duration,
+    cancel: &CancellationToken,
+    zero_copy: bool,
+) -> Relayed {
     let end = tokio::select! {
         res = run => match res {
             Ok(()) => End::Closed,
             Err(e) => End::Error(e),
         },
-        () = idle_watch(&act, idle) => End::Idle,
+        () = idle_watch(act, idle) => End::Idle,
         () = cancel.cancelled() => End::Shutdown,
     };
     Relayed {
         up: act.up.load(Ordering::Relaxed),
         down: act.down.load(Ordering::Relaxed),
         end,
-        zero_copy: true,
+        zero_copy,
     }
 }
 
@@ -181,32 +192,22 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let act = Activity::new();
-    let end = {
-        let mut c = Watched {
-            io: &mut client,
-            act: &act,
-            reads: &act.up,
-        };
-        let mut t = Watched {
-            io: &mut target,
-            act: &act,
-            reads: &act.down,
-        };
-        tokio::select! {
-            res = tokio::io::copy_bidirectional_with_sizes(&mut c, &mut t, BUF_SIZE, BUF_SIZE) => match res {
-                Ok(_) => End::Closed,
-                Err(e) => End::Error(e),
-            },
-            () = idle_watch(&act, idle) => End::Idle,
-            () = cancel.cancelled() => End::Shutdown,
-        }
+    let mut c = Watched {
+        io: &mut client,
+        act: &act,
+        reads: &act.up,
     };
-    Relayed {
-        up: act.up.load(Ordering::Relaxed),
-        down: act.down.load(Ordering::Relaxed),
-        end,
-        zero_copy: false,
-    }
+    let mut t = Watched {
+        io: &mut target,
+        act: &act,
+        reads: &act.down,
+    };
+    let run = async {
+        tokio::io::copy_bidirectional_with_sizes(&mut c, &mut t, BUF_SIZE, BUF_SIZE)
+            .await
+            .map(drop)
+    };
+    supervise(&act, run, idle, cancel, false).await
 }
 
 async fn idle_watch(act: &Activity, idle: Duration) {
