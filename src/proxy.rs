@@ -286,6 +286,12 @@ pub(crate) struct Admission {
     ip: IpAddr,
 }
 
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission").field("ip", &self.ip).finish()
+    }
+}
+
 impl Drop for Admission {
     fn drop(&mut self) {
         if self.proxy.limits.max_connections_per_ip > 0

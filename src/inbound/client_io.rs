@@ -9,12 +9,14 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+
+use crate::proxy::Admission;
 
 /// Shared between the wrapper, the connection task and the service.
 #[derive(Debug, Default)]
@@ -23,6 +25,23 @@ pub struct ConnState {
     pub served: AtomicBool,
     /// Answer 408 when the socket is dropped.
     pub timed_out: AtomicBool,
+    /// The connection's place under the connection limits. A tunnel takes it over when the
+    /// connection upgrades, so tunnels count toward `max_connections` for their whole life.
+    pub(crate) admission: Mutex<Option<Admission>>,
+}
+
+impl ConnState {
+    pub(crate) fn new(admission: Admission) -> Self {
+        Self {
+            admission: Mutex::new(Some(admission)),
+            ..Self::default()
+        }
+    }
+
+    /// Takes the admission over (for a tunnel outliving the HTTP connection).
+    pub(crate) fn take_admission(&self) -> Option<Admission> {
+        self.admission.lock().ok().and_then(|mut a| a.take())
+    }
 }
 
 /// A client socket that can answer a header-read timeout on drop.

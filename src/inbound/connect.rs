@@ -15,11 +15,12 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use super::Body;
+use super::client_io::ConnState;
 use super::respond::ProxyError;
 use super::service::{ClientId, route_for};
 use crate::outbound::BoxIo;
 use crate::pool::MemberGuard;
-use crate::proxy::Proxy;
+use crate::proxy::{Admission, Proxy};
 use crate::reach::reach;
 use crate::relay;
 use crate::target::Target;
@@ -29,6 +30,7 @@ pub async fn handle(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
     client: &ClientId,
+    conn_state: &ConnState,
 ) -> Result<Response<Body>, ProxyError> {
     let target = Target::from_connect_uri(req.uri())?;
     let started = Instant::now();
@@ -48,10 +50,18 @@ pub async fn handle(
     let (conn, member) = (reached.value, reached.member);
     tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "target reachable; answering 200");
     let on_upgrade = hyper::upgrade::on(&mut req);
-    spawn_tunnel(proxy, "CONNECT", 200, target.to_string(), async move {
-        let client = on_upgrade.await?;
-        Ok((client, conn, member))
-    });
+    let admission = conn_state.take_admission();
+    spawn_tunnel(
+        proxy,
+        "CONNECT",
+        200,
+        target.to_string(),
+        admission,
+        async move {
+            let client = on_upgrade.await?;
+            Ok((client, conn, member))
+        },
+    );
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
     *resp.status_mut() = StatusCode::OK;
     Ok(resp)
@@ -64,6 +74,7 @@ pub(crate) fn spawn_tunnel<F>(
     method: &'static str,
     status: u16,
     target: String,
+    admission: Option<Admission>,
     ends: F,
 ) where
     F: Future<
@@ -75,6 +86,8 @@ pub(crate) fn spawn_tunnel<F>(
     let proxy = Arc::clone(proxy);
     let task = async move {
         let _open = proxy.tunnel_opened();
+        // Holds the client connection's place under the limits until the tunnel ends.
+        let _admission = admission;
         let started = Instant::now();
         // `_member` keeps the pool member's connection count up for the tunnel's life.
         let (client, remote, _member) = match ends.await {

@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::Body;
+use super::client_io::ConnState;
 use super::connect::spawn_tunnel;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
@@ -30,6 +31,7 @@ pub async fn handle(
     proxy: &Arc<Proxy>,
     mut req: Request<Incoming>,
     client: &ClientId,
+    conn_state: &ConnState,
 ) -> Result<Response<Body>, ProxyError> {
     match req.uri().scheme_str() {
         Some("http") => {}
@@ -122,10 +124,18 @@ pub async fn handle(
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
-            spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), async move {
-                let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                Ok((client_upgrade.await?, remote, _member))
-            });
+            let admission = conn_state.take_admission();
+            spawn_tunnel(
+                proxy,
+                "UPGRADE",
+                101,
+                target.to_string(),
+                admission,
+                async move {
+                    let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                    Ok((client_upgrade.await?, remote, _member))
+                },
+            );
         }
         _ => proxy.conns().recycle(conn.key, conn.sender),
     }

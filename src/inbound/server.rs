@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::client_io::{ClientIo, ConnState};
 use super::service;
-use crate::proxy::Proxy;
+use crate::proxy::{Admission, Proxy};
 
 /// Serves clients on `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
@@ -89,11 +89,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: Cancellatio
                     let span = tracing::info_span!("conn", id, %peer);
                     let conn_proxy = Arc::clone(&proxy);
                     proxy.tracker().spawn(
-                        async move {
-                            serve_connection(conn_proxy, stream, peer).await;
-                            drop(admission);
-                        }
-                        .instrument(span),
+                        serve_connection(conn_proxy, stream, peer, admission).instrument(span),
                     );
                 }
                 Err(e) => {
@@ -122,9 +118,14 @@ fn refusal(proxy: &Proxy, limit: &str) -> String {
     )
 }
 
-async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr) {
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+) {
     tracing::debug!("accepted");
-    let state = Arc::new(ConnState::default());
+    let state = Arc::new(ConnState::new(admission));
     let io = ClientIo::new(
         stream,
         Arc::clone(&state),
@@ -133,7 +134,7 @@ async fn serve_connection(proxy: Arc<Proxy>, stream: TcpStream, peer: SocketAddr
     let (svc_proxy, svc_state) = (Arc::clone(&proxy), Arc::clone(&state));
     let svc = service_fn(move |req| {
         svc_state.served.store(true, Ordering::Relaxed);
-        service::handle(Arc::clone(&svc_proxy), req, peer)
+        service::handle(Arc::clone(&svc_proxy), req, peer, Arc::clone(&svc_state))
     });
     let limits = proxy.limits();
     let conn = http1::Builder::new()

@@ -12,6 +12,7 @@ use http::{HeaderMap, Method, Request, Response, header};
 use hyper::body::Incoming;
 
 use super::Body;
+use super::client_io::ConnState;
 use super::respond::{ProxyError, error_response};
 use super::{connect, forward};
 use crate::proxy::Proxy;
@@ -120,6 +121,7 @@ pub async fn handle(
     proxy: Arc<Proxy>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    conn: Arc<ConnState>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let method = req.method().clone();
@@ -128,11 +130,11 @@ pub async fn handle(
     let res = if proxy.via().seen_in(req.headers()) {
         Err(ProxyError::Loop(proxy.via().pseudonym().to_owned()))
     } else if method == Method::CONNECT {
-        connect::handle(&proxy, req, &client).await
+        connect::handle(&proxy, req, &client, &conn).await
     } else if let Err(e) = check_framing(&req) {
         Err(e)
     } else {
-        forward::handle(&proxy, req, &client).await
+        forward::handle(&proxy, req, &client, &conn).await
     };
     let resp = match res {
         // A successful CONNECT is logged when its tunnel closes, with the bytes it carried.

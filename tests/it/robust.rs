@@ -353,3 +353,27 @@ async fn malformed_and_endless_response_heads_are_502() {
     .await;
     assert_error(&head, &body, 502, "http_response_header_section_size").await;
 }
+
+/// Tunnels count toward the connection limit for their whole life, not only until the
+/// CONNECT is answered.
+#[tokio::test]
+async fn tunnels_count_toward_the_connection_limit() {
+    let echo = echo_server().await;
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let p = start_proxy(Config { limits, ..config() }).await;
+    let (_a, head) = connect(p.addr, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    let (_b, head) = connect(p.addr, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    let text = read_all(&mut c).await;
+    assert!(text.contains("error=connection_limit_reached"), "{text}");
+    drop(_a);
+    crate::connect::assert_no_tunnels_below(&p, 2).await;
+    let (_c, head) = connect(p.addr, &echo.to_string()).await;
+    assert_eq!(head.status, 200, "room again once a tunnel closed");
+}
