@@ -96,6 +96,11 @@ struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_timeout: Option<Duration>,
 
+    /// A forwarded plain request whose response head does not arrive within this gets 504.
+    /// Default 60s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    response_timeout: Option<Duration>,
+
     /// Our name in Via and Proxy-Status headers; a request whose Via already has it is a
     /// loop. Default viaduct.
     #[arg(long)]
@@ -162,32 +167,16 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
         .transpose()
         .map_err(|e| e.to_string())?;
     let defaults = Config::default();
-    let (file_router, file_listen, mut tls, file_settings) = match file {
+    let (router, mut tls, settings) = match file {
         Some(FileConfig {
-            listen,
-            connect_timeout,
-            idle_timeout,
-            shutdown_grace,
-            via_name,
+            settings,
             tls,
             router,
-        }) => (
-            Some(router),
-            listen,
-            tls,
-            (connect_timeout, idle_timeout, shutdown_grace, via_name),
-        ),
-        None => (
-            None,
-            Vec::new(),
-            TlsOptions::default(),
-            (None, None, None, None),
-        ),
+        }) => (Some(router), tls, settings),
+        None => (None, TlsOptions::default(), Default::default()),
     };
-    let (connect_timeout, idle_timeout, shutdown_grace, via_name) = file_settings;
     tls.ca_files.extend(args.upstream_ca.iter().cloned());
     tls.insecure |= args.upstream_insecure;
-
     let bypass = args
         .bypass
         .as_deref()
@@ -196,36 +185,46 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
         .map_err(|entry| {
             format!("invalid value for --bypass: not a host, domain or CIDR: \"{entry}\"")
         })?;
-    let mut router = if !args.upstream.is_empty() {
-        cli_router(args)?
+    let mut router = if args.upstream.is_empty() {
+        router.unwrap_or_else(Router::direct)
     } else {
-        file_router.unwrap_or_else(Router::direct)
+        cli_router(args)?
     };
     if let Some(bypass) = bypass {
         router.bypass = bypass;
     }
+    let listen = if args.listen.is_empty() {
+        settings.listen
+    } else {
+        args.listen.clone()
+    };
     Ok(Config {
-        listen: [args.listen.clone(), file_listen]
-            .into_iter()
-            .find(|l| !l.is_empty())
-            .unwrap_or(defaults.listen),
+        listen: if listen.is_empty() {
+            defaults.listen
+        } else {
+            listen
+        },
         router,
         connect_timeout: args
             .connect_timeout
-            .or(connect_timeout)
+            .or(settings.connect_timeout)
             .unwrap_or(defaults.connect_timeout),
         idle_timeout: args
             .idle_timeout
-            .or(idle_timeout)
+            .or(settings.idle_timeout)
             .unwrap_or(defaults.idle_timeout),
+        response_timeout: args
+            .response_timeout
+            .or(settings.response_timeout)
+            .unwrap_or(defaults.response_timeout),
         via_name: args
             .via_name
             .clone()
-            .or(via_name)
+            .or(settings.via_name)
             .unwrap_or(defaults.via_name),
         shutdown_grace: args
             .shutdown_grace
-            .or(shutdown_grace)
+            .or(settings.shutdown_grace)
             .unwrap_or(defaults.shutdown_grace),
         tls,
         limits: Limits {

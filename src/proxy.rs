@@ -31,6 +31,9 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// A tunnel with no bytes either way for this long is closed. Default 10 min.
     pub idle_timeout: Duration,
+    /// A forwarded plain request whose response head does not arrive within this gets 504.
+    /// Default 60 s (nginx's proxy_read_timeout).
+    pub response_timeout: Duration,
     /// Our name in `Via` and `Proxy-Status`, and how loops are recognised. Default `viaduct`.
     pub via_name: String,
     /// On SIGINT/SIGTERM, how long open work may finish before it is cut. Default 5 s.
@@ -76,6 +79,7 @@ impl Default for Config {
             router: Router::direct(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
+            response_timeout: Duration::from_secs(60),
             via_name: "viaduct".to_owned(),
             shutdown_grace: Duration::from_secs(5),
             tls: TlsOptions::default(),
@@ -101,6 +105,7 @@ pub struct Proxy {
     conns: Arc<ConnPool>,
     via: Via,
     idle_timeout: Duration,
+    response_timeout: Duration,
     shutdown_grace: Duration,
     tracker: TaskTracker,
     graceful: CancellationToken,
@@ -146,6 +151,7 @@ impl Proxy {
             conns: Arc::new(ConnPool::default()),
             via,
             idle_timeout: config.idle_timeout,
+            response_timeout: config.response_timeout,
             shutdown_grace: config.shutdown_grace,
             tracker: TaskTracker::new(),
             graceful: CancellationToken::new(),
@@ -214,6 +220,9 @@ impl Proxy {
     }
     pub(crate) fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
     }
     pub(crate) fn shutdown_grace(&self) -> Duration {
         self.shutdown_grace

@@ -32,16 +32,24 @@ pub struct ConfigError {
     pub message: String,
 }
 
-/// What a configuration file sets. `None` / empty: not set in the file (defaults or flags apply).
+/// What a configuration file sets.
 #[derive(Debug)]
 pub struct FileConfig {
+    /// Plain settings; `None` / empty: not set in the file (defaults or flags apply).
+    pub settings: Settings,
+    pub tls: TlsOptions,
+    pub router: Router,
+}
+
+/// The file's plain settings.
+#[derive(Debug, Default)]
+pub struct Settings {
     pub listen: Vec<SocketAddr>,
     pub connect_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    pub response_timeout: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
     pub via_name: Option<String>,
-    pub tls: TlsOptions,
-    pub router: Router,
 }
 
 // === raw model ===
@@ -53,6 +61,7 @@ struct Raw {
     listen: Vec<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
     via_name: Option<String>,
     #[serde(default)]
@@ -390,11 +399,14 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         None => None,
     };
     Ok(FileConfig {
-        listen,
-        connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
-        idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,
-        shutdown_grace: opt("shutdown_grace", &raw.shutdown_grace)?,
-        via_name: raw.via_name,
+        settings: Settings {
+            listen,
+            connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
+            idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,
+            response_timeout: opt("response_timeout", &raw.response_timeout)?,
+            shutdown_grace: opt("shutdown_grace", &raw.shutdown_grace)?,
+            via_name: raw.via_name,
+        },
         tls: TlsOptions {
             ca_files: raw.upstream_ca,
             insecure: raw.upstream_insecure,

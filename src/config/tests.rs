@@ -14,7 +14,7 @@ fn err(text: &str) -> ConfigError {
 fn example_file_validates_and_routes() {
     let cfg = parse(include_str!("../../examples/viaduct.toml"), "viaduct.toml").unwrap();
     assert_eq!(
-        cfg.listen,
+        cfg.settings.listen,
         ["127.0.0.1:8083".parse::<SocketAddr>().unwrap()]
     );
     let r = &cfg.router;

@@ -92,7 +92,19 @@ pub async fn handle(
             &absolute,
             conn.proxied.then(|| route.absolute_form_hop()).flatten(),
         );
-        match conn.sender.try_send_request(req).await {
+        let sent =
+            tokio::time::timeout(proxy.response_timeout(), conn.sender.try_send_request(req)).await;
+        let Ok(sent) = sent else {
+            let peer = match route.absolute_form_hop() {
+                Some(hop) => hop.to_string(),
+                None => format!("target {target}"),
+            };
+            return Err(ProxyError::ResponseTimeout {
+                peer,
+                after: proxy.response_timeout(),
+            });
+        };
+        match sent {
             Ok(resp) => break resp,
             Err(mut e) => match e.take_message() {
                 // A kept-alive connection the peer closed meanwhile: nothing was sent.

@@ -35,6 +35,11 @@ pub enum ProxyError {
     Blocked(String),
     #[error("the next hop failed while forwarding: {0}")]
     Forward(#[source] hyper::Error),
+    #[error("{peer} sent no response head within {}", humantime::format_duration(*.after))]
+    ResponseTimeout {
+        peer: String,
+        after: std::time::Duration,
+    },
 }
 
 /// What a failure means on the wire.
@@ -114,6 +119,9 @@ impl ProxyError {
                 None => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
             },
             Self::Blocked(_) => verdict(StatusCode::FORBIDDEN, "http_request_denied"),
+            Self::ResponseTimeout { .. } => {
+                verdict(StatusCode::GATEWAY_TIMEOUT, "http_response_timeout")
+            }
             // Before `is_parse`, which is true for an oversized head too.
             Self::Forward(h) if h.is_parse_too_large() => {
                 verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")

@@ -377,3 +377,27 @@ async fn tunnels_count_toward_the_connection_limit() {
     let (_c, head) = connect(p.addr, &echo.to_string()).await;
     assert_eq!(head.status, 200, "room again once a tunnel closed");
 }
+
+/// An origin that takes the request and never answers: 504 http_response_timeout after the
+/// response timeout, never a hang.
+#[tokio::test]
+async fn silent_origin_is_504() {
+    let silent = serve_tcp(|mut s| async move {
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    let p = start_proxy(Config {
+        response_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let (head, body) = send(
+        p.addr,
+        &format!("GET http://{silent}/ HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    assert_error(&head, &body, 504, "http_response_timeout").await;
+    assert!(String::from_utf8_lossy(&body).contains(&format!(
+        "target {silent} sent no response head within 300ms"
+    )));
+}
