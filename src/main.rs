@@ -111,26 +111,27 @@ struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     shutdown_grace: Option<Duration>,
 
-    /// Largest request head accepted (bytes); past it: 431 and close.
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_header_bytes: usize,
+    /// Largest request head accepted (bytes); past it: 431 and close. Default 65536.
+    #[arg(long)]
+    max_header_bytes: Option<usize>,
 
-    /// Most header fields in a request head; past it: 431 and close.
-    #[arg(long, default_value_t = 100)]
-    max_headers: usize,
+    /// Most header fields in a request head; past it: 431 and close. Default 100.
+    #[arg(long)]
+    max_headers: Option<usize>,
 
     /// A request head must arrive within this (slowloris); else 408 and close. Also closes
-    /// idle keep-alive client connections.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    header_read_timeout: Duration,
+    /// idle keep-alive client connections. Default 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    header_read_timeout: Option<Duration>,
 
-    /// Open client connections at most; more are answered 503 and closed.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
+    /// Open client connections (and tunnels) at most; more are answered 503 and closed.
+    /// Default 10000.
+    #[arg(long)]
+    max_connections: Option<usize>,
 
-    /// Open client connections per client IP at most (0: no limit).
-    #[arg(long, default_value_t = 0)]
-    max_connections_per_ip: usize,
+    /// Open client connections per client IP at most (0: no limit). Default 0.
+    #[arg(long)]
+    max_connections_per_ip: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -227,12 +228,30 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
             .or(settings.shutdown_grace)
             .unwrap_or(defaults.shutdown_grace),
         tls,
-        limits: Limits {
-            max_header_bytes: args.max_header_bytes,
-            max_headers: args.max_headers,
-            header_read_timeout: args.header_read_timeout,
-            max_connections: args.max_connections,
-            max_connections_per_ip: args.max_connections_per_ip,
+        limits: {
+            let (file, d) = (&settings.limits, &defaults.limits);
+            Limits {
+                max_header_bytes: args
+                    .max_header_bytes
+                    .or(file.max_header_bytes)
+                    .unwrap_or(d.max_header_bytes),
+                max_headers: args
+                    .max_headers
+                    .or(file.max_headers)
+                    .unwrap_or(d.max_headers),
+                header_read_timeout: args
+                    .header_read_timeout
+                    .or(file.header_read_timeout)
+                    .unwrap_or(d.header_read_timeout),
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or(d.max_connections),
+                max_connections_per_ip: args
+                    .max_connections_per_ip
+                    .or(file.max_connections_per_ip)
+                    .unwrap_or(d.max_connections_per_ip),
+            }
         },
     })
 }

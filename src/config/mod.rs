@@ -50,6 +50,17 @@ pub struct Settings {
     pub response_timeout: Option<Duration>,
     pub shutdown_grace: Option<Duration>,
     pub via_name: Option<String>,
+    pub limits: FileLimits,
+}
+
+/// The `[limits]` table; each field `None` when not set.
+#[derive(Debug, Default)]
+pub struct FileLimits {
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub header_read_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
 }
 
 // === raw model ===
@@ -76,6 +87,17 @@ struct Raw {
     #[serde(default)]
     rules: Vec<RawRule>,
     default: Option<RawDefault>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    header_read_timeout: Option<Spanned<String>>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +428,16 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             response_timeout: opt("response_timeout", &raw.response_timeout)?,
             shutdown_grace: opt("shutdown_grace", &raw.shutdown_grace)?,
             via_name: raw.via_name,
+            limits: match &raw.limits {
+                Some(l) => FileLimits {
+                    max_header_bytes: l.max_header_bytes,
+                    max_headers: l.max_headers,
+                    header_read_timeout: opt("limits.header_read_timeout", &l.header_read_timeout)?,
+                    max_connections: l.max_connections,
+                    max_connections_per_ip: l.max_connections_per_ip,
+                },
+                None => FileLimits::default(),
+            },
         },
         tls: TlsOptions {
             ca_files: raw.upstream_ca,

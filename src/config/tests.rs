@@ -130,3 +130,25 @@ fn chains_and_inline_routes() {
         .decide_with(&parse_target("x.org:22").unwrap(), None, &[]);
     assert!(d.action.to_string().contains("socks5 proxy 127.0.0.1:9"));
 }
+
+#[test]
+fn limits_table() {
+    let cfg = parse(
+        "[limits]\nmax_connections = 5\nheader_read_timeout = \"2s\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(cfg.settings.limits.max_connections, Some(5));
+    assert_eq!(
+        cfg.settings.limits.header_read_timeout,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(cfg.settings.limits.max_headers, None);
+    let e = err("[limits]\nmax_conections = 5\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "max_conections"));
+    let e = err("[limits]\nheader_read_timeout = \"soon\"\n");
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (2, "limits.header_read_timeout")
+    );
+}
