@@ -6,7 +6,7 @@
 //! target, or a reusable HTTP connection for forwarding.
 
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use crate::inbound::respond::ProxyError;
 use crate::outbound::{ConnectError, Dialer, Route};
@@ -57,7 +57,7 @@ pub async fn reach<T>(
             .await?;
             Ok(Reached {
                 value,
-                member: Some(Arc::clone(p).hold_owned(i)),
+                member: Some(p.hold(i)),
             })
         }
     }

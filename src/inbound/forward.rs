@@ -85,7 +85,7 @@ pub async fn handle(
         },
     )
     .await?;
-    let ((mut conn, route), _member) = (reached.value, reached.member);
+    let ((mut conn, route), member) = (reached.value, reached.member);
     let mut resp = loop {
         prepare(
             &mut req,
@@ -145,7 +145,7 @@ pub async fn handle(
                 admission,
                 async move {
                     let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                    Ok((client_upgrade.await?, remote, _member))
+                    Ok((client_upgrade.await?, remote, member))
                 },
             );
         }

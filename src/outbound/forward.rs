@@ -10,7 +10,7 @@
 //! serves every destination; otherwise it belongs to one origin.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ const MAX_IDLE_PER_KEY: usize = 64;
 /// and, unless the connection ends at an absolute-form upstream, the origin.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConnKey {
-    route: String,
+    route: Arc<str>,
     origin: Option<String>,
 }
 
@@ -64,7 +64,7 @@ impl ConnPool {
     ) -> Result<Conn, ConnectError> {
         let proxied = route.absolute_form_hop().is_some();
         let key = ConnKey {
-            route: route.to_string(),
+            route: Arc::clone(route.name()),
             origin: (!proxied).then(|| target.to_string()),
         };
         if !fresh && let Some(sender) = self.checkout(&key) {
@@ -81,7 +81,7 @@ impl ConnPool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| ConnectError::Unreachable {
-                peer: key.route.clone(),
+                peer: key.route.to_string(),
                 source: std::io::Error::other(e),
             })?;
         tokio::spawn(async move {
@@ -109,8 +109,8 @@ impl ConnPool {
     }
 
     /// Puts `sender` back once its current response is done (hyper reports it ready again).
-    pub fn recycle(self: &std::sync::Arc<Self>, key: ConnKey, mut sender: SendRequest<Incoming>) {
-        let pool = std::sync::Arc::clone(self);
+    pub fn recycle(self: &Arc<Self>, key: ConnKey, mut sender: SendRequest<Incoming>) {
+        let pool = Arc::clone(self);
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;

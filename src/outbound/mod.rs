@@ -39,10 +39,19 @@ pub use self::tls::TlsOptions;
 use crate::target::{Host, Target};
 
 /// How to reach targets: an ordered list of upstream hops; empty means direct.
-/// Cheap to clone: the hops are shared.
-#[derive(Debug, Clone, Default)]
+/// Cheap to clone: the hops and the name are shared.
+#[derive(Debug, Clone)]
 pub struct Route {
     hops: Arc<[Hop]>,
+    /// `direct` or `http proxy a:1 -> socks5h proxy b:2`: no credentials. Computed once; it also
+    /// keys the kept-alive forwarding connections made along this route.
+    name: Arc<str>,
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Self::via(Vec::new())
+    }
 }
 
 impl Route {
@@ -53,7 +62,23 @@ impl Route {
 
     /// Goes through `hops`, first to last.
     pub fn via(hops: Vec<Hop>) -> Self {
-        Self { hops: hops.into() }
+        let name = if hops.is_empty() {
+            "direct".to_owned()
+        } else {
+            hops.iter()
+                .map(Hop::to_string)
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        };
+        Self {
+            hops: hops.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The route's name (as displayed), shared.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// Parses `--upstream`: one hop URL, or several separated by commas (first to last).
@@ -86,16 +111,7 @@ impl Route {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.hops.is_empty() {
-            return f.write_str("direct");
-        }
-        for (i, hop) in self.hops.iter().enumerate() {
-            if i > 0 {
-                f.write_str(" -> ")?;
-            }
-            write!(f, "{hop}")?;
-        }
-        Ok(())
+        f.write_str(&self.name)
     }
 }
 
