@@ -26,8 +26,7 @@ async fn assert_echo(proxy: SocketAddr, target: &str) {
 }
 
 async fn error_of(proxy: SocketAddr, target: &str) -> (Head, String) {
-    let (mut s, head) = connect(proxy, target).await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(proxy, target).await;
     (head, String::from_utf8(body).unwrap())
 }
 

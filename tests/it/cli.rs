@@ -4,27 +4,16 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::process::Command;
 
 use crate::support::*;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_addr().port()
 }
 
-async fn wait_listening(port: u16) {
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("viaduct never listened on {port}");
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Through an upstream with credentials, at debug level: the tunnel works, SIGTERM shuts the
@@ -47,7 +36,7 @@ async fn binary_tunnels_logs_no_secrets_and_stops_on_sigterm() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_listening(port).await;
+    wait_listening(local(port)).await;
 
     let (mut s, head) = connect(
         format!("127.0.0.1:{port}").parse().unwrap(),
@@ -205,7 +194,7 @@ async fn sighup_reload() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_listening(port).await;
+    wait_listening(local(port)).await;
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (mut tunnel, head) = connect(proxy, &echo.to_string()).await;
     assert_eq!(head.status, 200);
@@ -276,10 +265,7 @@ async fn cli_pool_and_bypass() {
         ..crate::support::config()
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = free_addr();
     let port = free_port();
     let _pool = Command::new(env!("CARGO_BIN_EXE_viaduct"))
         .args([
@@ -311,8 +297,8 @@ async fn cli_pool_and_bypass() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    wait_listening(port).await;
-    wait_listening(bypass_port).await;
+    wait_listening(local(port)).await;
+    wait_listening(local(bypass_port)).await;
     for p in [port, port, port, port, bypass_port] {
         let (mut s, head) =
             connect(format!("127.0.0.1:{p}").parse().unwrap(), &echo.to_string()).await;

@@ -79,13 +79,9 @@ async fn malformed_targets_are_400() {
 /// A refused target is 502 connection_refused, and the connection still serves requests.
 #[tokio::test]
 async fn refused_target_is_502() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = free_addr();
     let p = start_proxy(config()).await;
-    let (mut s, head) = connect(p.addr, &closed.to_string()).await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(p.addr, &closed.to_string()).await;
     assert_error(&head, &body, 502, "connection_refused").await;
     assert!(String::from_utf8_lossy(&body).contains(&format!("target {closed} refused")));
 }
@@ -94,8 +90,7 @@ async fn refused_target_is_502() {
 #[tokio::test]
 async fn dns_failure_is_502_dns_error() {
     let p = start_proxy_with(config(), Arc::new(TestResolver::default())).await;
-    let (mut s, head) = connect(p.addr, "nowhere.test:443").await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(p.addr, "nowhere.test:443").await;
     assert_error(&head, &body, 502, "dns_error").await;
 }
 
@@ -202,8 +197,7 @@ async fn upstream_failures_are_reported() {
             ..config()
         })
         .await;
-        let (mut s, head) = connect(p.addr, "origin.test:443").await;
-        let body = read_body(&mut s, &head).await;
+        let (head, body) = connect_error(p.addr, "origin.test:443").await;
         assert_error(&head, &body, status, error_type).await;
         let text = String::from_utf8_lossy(&body);
         assert!(
@@ -250,8 +244,7 @@ async fn silent_upstream_is_504() {
         ..config()
     })
     .await;
-    let (mut s, head) = connect(p.addr, "origin.test:443").await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(p.addr, "origin.test:443").await;
     assert_error(&head, &body, 504, "connection_timeout").await;
 }
 
@@ -320,8 +313,7 @@ async fn self_loop_is_508() {
     })
     .unwrap();
     tokio::spawn(viaduct::serve(listener, proxy, std::future::pending()));
-    let (mut s, head) = connect(addr, "origin.test:443").await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(addr, "origin.test:443").await;
     assert_error(&head, &body, 508, "proxy_loop_detected").await;
     let (head, body) = send(
         addr,

@@ -270,10 +270,7 @@ async fn truncated_response_closes_client() {
 /// Forwarding errors: refused origin 502, origin-form and https:// URLs 400.
 #[tokio::test]
 async fn forwarding_errors() {
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = free_addr();
     let p = start_proxy(config()).await;
     let (head, body) = send(
         p.addr,

@@ -227,13 +227,7 @@ async fn health_blames_the_right_party() {
         "ejected for the origin's fault"
     );
 
-    let closed = |_| {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (x, y) = (closed(0), closed(1));
+    let (x, y) = (free_addr(), free_addr());
     let toml = format!(
         "[upstreams]\nx = \"http://{x}\"\ny = \"http://{y}\"\n[pools.gone]\nmembers = [\"x\", \"y\"]\nfailures = 1\n\
          ejection = \"1m\"\n[default]\nvia = \"gone\"\n"

@@ -189,8 +189,7 @@ async fn never_ending_upstream_head_is_502() {
         ..config()
     })
     .await;
-    let (mut s, head) = connect(p.addr, "origin.test:443").await;
-    let body = read_body(&mut s, &head).await;
+    let (head, body) = connect_error(p.addr, "origin.test:443").await;
     assert_error(&head, &body, 502, "http_response_header_section_size").await;
 }
 
@@ -269,14 +268,10 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[tokio::test]
 async fn descriptor_exhaustion_backs_off_and_recovers() {
     let o = origin().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let proxy = free_addr();
     let log = tempfile::NamedTempFile::new().unwrap();
     let cmd = format!(
-        "ulimit -n 40 && exec {} --listen 127.0.0.1:{port}",
+        "ulimit -n 40 && exec {} --listen {proxy}",
         env!("CARGO_BIN_EXE_viaduct")
     );
     let mut child = tokio::process::Command::new("sh")
@@ -285,13 +280,7 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..200 {
-        if TcpStream::connect(proxy).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_listening(proxy).await;
     let mut held = Vec::new();
     for _ in 0..80 {
         held.push(TcpStream::connect(proxy).await.unwrap());
@@ -379,11 +368,16 @@ async fn tunnels_count_toward_the_connection_limit() {
 }
 
 /// An origin that takes the request and never answers: 504 http_response_timeout after the
-/// response timeout, never a hang.
+/// response timeout, never a hang, and the connection to the origin is closed, not left behind.
 #[tokio::test]
 async fn silent_origin_is_504() {
-    let silent = serve_tcp(|mut s| async move {
-        let _ = s.read_to_end(&mut Vec::new()).await;
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let silent = serve_tcp(move |mut s| {
+        let closed_tx = closed_tx.clone();
+        async move {
+            let _ = s.read_to_end(&mut Vec::new()).await;
+            let _ = closed_tx.send(());
+        }
     })
     .await;
     let p = start_proxy(Config {
@@ -400,4 +394,8 @@ async fn silent_origin_is_504() {
     assert!(String::from_utf8_lossy(&body).contains(&format!(
         "target {silent} sent no response head within 300ms"
     )));
+    tokio::time::timeout(Duration::from_secs(5), closed_rx.recv())
+        .await
+        .expect("origin connection closed after the timeout")
+        .unwrap();
 }

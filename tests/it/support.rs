@@ -210,6 +210,32 @@ pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, Head) {
     (s, head)
 }
 
+/// Opens a CONNECT through `proxy` that is expected to fail; returns the answer and its body.
+pub async fn connect_error(proxy: SocketAddr, target: &str) -> (Head, Vec<u8>) {
+    let (mut s, head) = connect(proxy, target).await;
+    let body = read_body(&mut s, &head).await;
+    (head, body)
+}
+
+/// A loopback address where nothing listens (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Waits (bounded) until something accepts connections on `addr`.
+pub async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing ever listened on {addr}");
+}
+
 /// Asserts an error answer: its status, `Proxy-Status` error type, and a one-line body.
 pub async fn assert_error(head: &Head, body: &[u8], status: u16, error_type: &str) {
     assert_eq!(
