@@ -128,31 +128,40 @@ pub async fn tunnel(
 async fn relay_tcp(
     client: TcpStream,
     early: Bytes,
-    mut target: TcpStream,
+    target: TcpStream,
     idle: Duration,
     cancel: &CancellationToken,
 ) -> Relayed {
-    use tokio::io::AsyncWriteExt;
     let act = Activity::new();
-    if !early.is_empty() {
-        if let Err(e) = target.write_all(&early).await {
-            return Relayed {
-                up: 0,
-                down: 0,
-                end: End::Error(e),
-                zero_copy: true,
-            };
-        }
-        act.up.fetch_add(early.len() as u64, Ordering::Relaxed);
-    }
-    // Even when empty, `early` can pin hyper's whole read buffer: let it go now.
-    drop(early);
+    // The early bytes go first, under the same idle timeout and shutdown as the rest: a target
+    // that never reads must not pin this task.
     let run = async {
+        write_early(&target, early, &act).await?;
         let up = splice::one_way(&client, &target, &act, &act.up);
         let down = splice::one_way(&target, &client, &act, &act.down);
         tokio::try_join!(up, down).map(drop)
     };
     supervise(&act, run, idle, cancel, true).await
+}
+
+/// Writes the client bytes hyper had already read, then drops them: even when empty, the
+/// `Bytes` can pin hyper's whole read buffer for the tunnel's life.
+#[cfg(target_os = "linux")]
+async fn write_early(target: &TcpStream, early: Bytes, act: &Activity) -> io::Result<()> {
+    let mut rest = &early[..];
+    while !rest.is_empty() {
+        target.writable().await?;
+        match target.try_write(rest) {
+            Ok(n) => {
+                rest = &rest[n..];
+                act.up.fetch_add(n as u64, Ordering::Relaxed);
+                act.touch();
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Runs a relay's copying until it finishes, the tunnel idles out, or shutdown; then reports.
