@@ -132,6 +132,14 @@ struct RunArgs {
     /// Open client connections per client IP at most (0: no limit). Default 0.
     #[arg(long)]
     max_connections_per_ip: Option<usize>,
+
+    /// A request body that sends nothing for this long: 408 (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    request_body_timeout: Option<Duration>,
+
+    /// After 20 s a request body must average this many bytes/s, else 408 (default 500; 0: off).
+    #[arg(long)]
+    request_body_min_rate: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -161,18 +169,33 @@ fn main() -> ExitCode {
 
 /// Loads the file (if any) and merges the flags over it: the one place where flags override.
 fn build_config(args: &RunArgs) -> Result<Config, String> {
+    build_config_from(args, false)
+}
+
+/// `reloading`: an empty file is refused (it would quietly turn every rule off).
+fn build_config_from(args: &RunArgs, reloading: bool) -> Result<Config, String> {
     let file = args
         .config
         .as_deref()
         .map(config::load)
         .transpose()
         .map_err(|e| e.to_string())?;
+    if reloading
+        && let (Some(path), Some(f)) = (&args.config, &file)
+        && f.empty
+    {
+        return Err(format!(
+            "{}: the file is empty (truncated while being written?)",
+            path.display()
+        ));
+    }
     let defaults = Config::default();
     let (router, mut tls, settings) = match file {
         Some(FileConfig {
             settings,
             tls,
             router,
+            ..
         }) => (Some(router), tls, settings),
         None => (None, TlsOptions::default(), Default::default()),
     };
@@ -251,6 +274,26 @@ fn build_config(args: &RunArgs) -> Result<Config, String> {
                     .max_connections_per_ip
                     .or(file.max_connections_per_ip)
                     .unwrap_or(d.max_connections_per_ip),
+                request_body_timeout: args
+                    .request_body_timeout
+                    .or(file.request_body_timeout)
+                    .unwrap_or(d.request_body_timeout),
+                request_body_min_rate: {
+                    let default = d.request_body_min_rate.unwrap_or_default();
+                    let grace = file.request_body_grace.unwrap_or(default.0);
+                    match args
+                        .request_body_min_rate
+                        .or(file.request_body_min_rate)
+                        .unwrap_or(default.1)
+                    {
+                        0 => None,
+                        rate => Some((grace, rate)),
+                    }
+                },
+                max_idle_upstream: file.max_idle_upstream.unwrap_or(d.max_idle_upstream),
+                upstream_idle_timeout: file
+                    .upstream_idle_timeout
+                    .unwrap_or(d.upstream_idle_timeout),
             }
         },
     })
@@ -261,7 +304,10 @@ fn cli_router(args: &RunArgs) -> Result<Router, String> {
     let routes = args
         .upstream
         .iter()
-        .map(|u| Route::parse(u).map_err(|e| format!("invalid value for --upstream: {e}")))
+        .map(|u| {
+            Route::parse(u)
+                .map_err(|e| viaduct::outbound::redact(&format!("invalid value for --upstream: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if let [route] = routes.as_slice() {
         return Ok(Router::single(route.clone()));
@@ -400,9 +446,16 @@ fn spawn_reloader(proxy: Arc<Proxy>, args: RunArgs) {
             return;
         }
     };
+    let args = Arc::new(args);
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match build_config(&args) {
+            // Reading the file is blocking I/O: never on the runtime, which keeps serving (and
+            // timing out slow clients) whatever the file turns out to be.
+            let read = Arc::clone(&args);
+            let built = tokio::task::spawn_blocking(move || build_config_from(&read, true))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+            match built {
                 Ok(config) => {
                     let rules = config.router.rules.len();
                     proxy.reload(config.router);

@@ -58,6 +58,18 @@ pub struct Limits {
     pub max_connections: usize,
     /// Open client connections per client IP at most (0: no limit). Default 0.
     pub max_connections_per_ip: usize,
+    /// A forwarded request body that sends nothing for this long gets the client 408 and frees
+    /// the origin connection. Default 30 s.
+    pub request_body_timeout: Duration,
+    /// `(grace, bytes per second)`: after the grace period a request body must average at least
+    /// this rate, else 408 (Apache mod_reqtimeout's defaults: 20 s, then 500 bytes/s).
+    /// `None`: no rate bound.
+    pub request_body_min_rate: Option<(Duration, u64)>,
+    /// Kept-alive upstream connections held idle in all, at most (the oldest are closed
+    /// first). Default 256; 0 keeps none.
+    pub max_idle_upstream: usize,
+    /// An idle kept-alive upstream connection is closed after this. Default 90 s.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +80,10 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             max_connections_per_ip: 0,
+            request_body_timeout: Duration::from_secs(30),
+            request_body_min_rate: Some((Duration::from_secs(20), 500)),
+            max_idle_upstream: 256,
+            upstream_idle_timeout: Duration::from_secs(90),
         }
     }
 }
@@ -148,7 +164,10 @@ impl Proxy {
             router: ArcSwap::from_pointee(config.router),
             resolver,
             dialer,
-            conns: Arc::new(ConnPool::default()),
+            conns: Arc::new(ConnPool::new(
+                config.limits.max_idle_upstream,
+                config.limits.upstream_idle_timeout,
+            )),
             via,
             idle_timeout: config.idle_timeout,
             response_timeout: config.response_timeout,
@@ -197,13 +216,27 @@ impl Proxy {
     }
 
     /// Swaps in new routing (a config reload): new requests use it at once; open tunnels and
-    /// in-flight requests keep what they had. Health checks start for the new pools; the old
-    /// pools' checkers stop when their last user drops them.
+    /// in-flight requests keep what they had. Pool members that did not change keep their
+    /// health state; health checks start for the new pools (the old pools' checkers stop when
+    /// their last user drops them).
     pub fn reload(&self, router: Router) {
+        let old = self.router.load();
+        let old_pools = old.pools();
         for pool in router.pools() {
+            if let Some(prev) = old_pools.iter().find(|p| p.name == pool.name) {
+                pool.inherit(prev);
+            }
             health::spawn(&pool, self.dialer.clone());
         }
+        // Kept-alive connections of routes that changed (rotated credentials, moved upstreams)
+        // must not carry further requests.
+        self.conns.retain_routes(&router.route_ids());
         self.router.store(Arc::new(router));
+    }
+
+    /// Kept-alive upstream connections idle right now.
+    pub fn idle_upstream_connections(&self) -> usize {
+        self.conns.idle_count()
     }
 
     pub(crate) fn resolver(&self) -> &dyn Resolve {
@@ -317,16 +350,15 @@ impl Drop for Admission {
 
 /// The bytes of the 408 sent when a request head does not arrive in time.
 fn timeout_response(via_name: &str, after: Duration) -> Arc<[u8]> {
-    let body = format!(
-        "408 Request Timeout: no request head within {}\n",
-        humantime::format_duration(after)
-    );
-    format!(
-        "HTTP/1.1 408 Request Timeout\r\nProxy-Status: {via_name}; error=http_request_error; details=\"no request head within {}\"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        humantime::format_duration(after),
-        body.len()
+    crate::inbound::respond::raw_error(
+        via_name,
+        http::StatusCode::REQUEST_TIMEOUT,
+        "http_request_error",
+        &format!(
+            "no request head within {}",
+            humantime::format_duration(after)
+        ),
     )
-    .into_bytes()
     .into()
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::outbound::{Route, TlsOptions};
+use crate::outbound::{Route, TlsOptions, redact};
 use crate::pool::{HealthCheck, Pool, PoolSettings, Strategy};
 use crate::route::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
 use crate::target::Target;
@@ -35,6 +35,9 @@ pub struct ConfigError {
 /// What a configuration file sets.
 #[derive(Debug)]
 pub struct FileConfig {
+    /// The file held nothing but white space and comments. A reload refuses such a file: a
+    /// truncated config must not fail open to "everything direct".
+    pub empty: bool,
     /// Plain settings; `None` / empty: not set in the file (defaults or flags apply).
     pub settings: Settings,
     pub tls: TlsOptions,
@@ -61,6 +64,12 @@ pub struct FileLimits {
     pub header_read_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
+    pub request_body_timeout: Option<Duration>,
+    pub request_body_grace: Option<Duration>,
+    /// Bytes per second; 0 turns the rate bound off.
+    pub request_body_min_rate: Option<u64>,
+    pub max_idle_upstream: Option<usize>,
+    pub upstream_idle_timeout: Option<Duration>,
 }
 
 // === raw model ===
@@ -98,6 +107,11 @@ struct RawLimits {
     header_read_timeout: Option<Spanned<String>>,
     max_connections: Option<usize>,
     max_connections_per_ip: Option<usize>,
+    request_body_timeout: Option<Spanned<String>>,
+    request_body_grace: Option<Spanned<String>>,
+    request_body_min_rate: Option<u64>,
+    max_idle_upstream: Option<usize>,
+    upstream_idle_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -150,16 +164,41 @@ struct RawDefault {
 
 // === loading ===
 
-/// Reads and validates `path`.
+/// The largest configuration file read.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// Reads and validates `path`: a regular file (a FIFO or a device could block or never end) of
+/// at most [`MAX_FILE_BYTES`]. Blocking I/O: call it off the async runtime.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    use std::io::Read;
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let fail = |message: String| ConfigError {
         file: file.clone(),
         line: 0,
         column: 0,
         field: "-".into(),
-        message: format!("cannot read: {e}"),
-    })?;
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} KiB",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(fail(format!(
+            "larger than {} KiB",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
     parse(&text, &file)
 }
 
@@ -171,7 +210,12 @@ pub fn parse(text: &str, file: &str) -> Result<FileConfig, ConfigError> {
         let field = field_at(text, span.start, e.message());
         at.error(span, &field, e.message().trim())
     })?;
-    build(raw, &at)
+    let empty = text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'));
+    let mut cfg = build(raw, &at)?;
+    cfg.empty = empty;
+    Ok(cfg)
 }
 
 struct Locator<'a> {
@@ -185,12 +229,13 @@ impl Locator<'_> {
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        // Messages quote the file (a key, a value, a whole line): never its credentials.
         ConfigError {
             file: self.file.to_owned(),
             line,
             column,
-            field: field.to_owned(),
-            message: message.into(),
+            field: redact(field),
+            message: redact(&message.into()),
         }
     }
 }
@@ -421,6 +466,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         None => None,
     };
     Ok(FileConfig {
+        empty: false,
         settings: Settings {
             listen,
             connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
@@ -435,6 +481,17 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                     header_read_timeout: opt("limits.header_read_timeout", &l.header_read_timeout)?,
                     max_connections: l.max_connections,
                     max_connections_per_ip: l.max_connections_per_ip,
+                    request_body_timeout: opt(
+                        "limits.request_body_timeout",
+                        &l.request_body_timeout,
+                    )?,
+                    request_body_grace: opt("limits.request_body_grace", &l.request_body_grace)?,
+                    request_body_min_rate: l.request_body_min_rate,
+                    max_idle_upstream: l.max_idle_upstream,
+                    upstream_idle_timeout: opt(
+                        "limits.upstream_idle_timeout",
+                        &l.upstream_idle_timeout,
+                    )?,
                 },
                 None => FileLimits::default(),
             },

@@ -152,3 +152,33 @@ fn limits_table() {
         (2, "limits.header_read_timeout")
     );
 }
+
+/// Errors that quote the file never carry a password: a line missing its `=`, a bad `via`.
+#[test]
+fn errors_never_echo_credentials() {
+    for text in [
+        "[upstreams]\ncorp \"http://alice:s3cretPW@127.0.0.1:3128\"\n",
+        "[[rules]]\nmatch = { domains = [\"x.test\"] }\nvia = \"http//alice:s3cretPW@127.0.0.1:3128\"\n",
+        "[upstreams]\ncorp = \"alice:s3cretPW@127.0.0.1:3128\"\n",
+    ] {
+        let shown = err(text).to_string();
+        assert!(
+            !shown.contains("s3cretPW") && !shown.contains("alice"),
+            "{shown}"
+        );
+    }
+}
+
+/// A block rule on 127.0.0.0/8 also catches every other spelling of a loopback address.
+#[test]
+fn block_rules_see_every_ipv4_spelling() {
+    let cfg = parse(
+        "[[rules]]\nmatch = { cidrs = [\"127.0.0.0/8\"] }\nvia = \"block\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    for t in ["127.1:80", "2130706433:80", "0x7f000001:80", "0177.0.0.1:80", "0.0.0.0:80", "[::ffff:127.0.0.1]:80"] {
+        let d = cfg.router.decide_with(&parse_target(t).unwrap(), None, &[]);
+        assert_eq!(d.action.to_string(), "block", "{t}");
+    }
+}

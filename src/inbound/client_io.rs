@@ -25,6 +25,9 @@ pub struct ConnState {
     pub served: AtomicBool,
     /// Answer 408 when the socket is dropped.
     pub timed_out: AtomicBool,
+    /// A tunnel has taken the connection over: its bytes are the client's and the target's,
+    /// never rewritten.
+    pub tunneled: AtomicBool,
     /// The connection's place under the connection limits. A tunnel takes it over when the
     /// connection upgrades, so tunnels count toward `max_connections` for their whole life.
     pub(crate) admission: Mutex<Option<Admission>>,
@@ -38,26 +41,73 @@ impl ConnState {
         }
     }
 
-    /// Takes the admission over (for a tunnel outliving the HTTP connection).
+    /// Takes the admission over (for a tunnel outliving the HTTP connection); from then on the
+    /// connection carries tunnel bytes.
     pub(crate) fn take_admission(&self) -> Option<Admission> {
+        self.tunneled.store(true, Ordering::Relaxed);
         self.admission.lock().ok().and_then(|mut a| a.take())
     }
 }
 
-/// A client socket that can answer a header-read timeout on drop.
+/// A client socket that can answer a header-read timeout on drop, and that puts our answer
+/// (with `Proxy-Status`) in place of hyper's own bare answers to malformed heads.
 pub struct ClientIo {
     tcp: Option<TcpStream>,
     state: Arc<ConnState>,
     timeout_response: Arc<[u8]>,
+    pseudonym: Arc<str>,
+    /// Our replacement for a hyper answer, and how much of it is written.
+    pending: Option<(Vec<u8>, usize)>,
 }
 
 impl ClientIo {
-    pub fn new(tcp: TcpStream, state: Arc<ConnState>, timeout_response: Arc<[u8]>) -> Self {
+    pub fn new(
+        tcp: TcpStream,
+        state: Arc<ConnState>,
+        timeout_response: Arc<[u8]>,
+        pseudonym: Arc<str>,
+    ) -> Self {
         Self {
             tcp: Some(tcp),
             state,
             timeout_response,
+            pseudonym,
+            pending: None,
         }
+    }
+
+    /// Writes what is left of a replacement answer.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((buf, at)) = &mut self.pending {
+            let Some(tcp) = self.tcp.as_mut() else {
+                return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+            };
+            match Pin::new(tcp).poll_write(cx, &buf[*at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    *at += n;
+                    if *at >= buf.len() {
+                        self.pending = None;
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Takes `out` as written, sending our answer instead, when it is one of hyper's own.
+    fn replaced(&mut self, cx: &mut Context<'_>, out: &[u8]) -> Option<Poll<io::Result<usize>>> {
+        if self.state.tunneled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let ours = super::respond::replace_hyper_error(&self.pseudonym, out)?;
+        self.pending = Some((ours, 0));
+        Some(match self.poll_drain(cx) {
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            _ => Poll::Ready(Ok(out.len())),
+        })
     }
 
     /// The socket, for the relay after an upgrade.
@@ -102,6 +152,12 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(done) = self.replaced(cx, buf) {
+            return done;
+        }
         match self.tcp() {
             Ok(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Err(e) => Poll::Ready(Err(e)),
@@ -112,6 +168,14 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.poll_drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && let Some(done) = self.replaced(cx, first)
+        {
+            return done;
+        }
         match self.tcp() {
             Ok(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
             Err(e) => Poll::Ready(Err(e)),
@@ -121,12 +185,18 @@ impl AsyncWrite for ClientIo {
         true
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
         match self.tcp() {
             Ok(tcp) => Pin::new(tcp).poll_flush(cx),
             Err(e) => Poll::Ready(Err(e)),
         }
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.poll_drain(cx)?.is_pending() {
+            return Poll::Pending;
+        }
         match self.tcp() {
             Ok(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Err(e) => Poll::Ready(Err(e)),

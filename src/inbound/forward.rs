@@ -9,9 +9,10 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
@@ -21,10 +22,14 @@ use super::connect::spawn_tunnel;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::service::{ClientId, route_for};
+use crate::outbound::forward::OutBody;
 use crate::outbound::{BoxIo, ConnectError, Hop};
 use crate::proxy::Proxy;
 use crate::reach::reach;
+use crate::relay::body::{Pace, Paced, Side};
 use crate::target::Target;
+
+const MAX_FORWARDS: HeaderName = HeaderName::from_static("max-forwards");
 
 /// Forwards one absolute-form request and returns the origin's (or upstream's) response.
 pub async fn handle(
@@ -52,6 +57,9 @@ pub async fn handle(
         .cloned()
         .ok_or(ProxyError::BadRequest("the URL has no host"))?;
     let target = Target::from_authority(&authority, Some(80))?;
+    if let Some(answer) = max_forwards(&mut req, proxy) {
+        return Ok(answer);
+    }
     let action = route_for(proxy, &target, client).await?;
 
     let upgrading = is_upgrade(req.headers());
@@ -67,6 +75,14 @@ pub async fn handle(
     // We speak HTTP/1.1 to the next hop whatever the client spoke (RFC 9110 2.5).
     *req.version_mut() = Version::HTTP_11;
     let absolute = req.uri().clone();
+    // The client's body may stall or dribble only so long (slowloris on bodies): past the
+    // bounds it gets 408 and the origin connection is freed.
+    let limits = proxy.limits();
+    let pace = Pace {
+        idle: limits.request_body_timeout,
+        min_rate: limits.request_body_min_rate,
+    };
+    let mut req = req.map(|body| Paced::new(body, pace, Side::Request).boxed());
 
     // Pick the route (failing over across pool members) before the request is handed to a
     // connection: until then nothing of it is sent, so a failed dial can go elsewhere.
@@ -86,6 +102,7 @@ pub async fn handle(
     )
     .await?;
     let ((mut conn, route), member) = (reached.value, reached.member);
+    let asked_upgrade = client_upgrade.is_some();
     let mut resp = loop {
         prepare(
             &mut req,
@@ -133,6 +150,14 @@ pub async fn handle(
     }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switching && !asked_upgrade {
+        // A 101 nobody asked for would leave the client speaking HTTP into an unknown protocol.
+        return Err(ProxyError::UnsolicitedSwitch(match route.absolute_form_hop() {
+            Some(hop) => hop.to_string(),
+            None => format!("target {target}"),
+        }));
+    }
+    let mut member = member;
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
@@ -143,14 +168,23 @@ pub async fn handle(
                 101,
                 target.to_string(),
                 admission,
-                async move {
-                    let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                    Ok((client_upgrade.await?, remote, member))
+                {
+                    let member = member.take();
+                    async move {
+                        let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                        Ok((client_upgrade.await?, remote, member))
+                    }
                 },
             );
         }
         _ => proxy.conns().recycle(conn.key, conn.sender),
     }
+    // The member's connection count (least-connections) lasts until the body has been carried;
+    // a body that stalls longer than the idle timeout is cut (both connections close).
+    let pace = Pace {
+        idle: proxy.idle_timeout(),
+        min_rate: None,
+    };
     let received = resp.version();
     if resp.headers().contains_key(header::TRANSFER_ENCODING) {
         // The body was de-chunked and is re-framed: a Content-Length beside it (ambiguous, and
@@ -159,12 +193,64 @@ pub async fn handle(
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     proxy.via().append(resp.headers_mut(), received);
-    Ok(resp.map(|body| body.boxed()))
+    Ok(resp.map(|body| {
+        let paced = Paced::new(body, pace, Side::Response);
+        match member.take() {
+            Some(m) => paced.holding(m).boxed(),
+            None => paced.boxed(),
+        }
+    }))
+}
+
+/// RFC 9110 7.6.2: `Max-Forwards` on TRACE and OPTIONS. At 0 we are the recipient and answer
+/// ourselves (OPTIONS: what we accept; TRACE: the request as received, without credentials or
+/// cookies); above 0 it is decremented on the way out.
+fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<Body>> {
+    if !matches!(*req.method(), Method::TRACE | Method::OPTIONS) {
+        return None;
+    }
+    let left: u64 = req.headers().get(MAX_FORWARDS)?.to_str().ok()?.trim().parse().ok()?;
+    if left > 0 {
+        req.headers_mut()
+            .insert(MAX_FORWARDS, HeaderValue::from(left - 1));
+        return None;
+    }
+    let mut resp = if req.method() == Method::OPTIONS {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        resp.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT"),
+        );
+        resp
+    } else {
+        let mut echo = format!("{} {} {:?}\r\n", req.method(), req.uri(), req.version());
+        for (name, value) in req.headers() {
+            if matches!(
+                name.as_str(),
+                "proxy-authorization" | "authorization" | "cookie"
+            ) {
+                continue;
+            }
+            echo.push_str(name.as_str());
+            echo.push_str(": ");
+            echo.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            echo.push_str("\r\n");
+        }
+        echo.push_str("\r\n");
+        let mut resp = Response::new(Full::new(Bytes::from(echo)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("message/http"),
+        );
+        resp
+    };
+    proxy.via().append(resp.headers_mut(), Version::HTTP_11);
+    Some(resp.map(|b| b.map_err(|never| match never {}).boxed()))
 }
 
 /// Shapes the request for the connection it goes on: absolute-form with the upstream's
 /// credentials (when `upstream` is the absolute-form hop), else origin-form without any.
-fn prepare(req: &mut Request<Incoming>, absolute: &Uri, upstream: Option<&Hop>) {
+fn prepare(req: &mut Request<OutBody>, absolute: &Uri, upstream: Option<&Hop>) {
     match upstream {
         Some(hop) => {
             *req.uri_mut() = absolute.clone();
@@ -176,8 +262,14 @@ fn prepare(req: &mut Request<Incoming>, absolute: &Uri, upstream: Option<&Hop>) 
             };
         }
         None => {
+            // `http://host?q=1` has an empty path: origin-form is `/?q=1` (RFC 9112 3.2.1).
             let pq = absolute.path_and_query().map_or("/", |pq| pq.as_str());
-            *req.uri_mut() = pq.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            let origin_form = if pq.starts_with('/') {
+                pq.parse()
+            } else {
+                format!("/{pq}").parse()
+            };
+            *req.uri_mut() = origin_form.unwrap_or_else(|_| Uri::from_static("/"));
             req.headers_mut().remove(header::PROXY_AUTHORIZATION);
         }
     }

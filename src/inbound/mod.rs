@@ -21,4 +21,4 @@ use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 
 /// The body type of every response we send to clients.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub type Body = BoxBody<Bytes, crate::relay::body::BoxError>;

@@ -16,6 +16,7 @@ use super::Body;
 use super::headers::Via;
 use crate::outbound::{ConnectError, ConnectErrorKind, SocksReply};
 use crate::pool::PoolError;
+use crate::relay::body::pace_error;
 use crate::target::TargetError;
 
 /// Everything that can go wrong while handling one client request.
@@ -40,6 +41,8 @@ pub enum ProxyError {
         peer: String,
         after: std::time::Duration,
     },
+    #[error("{0} answered 101 Switching Protocols, but no protocol switch was asked for")]
+    UnsolicitedSwitch(String),
 }
 
 /// What a failure means on the wire.
@@ -103,6 +106,7 @@ fn connect_verdict(kind: ConnectErrorKind) -> Verdict {
         ConnectErrorKind::Tls { certificate: false } => {
             verdict(StatusCode::BAD_GATEWAY, "tls_protocol_error")
         }
+        ConnectErrorKind::Loop => verdict(StatusCode::LOOP_DETECTED, "proxy_loop_detected"),
     }
 }
 
@@ -122,6 +126,15 @@ impl ProxyError {
             Self::ResponseTimeout { .. } => {
                 verdict(StatusCode::GATEWAY_TIMEOUT, "http_response_timeout")
             }
+            Self::UnsolicitedSwitch(_) => verdict(StatusCode::BAD_GATEWAY, "http_protocol_error"),
+            // The client's own body: too slow (408), or malformed / cut short (400). Neither is
+            // the next hop's fault.
+            Self::Forward(h) if pace_error(h).is_some_and(|p| p.is_client()) => {
+                verdict(StatusCode::REQUEST_TIMEOUT, "http_request_error")
+            }
+            Self::Forward(h) if client_body_error(h).is_some() => {
+                verdict(StatusCode::BAD_REQUEST, "http_request_error")
+            }
             // Before `is_parse`, which is true for an oversized head too.
             Self::Forward(h) if h.is_parse_too_large() => {
                 verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
@@ -139,6 +152,17 @@ impl ProxyError {
     /// One line for the client and the log.
     pub fn details(&self) -> String {
         match self {
+            Self::Forward(h) => match (pace_error(h), client_body_error(h)) {
+                (Some(p), _) if p.is_client() => p.to_string(),
+                (_, Some(e)) => format!("the request body from the client is malformed or cut short: {e}"),
+                _ => self.chain(),
+            },
+            other => other.to_string(),
+        }
+    }
+
+    fn chain(&self) -> String {
+        match self {
             Self::Forward(e) => {
                 let mut out = self.to_string();
                 let mut src = e.source();
@@ -152,6 +176,22 @@ impl ProxyError {
             other => other.to_string(),
         }
     }
+}
+
+/// The error of the client's request body behind a forwarding failure: hyper's client reports a
+/// failing request body as a user error whose cause is the inbound connection's own error.
+fn client_body_error(h: &hyper::Error) -> Option<&hyper::Error> {
+    if !h.is_user() {
+        return None;
+    }
+    let mut cur = h.source();
+    while let Some(e) = cur {
+        if let Some(inbound) = e.downcast_ref::<hyper::Error>() {
+            return Some(inbound);
+        }
+        cur = e.source();
+    }
+    None
 }
 
 /// Builds the client-facing response for `err`.
@@ -185,6 +225,64 @@ pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
         headers.insert(HeaderName::from_static("proxy-status"), value);
     }
     resp
+}
+
+/// A complete error response as bytes, for the places that answer below hyper (a header-read
+/// timeout, a refused connection, hyper's own parse-error answers): the same status line,
+/// `Proxy-Status` and one-line body as [`error_response`], and `Connection: close`.
+pub fn raw_error(pseudonym: &str, status: StatusCode, error_type: &str, details: &str) -> Vec<u8> {
+    let mut ps = format!("{pseudonym}; error={error_type}; details=");
+    push_sf_string(&mut ps, details);
+    let body = format!(
+        "{} {}: {details}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    format!(
+        "HTTP/1.1 {} {}\r\nProxy-Status: {ps}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// hyper answers some malformed request heads itself (400, 414, 431) before any service sees
+/// them, without `Proxy-Status`. Given one write hyper is about to make on a connection that
+/// was not handed to a tunnel, returns our answer in its place when the write is exactly such
+/// an answer: a 4xx head and nothing else, whose only fields are `connection: close`,
+/// `content-length: 0` and `date` (every response we build carries `Proxy-Status`, and every
+/// forwarded one our `Via`, so neither can match).
+pub fn replace_hyper_error(pseudonym: &str, out: &[u8]) -> Option<Vec<u8>> {
+    let rest = out
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| out.strip_prefix(b"HTTP/1.0 "))?;
+    if rest.first() != Some(&b'4') || !out.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let head = std::str::from_utf8(&out[..out.len() - 4]).ok()?;
+    let mut close = false;
+    for field in head.split("\r\n").skip(1) {
+        let (name, value) = field.split_once(':')?;
+        match (name.to_ascii_lowercase().as_str(), value.trim()) {
+            ("connection", v) if v.eq_ignore_ascii_case("close") => close = true,
+            ("content-length", "0") | ("date", _) => {}
+            _ => return None,
+        }
+    }
+    if !close {
+        return None;
+    }
+    let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse::<u16>().ok()?;
+    let status = StatusCode::from_u16(code).ok()?;
+    let details = match status {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
+            "the request head is larger than this proxy accepts (too many bytes or fields)"
+        }
+        StatusCode::URI_TOO_LONG => "the request target is too long",
+        _ => "the request head is not valid HTTP/1",
+    };
+    Some(raw_error(pseudonym, status, "http_request_error", details))
 }
 
 /// Appends `s` as an RFC 8941 sf-string: printable ASCII only, `"` and `\` escaped.
@@ -221,6 +319,18 @@ mod tests {
             ps.starts_with("viaduct; error=http_request_denied; received-status=407; details=\"upstream 127.0.0.1:3128 answered 407"),
             "{ps}"
         );
+        let raw = raw_error("viaduct", StatusCode::REQUEST_TIMEOUT, "http_request_error", "slow \"x\"");
+        let raw = String::from_utf8(raw).unwrap();
+        assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\nProxy-Status: viaduct; error=http_request_error; details=\"slow \\\"x\\\"\"\r\n"), "{raw}");
+        assert!(raw.ends_with("\r\n\r\n408 Request Timeout: slow \"x\"\n"), "{raw}");
+        // hyper's own answers are replaced; ours and forwarded ones are not.
+        let canned = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let ours = String::from_utf8(replace_hyper_error("viaduct", canned).unwrap()).unwrap();
+        assert!(ours.contains("Proxy-Status: viaduct; error=http_request_error"), "{ours}");
+        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 404 Not Found\r\nconnection: close\r\nvia: 1.1 viaduct\r\n\r\n").is_none());
+        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\nmore").is_none());
+        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 400 Bad Request\r\nProxy-Status: viaduct\r\n\r\n").is_none());
+        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 200 OK\r\n\r\n").is_none());
         let mut s = String::new();
         push_sf_string(&mut s, "a \"b\" \\ é");
         assert_eq!(s, r#""a \"b\" \\ ?""#);

@@ -34,6 +34,11 @@ pub async fn serve_all(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) {
+    for l in &listeners {
+        if let Ok(addr) = l.local_addr() {
+            proxy.dialer().own_listeners().add(addr);
+        }
+    }
     let stop_accepting = CancellationToken::new();
     let loops: Vec<_> = listeners
         .into_iter()
@@ -79,7 +84,7 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: Cancellatio
                         Err(limit) => {
                             // Best effort, never blocking the accept loop: a full send buffer
                             // just means the client sees the close.
-                            let _ = stream.try_write(refusal(&proxy, limit).as_bytes());
+                            let _ = stream.try_write(&refusal(&proxy, limit));
                             proxy.note_refused(limit);
                             continue;
                         }
@@ -108,13 +113,12 @@ async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>, stop: Cancellatio
     }
 }
 
-fn refusal(proxy: &Proxy, limit: &str) -> String {
-    let body = format!("503 Service Unavailable: connection limit reached ({limit})\n");
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\nProxy-Status: {}; error=connection_limit_reached; details=\"{limit}\"\r\n\
-         Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+fn refusal(proxy: &Proxy, limit: &str) -> Vec<u8> {
+    super::respond::raw_error(
         proxy.via().pseudonym(),
-        body.len()
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "connection_limit_reached",
+        &format!("connection limit reached ({limit})"),
     )
 }
 
@@ -130,6 +134,7 @@ async fn serve_connection(
         stream,
         Arc::clone(&state),
         Arc::clone(proxy.timeout_response()),
+        proxy.via().pseudonym().into(),
     );
     let (svc_proxy, svc_state) = (Arc::clone(&proxy), Arc::clone(&state));
     let svc = service_fn(move |req| {

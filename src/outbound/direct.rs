@@ -1,6 +1,7 @@
 //! The first leg of every dial: resolve a name and open TCP to it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
 
 use tokio::net::TcpStream;
 
@@ -8,12 +9,78 @@ use super::error::ConnectError;
 use super::resolve::Resolve;
 use crate::target::{Host, Target};
 
+/// The addresses this proxy listens on, so that a direct dial to one of them (a tunnel into
+/// ourselves, which nests without end and eats our own connection quota) is refused. A wildcard
+/// listener (`0.0.0.0`, `::`) is reached through every local address.
+#[derive(Debug, Default)]
+pub struct OwnListeners {
+    listeners: RwLock<Vec<SocketAddr>>,
+    /// Loopback plus every interface's addresses, read when a wildcard listener is added.
+    local: RwLock<Vec<IpAddr>>,
+}
+
+impl OwnListeners {
+    /// Records a bound listener address.
+    pub fn add(&self, addr: SocketAddr) {
+        if addr.ip().is_unspecified()
+            && let Ok(mut local) = self.local.write()
+            && local.is_empty()
+        {
+            *local = local_addresses();
+        }
+        if let Ok(mut l) = self.listeners.write() {
+            l.push(addr);
+        }
+    }
+
+    /// True when a connection to `addr` would reach one of our listeners.
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        let ip = crate::target::normalize(addr.ip());
+        let Ok(listeners) = self.listeners.read() else {
+            return false;
+        };
+        listeners.iter().any(|l| {
+            l.port() == addr.port()
+                && (crate::target::normalize(l.ip()) == ip
+                    || (l.ip().is_unspecified()
+                        && (ip.is_loopback()
+                            || self.local.read().is_ok_and(|local| local.contains(&ip)))))
+        })
+    }
+}
+
+/// This host's addresses: loopback and every interface's.
+fn local_addresses() -> Vec<IpAddr> {
+    #[cfg(target_os = "linux")]
+    {
+        match nix::ifaddrs::getifaddrs() {
+            Ok(ifs) => ifs
+                .filter_map(|i| i.address)
+                .filter_map(|a| {
+                    a.as_sockaddr_in()
+                        .map(|v4| IpAddr::V4(v4.ip()))
+                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                })
+                .map(crate::target::normalize)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list local addresses; only loopback counts as this host");
+                Vec::new()
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    Vec::new()
+}
+
 /// Opens TCP to `target` (resolving names with `resolver`), trying each address in turn.
-/// `peer` names the target in errors (`target host:port` or `upstream host:port`).
+/// `peer` names the target in errors (`target host:port` or `upstream host:port`). With
+/// `own`, an address of one of our own listeners is refused.
 pub async fn connect_tcp(
     resolver: &dyn Resolve,
     target: &Target,
     peer: &str,
+    own: Option<&OwnListeners>,
 ) -> Result<TcpStream, ConnectError> {
     let addrs: Vec<SocketAddr> = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
@@ -29,6 +96,14 @@ pub async fn connect_tcp(
             }
         }
     };
+    if let Some(own) = own
+        && let Some(addr) = addrs.iter().find(|a| own.contains(**a))
+    {
+        return Err(ConnectError::OwnListener {
+            peer: peer.to_owned(),
+            addr: *addr,
+        });
+    }
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {

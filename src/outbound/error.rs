@@ -35,6 +35,8 @@ pub enum ConnectErrorKind {
     HopAuth,
     /// The TLS handshake with an HTTPS hop failed; `certificate` when it was the certificate.
     Tls { certificate: bool },
+    /// The target is this proxy itself: a tunnel into ourselves would loop.
+    Loop,
 }
 
 /// A SOCKS failure reply, in words (RFC 1928 section 6; SOCKS4's single "rejected" maps to
@@ -101,6 +103,11 @@ pub enum ConnectError {
     SocksReply { peer: String, reply: SocksReply },
     #[error("{peer} {reason}")]
     HopAuth { peer: String, reason: &'static str },
+    #[error("{peer} is this proxy's own listener ({addr}): the request would loop back into it")]
+    OwnListener {
+        peer: String,
+        addr: std::net::SocketAddr,
+    },
     #[error("TLS with {peer} failed: {source}")]
     Tls {
         peer: String,
@@ -132,6 +139,7 @@ impl ConnectError {
             Self::HopHeadTooLarge { .. } => ConnectErrorKind::HeadTooLarge,
             Self::SocksReply { reply, .. } => ConnectErrorKind::SocksReply(*reply),
             Self::HopAuth { .. } => ConnectErrorKind::HopAuth,
+            Self::OwnListener { .. } => ConnectErrorKind::Loop,
             Self::Tls { source, .. } => ConnectErrorKind::Tls {
                 certificate: matches!(
                     source,
@@ -161,6 +169,7 @@ impl ConnectError {
                     | SocksReply::ConnectionRefused
                     | SocksReply::TtlExpired
             ),
+            Self::OwnListener { .. } => false,
             _ => true,
         }
     }

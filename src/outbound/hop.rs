@@ -104,6 +104,13 @@ pub enum HopParseError {
 impl Hop {
     /// Parses one `scheme://[user:pass@]host[:port]`.
     pub fn parse(s: &str) -> Result<Self, HopParseError> {
+        // Without "://", `url` reads `alice:pw@host` as scheme `alice`: say what is expected
+        // instead of echoing any part of it.
+        if !s.contains("://") {
+            return Err(HopParseError::Url(
+                "expected scheme://[user:pass@]host[:port]".into(),
+            ));
+        }
         // Report URL errors without echoing the input: it may hold a password.
         let url = url::Url::parse(s.trim()).map_err(|e| HopParseError::Url(e.to_string()))?;
         let kind = match url.scheme() {
@@ -190,6 +197,36 @@ fn check_lengths(kind: HopKind, c: &Credentials) -> Result<(), HopParseError> {
         )),
         _ => Ok(()),
     }
+}
+
+/// `text` with every URL userinfo (`user:pass@`) replaced by `***@`, for any message that
+/// quotes a config file or a flag. Also catches malformed URLs (`http//alice:pw@h`,
+/// `alice:pw@h`): whatever stands before an `@` back to the previous `/`, quote, space, comma or
+/// `=` goes.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut start = 0;
+    for (at, _) in text.match_indices('@') {
+        if at < start {
+            continue;
+        }
+        let seg = &text[start..at];
+        let cut = seg
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| {
+                matches!(c, '/' | '"' | '\'' | ',' | '=' | '(' | '[' | '<' | '`') || c.is_whitespace()
+            })
+            .map_or(0, |(i, c)| i + c.len_utf8());
+        out.push_str(&seg[..cut]);
+        if cut < seg.len() {
+            out.push_str("***");
+        }
+        out.push('@');
+        start = at + 1;
+    }
+    out.push_str(&text[start..]);
+    out
 }
 
 /// Parses a chain: hops separated by commas, first to last (commas inside credentials must be
@@ -302,6 +339,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn redacts_userinfo_in_any_text() {
+        assert_eq!(
+            redact(r#"corp "http://alice:s3cretPW@10.0.0.1:3128""#),
+            r#"corp "http://***@10.0.0.1:3128""#
+        );
+        assert_eq!(
+            redact("\"http//alice:s3cretPW@h:1\" is not direct"),
+            "\"http//***@h:1\" is not direct"
+        );
+        assert_eq!(redact("alice:pw@h, socks5://b:c@d"), "***@h, socks5://***@d");
+        assert_eq!(redact("no secrets here"), "no secrets here");
+        assert_eq!(redact("a\u{3000}b@c"), "a\u{3000}***@c");
+        let err = Hop::parse("alice:pw@h").unwrap_err().to_string();
+        assert!(!err.contains("alice") && !err.contains("pw"), "{err}");
     }
 
     #[test]

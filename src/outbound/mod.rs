@@ -31,7 +31,7 @@ use http::HeaderValue;
 use tokio_rustls::TlsConnector;
 
 pub use self::error::{ConnectError, ConnectErrorKind, SocksReply};
-pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain};
+pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain, redact};
 pub use self::io::BoxIo;
 pub use self::resolve::{Resolve, SystemResolver};
 use self::socks::SocksTarget;
@@ -43,9 +43,12 @@ use crate::target::{Host, Target};
 #[derive(Debug, Clone)]
 pub struct Route {
     hops: Arc<[Hop]>,
-    /// `direct` or `http proxy a:1 -> socks5h proxy b:2`: no credentials. Computed once; it also
-    /// keys the kept-alive forwarding connections made along this route.
+    /// `direct` or `http proxy a:1 -> socks5h proxy b:2`: no credentials. Computed once.
     name: Arc<str>,
+    /// Identifies the route with everything that makes it (kinds, addresses, credentials): a
+    /// keyed digest, so kept-alive connections of two accounts on one proxy never mix and a
+    /// secret never sits in a map key that could be printed.
+    id: u64,
 }
 
 impl Default for Route {
@@ -70,15 +73,22 @@ impl Route {
                 .collect::<Vec<_>>()
                 .join(" -> ")
         };
+        let id = identity(&name, &hops);
         Self {
             hops: hops.into(),
             name: name.into(),
+            id,
         }
     }
 
     /// The route's name (as displayed), shared.
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    /// The route's identity, credentials included (see the field).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Parses `--upstream`: one hop URL, or several separated by commas (first to last).
@@ -109,6 +119,27 @@ impl Route {
     }
 }
 
+/// A keyed digest of a route: the key is random per process, so the value says nothing
+/// outside it about the credentials that went in.
+fn identity(name: &str, hops: &[Hop]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static KEY: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    let mut h = KEY.build_hasher();
+    name.hash(&mut h);
+    for hop in hops {
+        match &hop.credentials {
+            Some(c) => {
+                1u8.hash(&mut h);
+                c.user.hash(&mut h);
+                c.pass.hash(&mut h);
+            }
+            None => 0u8.hash(&mut h),
+        }
+    }
+    h.finish()
+}
+
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
@@ -119,6 +150,7 @@ impl fmt::Display for Route {
 #[derive(Clone)]
 pub struct Dialer {
     resolver: Arc<dyn Resolve>,
+    own: Arc<direct::OwnListeners>,
     tls: TlsConnector,
     connect_timeout: Duration,
     via: HeaderValue,
@@ -144,6 +176,7 @@ impl Dialer {
     ) -> Self {
         Self {
             resolver,
+            own: Arc::default(),
             tls,
             connect_timeout,
             via,
@@ -162,6 +195,11 @@ impl Dialer {
         self.connect_timeout
     }
 
+    /// Our own listener addresses, which direct dials refuse.
+    pub fn own_listeners(&self) -> &direct::OwnListeners {
+        &self.own
+    }
+
     /// Opens (and drops) a TCP connection to the route's first hop: the health probe used
     /// when a pool has no probe target.
     pub async fn reach_first_hop(&self, route: &Route) -> Result<(), ConnectError> {
@@ -171,7 +209,7 @@ impl Dialer {
         let peer = route.label(0);
         match tokio::time::timeout(
             self.connect_timeout,
-            direct::connect_tcp(&*self.resolver, &hop.addr, &peer),
+            direct::connect_tcp(&*self.resolver, &hop.addr, &peer, None),
         )
         .await
         {
@@ -216,8 +254,11 @@ impl Dialer {
         };
         let walk = async {
             let first = hops.first().map_or(target, |h| &h.addr);
+            // Only a direct dial can reach ourselves unseen: through an upstream, our own
+            // `Via` comes back and the loop is caught as 508 there.
+            let own = hops.is_empty().then_some(&*self.own);
             let mut stream: BoxIo =
-                Box::new(direct::connect_tcp(&*self.resolver, first, &at).await?);
+                Box::new(direct::connect_tcp(&*self.resolver, first, &at, own).await?);
             for (i, hop) in hops.iter().enumerate() {
                 at = route.label(i);
                 if hop.kind == HopKind::Https {

@@ -17,8 +17,15 @@ pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
         return;
     };
     let weak: Weak<Pool> = Arc::downgrade(pool);
+    // A pool that took over its predecessor's health state (a reload) has nothing new to learn
+    // at once: probing then would let a reload storm become a probe storm.
+    let first = if pool.inherited() {
+        tokio::time::Instant::now() + check.interval
+    } else {
+        tokio::time::Instant::now()
+    };
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(check.interval);
+        let mut tick = tokio::time::interval_at(first, check.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

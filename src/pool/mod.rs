@@ -8,7 +8,7 @@
 
 pub mod health;
 
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -93,6 +93,18 @@ impl Default for PoolSettings {
 
 const MAX_EJECTION: Duration = Duration::from_secs(300);
 
+/// Sticky pins kept per pool at most; the least recently used goes first. A pin costs a fixed
+/// ~40 bytes whatever the client's key, so this bounds a pool's pins to a few MiB.
+pub const MAX_PINS: usize = 100_000;
+
+/// A sticky key as pinned: a 128-bit digest, so a client's 60 KB key costs what a short one
+/// does. Two keys sharing a digest would share a member, which grants nothing.
+type PinKey = u128;
+
+fn pin_key(key: &str) -> PinKey {
+    (u128::from(rendezvous(key, "pin-a")) << 64) | u128::from(rendezvous(key, "pin-b"))
+}
+
 /// One upstream in a pool.
 #[derive(Debug)]
 pub struct Member {
@@ -125,7 +137,8 @@ pub struct Pool {
     pub settings: PoolSettings,
     epoch: Instant,
     rr: AtomicUsize,
-    sticky: Mutex<HashMap<String, (usize, Instant)>>,
+    sticky: Mutex<lru::LruCache<PinKey, (usize, Instant)>>,
+    inherited: std::sync::atomic::AtomicBool,
 }
 
 /// A pool could not give a connection.
@@ -174,8 +187,56 @@ impl Pool {
             settings,
             epoch: Instant::now(),
             rr: AtomicUsize::new(0),
-            sticky: Mutex::new(HashMap::new()),
+            sticky: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(MAX_PINS).unwrap_or(NonZeroUsize::MIN),
+            )),
+            inherited: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Takes over the health state of `old`'s members (a reload): a member whose name and
+    /// route (credentials included) are unchanged keeps its failures and ejection, so a reload
+    /// neither forgives a dead member nor probes every member at once. Returns how many
+    /// members carried over.
+    pub fn inherit(&self, old: &Pool) -> usize {
+        let mut n = 0;
+        for m in &self.members {
+            let Some(o) = old
+                .members
+                .iter()
+                .find(|o| o.name == m.name && o.route.id() == m.route.id())
+            else {
+                continue;
+            };
+            m.failures
+                .store(o.failures.load(Ordering::Relaxed), Ordering::Relaxed);
+            m.ejections
+                .store(o.ejections.load(Ordering::Relaxed), Ordering::Relaxed);
+            let left = o
+                .down_until_ms
+                .load(Ordering::Relaxed)
+                .saturating_sub(old.now_ms());
+            if left > 0 {
+                m.down_until_ms
+                    .store(self.now_ms() + left, Ordering::Relaxed);
+            }
+            n += 1;
+        }
+        if n > 0 {
+            self.inherited.store(true, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// True when this pool took over health state from a previous one (its checker then
+    /// waits one interval before the first probe).
+    pub fn inherited(&self) -> bool {
+        self.inherited.load(Ordering::Relaxed)
+    }
+
+    /// Sticky pins held now.
+    pub fn pins(&self) -> usize {
+        self.sticky.lock().map_or(0, |p| p.len())
     }
 
     /// `name (strategy, N members)` for logs and `viaduct route`.
@@ -232,26 +293,25 @@ impl Pool {
             .iter()
             .max_by_key(|&&i| rendezvous(key, &self.members[i].name))
             .unwrap_or(&healthy[0]);
+        let key = pin_key(key);
         let Ok(mut pins) = self.sticky.lock() else {
             return best;
         };
         let now = Instant::now();
-        if pins.len() > 100_000 {
-            pins.retain(|_, (_, at)| now.duration_since(*at) < self.settings.sticky_ttl);
-        }
-        match pins.get(key) {
-            Some(&(i, at))
+        // O(1): a hash lookup and a move to the front; a full table drops its oldest pin.
+        match pins.get(&key).copied() {
+            Some((i, at))
                 if now.duration_since(at) < self.settings.sticky_ttl && healthy.contains(&i) =>
             {
                 i
             }
-            Some(&(_, at)) if now.duration_since(at) < self.settings.sticky_ttl => {
+            Some((_, at)) if now.duration_since(at) < self.settings.sticky_ttl => {
                 // Re-pin, keeping the original expiry: the key returns when the TTL lapses.
-                pins.insert(key.to_owned(), (best, at));
+                pins.put(key, (best, at));
                 best
             }
             _ => {
-                pins.insert(key.to_owned(), (best, now));
+                pins.put(key, (best, now));
                 best
             }
         }
@@ -513,6 +573,46 @@ mod tests {
             home,
             "back home once the TTL lapsed"
         );
+    }
+
+    /// Clients choose sticky keys: any number of any length costs a bounded table, and a key
+    /// still finds its member.
+    #[test]
+    fn sticky_pins_are_bounded_in_count_and_size() {
+        let p = pool(3, Strategy::Sticky);
+        let long = "k".repeat(60_000);
+        let first = p.candidates(Some(&long))[0];
+        for i in 0..(MAX_PINS + 5_000) {
+            p.candidates(Some(&format!("{i}-session")));
+        }
+        assert_eq!(p.pins(), MAX_PINS);
+        assert_eq!(std::mem::size_of::<PinKey>(), 16, "a pin's key is fixed-size");
+        // The long key's pin was the least recently used and went; it lands where hashing says.
+        assert_eq!(p.candidates(Some(&long))[0], first);
+        assert_eq!(p.pins(), MAX_PINS);
+    }
+
+    /// A reload keeps an unchanged member's ejection; a changed one starts fresh.
+    #[test]
+    fn reload_keeps_health_of_unchanged_members() {
+        let old = pool(2, Strategy::Failover);
+        for _ in 0..3 {
+            old.report(0, Outcome::HopFault);
+            old.report(1, Outcome::HopFault);
+        }
+        assert!(!old.is_up(0) && !old.is_up(1));
+        let members = vec![
+            ("m0".to_owned(), Route::direct()),
+            (
+                "m1".to_owned(),
+                Route::parse("http://127.0.0.1:9").unwrap(),
+            ),
+        ];
+        let new = Pool::new("p".into(), members, PoolSettings::default());
+        assert_eq!(new.inherit(&old), 1);
+        assert!(!new.is_up(0), "unchanged member stays ejected");
+        assert!(new.is_up(1), "changed member starts fresh");
+        assert!(new.inherited());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::inbound::client_io::ClientIo;
 use crate::outbound::BoxIo;
 
+pub mod body;
 #[cfg(target_os = "linux")]
 mod splice;
 use tokio_util::sync::CancellationToken;

@@ -186,6 +186,21 @@ impl Router {
         }
         pools
     }
+
+    /// The identities ([`Route::id`]) of every route this router can use, direct included.
+    pub fn route_ids(&self) -> std::collections::HashSet<u64> {
+        let mut ids = std::collections::HashSet::from([Route::direct().id()]);
+        for action in self.rules.iter().map(|r| &r.action).chain([&self.default]) {
+            match action {
+                Action::Upstream(u) => {
+                    ids.insert(u.route.id());
+                }
+                Action::Pool(p) => ids.extend(p.members.iter().map(|m| m.route.id())),
+                Action::Direct | Action::Block => {}
+            }
+        }
+        ids
+    }
 }
 
 #[cfg(test)]

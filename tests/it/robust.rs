@@ -114,7 +114,7 @@ async fn connection_caps() {
     let text = read_all(&mut extra).await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(
-        text.contains("error=connection_limit_reached; details=\"max_connections\""),
+        text.contains("error=connection_limit_reached; details=\"connection limit reached (max_connections)\""),
         "{text}"
     );
     drop(held.pop());
@@ -137,7 +137,7 @@ async fn connection_caps() {
     let mut c = TcpStream::connect(p.addr).await.unwrap();
     let text = read_all(&mut c).await;
     assert!(
-        text.contains("details=\"max_connections_per_ip\""),
+        text.contains("details=\"connection limit reached (max_connections_per_ip)\""),
         "{text}"
     );
 }
