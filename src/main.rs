@@ -305,8 +305,9 @@ fn cli_router(args: &RunArgs) -> Result<Router, String> {
         .upstream
         .iter()
         .map(|u| {
-            Route::parse(u)
-                .map_err(|e| viaduct::outbound::redact(&format!("invalid value for --upstream: {e}")))
+            Route::parse(u).map_err(|e| {
+                viaduct::outbound::redact(&format!("invalid value for --upstream: {e}"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     if let [route] = routes.as_slice() {

@@ -186,7 +186,8 @@ pub fn inet_aton(s: &str) -> Option<Ipv4Addr> {
     }
     let mut nums = Vec::with_capacity(parts.len());
     for p in &parts {
-        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+        let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X"))
+        {
             (h, 16)
         } else if p.len() > 1 && p.starts_with('0') {
             (&p[1..], 8)
@@ -271,7 +272,7 @@ mod tests {
             connect("bad..name:443"),
             Err(TargetError::BadHost(_))
         ));
-        assert!(matches!(connect("h:99999"), Err(_)));
+        assert!(connect("h:99999").is_err());
     }
 
     /// Every spelling the system resolver reads as an IPv4 literal is that address, and the
@@ -302,7 +303,10 @@ mod tests {
             connect("[::ffff:127.0.0.1]:80").unwrap().to_string(),
             "127.0.0.1:80"
         );
-        assert_eq!(inet_aton("10.1.65535"), Some("10.1.255.255".parse().unwrap()));
+        assert_eq!(
+            inet_aton("10.1.65535"),
+            Some("10.1.255.255".parse().unwrap())
+        );
         assert_eq!(inet_aton("1.2.3.256"), None);
         assert_eq!(inet_aton("256.1"), None);
         assert_eq!(inet_aton("08.1.1.1"), None, "8 is not an octal digit");
@@ -313,7 +317,10 @@ mod tests {
         // Names whose last label is numeric are refused, not guessed at.
         assert!(connect("example.123:80").is_err());
         assert!(connect("1.2.3.999:80").is_err());
-        assert_eq!(connect("0day.example:80").unwrap().to_string(), "0day.example:80");
+        assert_eq!(
+            connect("0day.example:80").unwrap().to_string(),
+            "0day.example:80"
+        );
     }
 
     /// A port that is written must be valid: `h:`, `h:4x` and `h:99999` never mean port 80.
@@ -327,10 +334,18 @@ mod tests {
         assert_eq!(abs("http://h:8080/").unwrap().port, 8080);
         assert_eq!(abs("http://[::1]:81/").unwrap().port, 81);
         assert_eq!(abs("http://[::1]/").unwrap().port, 80);
-        for bad in ["http://127.0.0.1:99999/", "http://h:4x/", "http://h:/", "http://h:+80/"] {
+        for bad in [
+            "http://127.0.0.1:99999/",
+            "http://h:4x/",
+            "http://h:/",
+            "http://h:+80/",
+        ] {
             if let Ok(uri) = bad.parse::<Uri>() {
                 assert!(
-                    matches!(Target::from_authority(uri.authority().unwrap(), Some(80)), Err(TargetError::BadPort(_))),
+                    matches!(
+                        Target::from_authority(uri.authority().unwrap(), Some(80)),
+                        Err(TargetError::BadPort(_))
+                    ),
                     "{bad}"
                 );
             }

@@ -184,20 +184,14 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         return Err(fail("not a regular file".into()));
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "larger than {} KiB",
-            MAX_FILE_BYTES / 1024
-        )));
+        return Err(fail(format!("larger than {} KiB", MAX_FILE_BYTES / 1024)));
     }
     let mut text = String::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
         .map_err(|e| fail(format!("cannot read: {e}")))?;
     if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(fail(format!(
-            "larger than {} KiB",
-            MAX_FILE_BYTES / 1024
-        )));
+        return Err(fail(format!("larger than {} KiB", MAX_FILE_BYTES / 1024)));
     }
     parse(&text, &file)
 }

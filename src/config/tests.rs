@@ -177,7 +177,14 @@ fn block_rules_see_every_ipv4_spelling() {
         "t.toml",
     )
     .unwrap();
-    for t in ["127.1:80", "2130706433:80", "0x7f000001:80", "0177.0.0.1:80", "0.0.0.0:80", "[::ffff:127.0.0.1]:80"] {
+    for t in [
+        "127.1:80",
+        "2130706433:80",
+        "0x7f000001:80",
+        "0177.0.0.1:80",
+        "0.0.0.0:80",
+        "[::ffff:127.0.0.1]:80",
+    ] {
         let d = cfg.router.decide_with(&parse_target(t).unwrap(), None, &[]);
         assert_eq!(d.action.to_string(), "block", "{t}");
     }

@@ -152,30 +152,25 @@ pub async fn handle(
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !asked_upgrade {
         // A 101 nobody asked for would leave the client speaking HTTP into an unknown protocol.
-        return Err(ProxyError::UnsolicitedSwitch(match route.absolute_form_hop() {
-            Some(hop) => hop.to_string(),
-            None => format!("target {target}"),
-        }));
+        return Err(ProxyError::UnsolicitedSwitch(
+            match route.absolute_form_hop() {
+                Some(hop) => hop.to_string(),
+                None => format!("target {target}"),
+            },
+        ));
     }
     let mut member = member;
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
             let admission = conn_state.take_admission();
-            spawn_tunnel(
-                proxy,
-                "UPGRADE",
-                101,
-                target.to_string(),
-                admission,
-                {
-                    let member = member.take();
-                    async move {
-                        let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                        Ok((client_upgrade.await?, remote, member))
-                    }
-                },
-            );
+            spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), admission, {
+                let member = member.take();
+                async move {
+                    let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                    Ok((client_upgrade.await?, remote, member))
+                }
+            });
         }
         _ => proxy.conns().recycle(conn.key, conn.sender),
     }
@@ -209,7 +204,14 @@ fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<B
     if !matches!(*req.method(), Method::TRACE | Method::OPTIONS) {
         return None;
     }
-    let left: u64 = req.headers().get(MAX_FORWARDS)?.to_str().ok()?.trim().parse().ok()?;
+    let left: u64 = req
+        .headers()
+        .get(MAX_FORWARDS)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     if left > 0 {
         req.headers_mut()
             .insert(MAX_FORWARDS, HeaderValue::from(left - 1));
@@ -219,7 +221,9 @@ fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<B
         let mut resp = Response::new(Full::new(Bytes::new()));
         resp.headers_mut().insert(
             header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT"),
+            HeaderValue::from_static(
+                "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT",
+            ),
         );
         resp
     } else {

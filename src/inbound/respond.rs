@@ -154,7 +154,9 @@ impl ProxyError {
         match self {
             Self::Forward(h) => match (pace_error(h), client_body_error(h)) {
                 (Some(p), _) if p.is_client() => p.to_string(),
-                (_, Some(e)) => format!("the request body from the client is malformed or cut short: {e}"),
+                (_, Some(e)) => {
+                    format!("the request body from the client is malformed or cut short: {e}")
+                }
                 _ => self.chain(),
             },
             other => other.to_string(),
@@ -273,7 +275,10 @@ pub fn replace_hyper_error(pseudonym: &str, out: &[u8]) -> Option<Vec<u8>> {
     if !close {
         return None;
     }
-    let code = std::str::from_utf8(rest.get(..3)?).ok()?.parse::<u16>().ok()?;
+    let code = std::str::from_utf8(rest.get(..3)?)
+        .ok()?
+        .parse::<u16>()
+        .ok()?;
     let status = StatusCode::from_u16(code).ok()?;
     let details = match status {
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
@@ -319,17 +324,46 @@ mod tests {
             ps.starts_with("viaduct; error=http_request_denied; received-status=407; details=\"upstream 127.0.0.1:3128 answered 407"),
             "{ps}"
         );
-        let raw = raw_error("viaduct", StatusCode::REQUEST_TIMEOUT, "http_request_error", "slow \"x\"");
+        let raw = raw_error(
+            "viaduct",
+            StatusCode::REQUEST_TIMEOUT,
+            "http_request_error",
+            "slow \"x\"",
+        );
         let raw = String::from_utf8(raw).unwrap();
         assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\nProxy-Status: viaduct; error=http_request_error; details=\"slow \\\"x\\\"\"\r\n"), "{raw}");
-        assert!(raw.ends_with("\r\n\r\n408 Request Timeout: slow \"x\"\n"), "{raw}");
+        assert!(
+            raw.ends_with("\r\n\r\n408 Request Timeout: slow \"x\"\n"),
+            "{raw}"
+        );
         // hyper's own answers are replaced; ours and forwarded ones are not.
         let canned = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
         let ours = String::from_utf8(replace_hyper_error("viaduct", canned).unwrap()).unwrap();
-        assert!(ours.contains("Proxy-Status: viaduct; error=http_request_error"), "{ours}");
-        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 404 Not Found\r\nconnection: close\r\nvia: 1.1 viaduct\r\n\r\n").is_none());
-        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\nmore").is_none());
-        assert!(replace_hyper_error("viaduct", b"HTTP/1.1 400 Bad Request\r\nProxy-Status: viaduct\r\n\r\n").is_none());
+        assert!(
+            ours.contains("Proxy-Status: viaduct; error=http_request_error"),
+            "{ours}"
+        );
+        assert!(
+            replace_hyper_error(
+                "viaduct",
+                b"HTTP/1.1 404 Not Found\r\nconnection: close\r\nvia: 1.1 viaduct\r\n\r\n"
+            )
+            .is_none()
+        );
+        assert!(
+            replace_hyper_error(
+                "viaduct",
+                b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\nmore"
+            )
+            .is_none()
+        );
+        assert!(
+            replace_hyper_error(
+                "viaduct",
+                b"HTTP/1.1 400 Bad Request\r\nProxy-Status: viaduct\r\n\r\n"
+            )
+            .is_none()
+        );
         assert!(replace_hyper_error("viaduct", b"HTTP/1.1 200 OK\r\n\r\n").is_none());
         let mut s = String::new();
         push_sf_string(&mut s, "a \"b\" \\ é");

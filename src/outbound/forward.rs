@@ -177,7 +177,8 @@ impl ConnPool {
             return;
         }
         let weak: Weak<Self> = Arc::downgrade(self);
-        let every = (self.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        let every =
+            (self.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {

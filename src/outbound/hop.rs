@@ -215,7 +215,8 @@ pub fn redact(text: &str) -> String {
             .char_indices()
             .rev()
             .find(|&(_, c)| {
-                matches!(c, '/' | '"' | '\'' | ',' | '=' | '(' | '[' | '<' | '`') || c.is_whitespace()
+                matches!(c, '/' | '"' | '\'' | ',' | '=' | '(' | '[' | '<' | '`')
+                    || c.is_whitespace()
             })
             .map_or(0, |(i, c)| i + c.len_utf8());
         out.push_str(&seg[..cut]);
@@ -351,7 +352,10 @@ mod tests {
             redact("\"http//alice:s3cretPW@h:1\" is not direct"),
             "\"http//***@h:1\" is not direct"
         );
-        assert_eq!(redact("alice:pw@h, socks5://b:c@d"), "***@h, socks5://***@d");
+        assert_eq!(
+            redact("alice:pw@h, socks5://b:c@d"),
+            "***@h, socks5://***@d"
+        );
         assert_eq!(redact("no secrets here"), "no secrets here");
         assert_eq!(redact("a\u{3000}b@c"), "a\u{3000}***@c");
         let err = Hop::parse("alice:pw@h").unwrap_err().to_string();

@@ -586,7 +586,11 @@ mod tests {
             p.candidates(Some(&format!("{i}-session")));
         }
         assert_eq!(p.pins(), MAX_PINS);
-        assert_eq!(std::mem::size_of::<PinKey>(), 16, "a pin's key is fixed-size");
+        assert_eq!(
+            std::mem::size_of::<PinKey>(),
+            16,
+            "a pin's key is fixed-size"
+        );
         // The long key's pin was the least recently used and went; it lands where hashing says.
         assert_eq!(p.candidates(Some(&long))[0], first);
         assert_eq!(p.pins(), MAX_PINS);
@@ -603,10 +607,7 @@ mod tests {
         assert!(!old.is_up(0) && !old.is_up(1));
         let members = vec![
             ("m0".to_owned(), Route::direct()),
-            (
-                "m1".to_owned(),
-                Route::parse("http://127.0.0.1:9").unwrap(),
-            ),
+            ("m1".to_owned(), Route::parse("http://127.0.0.1:9").unwrap()),
         ];
         let new = Pool::new("p".into(), members, PoolSettings::default());
         assert_eq!(new.inherit(&old), 1);

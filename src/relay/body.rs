@@ -95,7 +95,9 @@ impl<B> Paced<B> {
         let mut at = since + self.pace.idle;
         if let Some((grace, rate)) = self.pace.min_rate {
             // Total waiting must stay below bytes/rate once past the grace period.
-            let allowed = grace.max(Duration::from_secs_f64(self.bytes as f64 / rate.max(1) as f64));
+            let allowed = grace.max(Duration::from_secs_f64(
+                self.bytes as f64 / rate.max(1) as f64,
+            ));
             let left = allowed.saturating_sub(self.waited);
             at = at.min(since + left);
         }
@@ -246,11 +248,18 @@ mod tests {
             idle: Duration::from_secs(30),
             min_rate: None,
         };
-        let body = Paced::new(dribble(Duration::from_secs(10), 2, false), pace, Side::Request);
+        let body = Paced::new(
+            dribble(Duration::from_secs(10), 2, false),
+            pace,
+            Side::Request,
+        );
         let started = Instant::now();
         let err = body.collect().await.err().unwrap();
         let p = pace_error(&*err).unwrap();
-        assert!(matches!(p, PaceError::Stalled { .. }) && p.is_client(), "{p}");
+        assert!(
+            matches!(p, PaceError::Stalled { .. }) && p.is_client(),
+            "{p}"
+        );
         // Two bytes at 10 s and 20 s, then 30 s of nothing.
         assert_eq!(started.elapsed(), Duration::from_secs(50));
     }
@@ -262,7 +271,11 @@ mod tests {
             idle: Duration::from_secs(30),
             min_rate: Some((Duration::from_secs(20), 500)),
         };
-        let body = Paced::new(dribble(Duration::from_secs(5), 1000, true), pace, Side::Request);
+        let body = Paced::new(
+            dribble(Duration::from_secs(5), 1000, true),
+            pace,
+            Side::Request,
+        );
         let started = Instant::now();
         let err = body.collect().await.err().unwrap();
         assert!(matches!(pace_error(&*err), Some(PaceError::TooSlow { .. })));
@@ -277,14 +290,22 @@ mod tests {
             min_rate: Some((Duration::from_secs(1), 5)),
         };
         let held = std::sync::Arc::new(());
-        let body = Paced::new(dribble(Duration::from_millis(100), 50, true), pace, Side::Request)
-            .holding(std::sync::Arc::clone(&held));
+        let body = Paced::new(
+            dribble(Duration::from_millis(100), 50, true),
+            pace,
+            Side::Request,
+        )
+        .holding(std::sync::Arc::clone(&held));
         let mut body = std::pin::pin!(body);
         let mut got = 0;
         while let Some(frame) = body.frame().await {
             got += frame.unwrap().into_data().unwrap().len();
         }
         assert_eq!(got, 50);
-        assert_eq!(std::sync::Arc::strong_count(&held), 1, "released at the end");
+        assert_eq!(
+            std::sync::Arc::strong_count(&held),
+            1,
+            "released at the end"
+        );
     }
 }

@@ -308,3 +308,89 @@ async fn cli_pool_and_bypass() {
         s.read_exact(&mut buf).await.unwrap();
     }
 }
+
+/// Items 10 and 11: a flag that is not a URL never echoes its credentials; SIGHUP with the
+/// config turned into a FIFO, a device or an empty file is rejected while requests keep being
+/// served (the read happens off the runtime, and only regular files of at most 1 MiB are read).
+#[tokio::test]
+async fn reload_refuses_fifos_devices_and_empty_files() {
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--upstream", "alice:s3cretPW@127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("s3cretPW") && !err.contains("alice"), "{err}");
+
+    let echo = echo_server().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real.toml");
+    let link = dir.path().join("viaduct.toml");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(&real, format!("listen = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--config", link.to_str().unwrap()])
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let proxy = local(port);
+    wait_listening(proxy).await;
+    let pid = child.id().unwrap().to_string();
+    let hup = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    let rejections = |n: usize| {
+        let path = log.path().to_owned();
+        async move {
+            for _ in 0..200 {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.matches("reload rejected").count() >= n {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("{}", std::fs::read_to_string(&path).unwrap());
+        }
+    };
+    let fifo = dir.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for (i, target) in [fifo.as_path(), std::path::Path::new("/dev/zero")]
+        .into_iter()
+        .enumerate()
+    {
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(target, &link).unwrap();
+        hup();
+        let text = rejections(i + 1).await;
+        assert!(text.contains("not a regular file"), "{text}");
+        let started = std::time::Instant::now();
+        let (_s, head) = connect(proxy, &echo.to_string()).await;
+        assert_eq!(head.status, 200, "still serving");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    std::fs::remove_file(&link).unwrap();
+    std::fs::write(&real, "\n# truncated\n").unwrap();
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    hup();
+    let text = rejections(3).await;
+    assert!(text.contains("empty"), "{text}");
+    let (_s, head) = connect(proxy, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    child.kill().await.unwrap();
+}

@@ -8,6 +8,7 @@ mod chain;
 mod cli;
 mod connect;
 mod forward;
+mod hardening;
 mod pools;
 mod props;
 mod robust;

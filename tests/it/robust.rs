@@ -114,7 +114,9 @@ async fn connection_caps() {
     let text = read_all(&mut extra).await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(
-        text.contains("error=connection_limit_reached; details=\"connection limit reached (max_connections)\""),
+        text.contains(
+            "error=connection_limit_reached; details=\"connection limit reached (max_connections)\""
+        ),
         "{text}"
     );
     drop(held.pop());
