@@ -408,6 +408,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let listen = config.listen.clone();
+    viaduct::inbound::server::raise_descriptor_limit(config.limits.max_connections);
     let summary = config.router.default.to_string();
     let rules = config.router.rules.len();
     let proxy = match Proxy::new(config) {

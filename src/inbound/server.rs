@@ -23,6 +23,47 @@ use super::client_io::{ClientIo, ConnState};
 use super::service;
 use crate::proxy::{Admission, Proxy};
 
+/// Raises the soft descriptor limit to the hard one and says in the log what fits: each tunnel
+/// holds two sockets (plus a pipe pair while bytes move), so `max_connections` tunnels need a
+/// little over twice as many descriptors. Returns the limit in force.
+pub fn raise_descriptor_limit(max_connections: usize) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::info!(from = soft, to = hard, "raised the descriptor limit");
+            hard
+        } else {
+            soft
+        };
+        // A few descriptors go to the runtime, listeners, logs and idle upstream connections.
+        let reserve = 64;
+        let fits = limit.saturating_sub(reserve) / 2;
+        if (max_connections as u64) > fits {
+            tracing::warn!(
+                descriptors = limit,
+                fits_tunnels = fits,
+                max_connections,
+                "the descriptor limit fits fewer tunnels than max_connections; raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+            );
+        } else {
+            tracing::info!(
+                descriptors = limit,
+                fits_tunnels = fits,
+                max_connections,
+                "descriptor budget"
+            );
+        }
+        Some(limit)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = max_connections;
+        None
+    }
+}
+
 /// Serves clients on `listener` until `shutdown` resolves, then drains (see the module docs).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
     serve_all(vec![listener], proxy, shutdown).await;

@@ -137,21 +137,35 @@ async fn relay_tcp(
     // The early bytes go first, under the same idle timeout and shutdown as the rest: a target
     // that never reads must not pin this task.
     let run = async {
-        write_early(&target, early, &act).await?;
+        write_early(&client, &target, early, &act).await?;
         let up = splice::one_way(&client, &target, &act, &act.up);
         let down = splice::one_way(&target, &client, &act, &act.down);
         tokio::try_join!(up, down).map(drop)
     };
-    supervise(&act, run, idle, cancel, true).await
+    let relayed = supervise(&act, run, idle, cancel, true).await;
+    if matches!(relayed.end, End::Error(_)) {
+        // Given up (a peer reset or left a side that stopped reading): reset both sides rather
+        // than close (idle and shutdown ends still close cleanly). A close
+        // would queue our FIN behind bytes a stalled peer never reads, keeping the kernel's
+        // socket and its buffers alive long after we let go.
+        splice::abort(&client);
+        splice::abort(&target);
+    }
+    relayed
 }
 
 /// Writes the client bytes hyper had already read, then drops them: even when empty, the
 /// `Bytes` can pin hyper's whole read buffer for the tunnel's life.
 #[cfg(target_os = "linux")]
-async fn write_early(target: &TcpStream, early: Bytes, act: &Activity) -> io::Result<()> {
+async fn write_early(
+    client: &TcpStream,
+    target: &TcpStream,
+    early: Bytes,
+    act: &Activity,
+) -> io::Result<()> {
     let mut rest = &early[..];
     while !rest.is_empty() {
-        target.writable().await?;
+        splice::writable_while_src_alive(target, client).await?;
         match target.try_write(rest) {
             Ok(n) => {
                 rest = &rest[n..];

@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{Shutdown, shutdown};
@@ -21,6 +22,12 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::Activity;
+
+/// How long a direction whose source has gone (EOF or reset) may wait for its destination to
+/// take more bytes before the tunnel is given up: a client that left a target that never reads
+/// must not pin two sockets and a pipe for the whole idle timeout (squid frees such tunnels
+/// within 5 s too).
+pub(super) const LINGER: Duration = Duration::from_secs(5);
 
 /// Pipes kept for reuse across tunnels.
 const POOL_MAX: usize = 256;
@@ -61,6 +68,28 @@ fn flags() -> SpliceFFlags {
     SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK
 }
 
+/// Waits until `dst` can take bytes. While it cannot, checks every [`LINGER`] whether `src`
+/// has gone (its peer closed or reset): then nobody is left to wait for, and the tunnel ends.
+pub(super) async fn writable_while_src_alive(dst: &TcpStream, src: &TcpStream) -> io::Result<()> {
+    loop {
+        match tokio::time::timeout(LINGER, dst.writable()).await {
+            Ok(res) => return res,
+            Err(_) => {
+                // A zero timeout still polls once: readiness already known is reported.
+                let gone = tokio::time::timeout(Duration::ZERO, src.ready(Interest::READABLE))
+                    .await
+                    .is_ok_and(|r| r.is_ok_and(|r| r.is_read_closed()));
+                if gone {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "one side left and the other stopped reading",
+                    ));
+                }
+            }
+        }
+    }
+}
+
 /// Moves bytes from `src` to `dst` until EOF (then half-closes `dst`) or an error.
 pub(super) async fn one_way(
     src: &TcpStream,
@@ -73,7 +102,15 @@ pub(super) async fn one_way(
         src.readable().await?;
         let p = match pipe.take() {
             Some(p) => p,
-            None => Pipe::take()?,
+            None => match Pipe::take() {
+                Ok(p) => p,
+                Err(e) => {
+                    // Out of descriptors (EMFILE/ENFILE): the client was already answered 200,
+                    // so carry the tunnel on by copying rather than killing it.
+                    tracing::debug!(error = %e, "no pipe for splice; copying this direction");
+                    return copy_plain(src, dst, act, count).await;
+                }
+            },
         };
         let read = src.try_io(Interest::READABLE, || {
             Ok(splice(
@@ -104,7 +141,7 @@ pub(super) async fn one_way(
         act.touch();
         let mut left = n;
         while left > 0 {
-            dst.writable().await?;
+            writable_while_src_alive(dst, src).await?;
             match dst.try_io(Interest::WRITABLE, || {
                 Ok(splice(p.r.as_fd(), None, dst.as_fd(), None, left, flags())?)
             }) {
@@ -118,4 +155,50 @@ pub(super) async fn one_way(
         }
         pipe = Some(p);
     }
+}
+
+/// The user-space fallback for one direction when no pipe can be had: same half-close, counts
+/// and linger as the splice path, through one buffer.
+async fn copy_plain(
+    src: &TcpStream,
+    dst: &TcpStream,
+    act: &Activity,
+    count: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf = vec![0u8; super::BUF_SIZE];
+    loop {
+        src.readable().await?;
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => {
+                let _ = shutdown(dst.as_raw_fd(), Shutdown::Write);
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        act.touch();
+        let mut off = 0;
+        while off < n {
+            writable_while_src_alive(dst, src).await?;
+            match dst.try_write(&buf[off..n]) {
+                Ok(m) => {
+                    off += m;
+                    act.touch();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Makes the coming close a reset (`SO_LINGER` 0): no FIN queued behind unsent bytes.
+pub(super) fn abort(s: &TcpStream) {
+    let reset = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &reset);
 }

@@ -394,3 +394,40 @@ async fn reload_refuses_fifos_devices_and_empty_files() {
     assert_eq!(head.status, 200);
     child.kill().await.unwrap();
 }
+
+/// Item 3: at start the soft descriptor limit is raised to the hard one, and the log says how
+/// many tunnels fit.
+#[tokio::test]
+async fn descriptor_limit_is_raised_and_reported() {
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -Sn 256 && exec {} --listen 127.0.0.1:{port}",
+                env!("CARGO_BIN_EXE_viaduct")
+            ),
+        ])
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(local(port)).await;
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let hard = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let hard = hard.trim();
+    if hard != "256" && hard != "unlimited" {
+        assert!(text.contains("raised the descriptor limit"), "{text}");
+        assert!(text.contains(&format!("to={hard}")), "{text}");
+    }
+    assert!(text.contains("fits_tunnels="), "{text}");
+    child.kill().await.unwrap();
+}

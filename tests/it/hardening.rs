@@ -583,3 +583,67 @@ async fn least_connections_counts_plain_requests_until_the_body_ends() {
         "a still carries the first body"
     );
 }
+
+/// Item 3: a client that sent a tunnel more than its target ever reads, then vanished, does not
+/// pin the tunnel (two sockets and a pipe) for the idle timeout: once nothing moves for the
+/// linger (5 s) it is closed, and the target sees the close.
+#[tokio::test]
+async fn abandoned_tunnels_to_targets_that_never_read_are_closed() {
+    // The target: a small receive buffer, and it never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let sink = socket.listen(16).unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let (s, _) = sink.accept().await.unwrap();
+        // Report when the proxy closes its side, without reading a byte (read-closed
+        // readiness shows the FIN or reset).
+        loop {
+            let ready = s.ready(tokio::io::Interest::READABLE).await.unwrap();
+            if ready.is_read_closed() {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let p = start_proxy(config()).await;
+    let (mut tunnel, head) = connect(p.addr, &sink_addr.to_string()).await;
+    assert_eq!(head.status, 200);
+    // Fill every buffer on the way until writes stall: the proxy is left holding bytes the
+    // target will never read.
+    let chunk = vec![b'x'; 64 * 1024];
+    while tokio::time::timeout(Duration::from_millis(500), tunnel.write_all(&chunk))
+        .await
+        .is_ok()
+    {}
+    assert_eq!(p.proxy.open_tunnels(), 1);
+    // The client goes away for good (a reset: its FIN could not pass its unsent bytes).
+    #[allow(deprecated)]
+    tunnel.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(tunnel);
+    let left = Instant::now();
+    let proxy = Arc::clone(&p.proxy);
+    for _ in 0..400 {
+        if proxy.open_tunnels() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        proxy.open_tunnels(),
+        0,
+        "tunnel still open {:?} after the client left",
+        left.elapsed()
+    );
+    assert!(
+        left.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        left.elapsed()
+    );
+    let closed_at = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("the target's connection was closed")
+        .unwrap();
+    assert!(closed_at.duration_since(left) < Duration::from_secs(9));
+}
