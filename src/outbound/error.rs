@@ -108,12 +108,65 @@ pub enum ConnectError {
         peer: String,
         addr: std::net::SocketAddr,
     },
-    #[error("TLS with {peer} failed: {source}")]
+    #[error("TLS with {peer} failed: {}", tls_words(.source))]
     Tls {
         peer: String,
         #[source]
         source: rustls::Error,
     },
+}
+
+/// A TLS failure in words a user can act on, never a Rust debug string.
+pub fn tls_words(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let date = |t: &rustls::pki_types::UnixTime| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.as_secs()))
+            .to_string()
+    };
+    match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => "the proxy's certificate is not signed by a trusted CA (trust its CA with --upstream-ca)".into(),
+            C::ExpiredContext { not_after, .. } => {
+                format!("the proxy's certificate expired on {}", date(not_after))
+            }
+            C::Expired => "the proxy's certificate has expired".into(),
+            C::NotValidYetContext { not_before, .. } => {
+                format!("the proxy's certificate is not valid before {}", date(not_before))
+            }
+            C::NotValidYet => "the proxy's certificate is not valid yet".into(),
+            C::NotValidForNameContext { expected, presented } => format!(
+                "the proxy's certificate is for {}, not {}",
+                if presented.is_empty() {
+                    "no name".to_owned()
+                } else {
+                    presented.join(", ")
+                },
+                expected.to_str()
+            ),
+            C::NotValidForName => "the proxy's certificate is not for this host name".into(),
+            C::BadSignature => "the proxy's certificate has a bad signature".into(),
+            C::Revoked => "the proxy's certificate is revoked".into(),
+            C::BadEncoding => "the proxy's certificate is not valid DER".into(),
+            C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
+                "the proxy's certificate is not for TLS servers (extended key usage)".into()
+            }
+            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
+                "the proxy's certificate is a CA certificate, not a server certificate (OpenSSL 3 marks self-signed ones CA:TRUE; issue a server certificate from that CA)".into()
+            }
+            _ => "the proxy's certificate was refused".into(),
+        },
+        rustls::Error::NoCertificatesPresented => "the proxy presented no certificate".into(),
+        rustls::Error::AlertReceived(alert) => {
+            format!("the proxy ended the handshake with the TLS alert {}", u8::from(*alert))
+        }
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "the proxy does not speak TLS here (is it a plain http:// proxy?)".into()
+        }
+        rustls::Error::PeerIncompatible(_) => {
+            "the proxy supports no TLS version or cipher suite we accept".into()
+        }
+        _ => "the TLS handshake failed".into(),
+    }
 }
 
 fn hint(status: StatusCode) -> &'static str {
@@ -184,6 +237,46 @@ impl ConnectError {
                 peer: peer.to_owned(),
                 source,
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::CertificateError as C;
+
+    /// TLS failures read in words, never as Rust debug strings.
+    #[test]
+    fn tls_failures_in_words() {
+        let words = |c: C| tls_words(&rustls::Error::InvalidCertificate(c));
+        assert!(words(C::UnknownIssuer).contains("--upstream-ca"));
+        let expired = words(C::ExpiredContext {
+            time: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(1_800_000_000)),
+            not_after: rustls::pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+                1_700_000_000,
+            )),
+        });
+        assert_eq!(
+            expired,
+            "the proxy's certificate expired on 2023-11-14T22:13:20Z"
+        );
+        let name = words(C::NotValidForNameContext {
+            expected: rustls::pki_types::ServerName::try_from("proxy.test").unwrap(),
+            presented: vec!["DnsName(\"other.test\")".into()],
+        });
+        assert!(
+            name.starts_with("the proxy's certificate is for") && name.ends_with("not proxy.test"),
+            "{name}"
+        );
+        for e in [
+            rustls::Error::InvalidCertificate(C::BadSignature),
+            rustls::Error::NoCertificatesPresented,
+            rustls::Error::General("x".into()),
+        ] {
+            let w = tls_words(&e);
+            assert!(!w.contains('(') || w.contains("--"), "{w}");
+            assert!(!w.contains("Error") && !w.contains("::"), "{w}");
         }
     }
 }
