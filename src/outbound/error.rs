@@ -150,8 +150,11 @@ pub fn tls_words(e: &rustls::Error) -> String {
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "the proxy's certificate is not for TLS servers (extended key usage)".into()
             }
-            C::Other(other) if format!("{other:?}").contains("CaUsedAsEndEntity") => {
-                "the proxy's certificate is a CA certificate, not a server certificate (OpenSSL 3 marks self-signed ones CA:TRUE; issue a server certificate from that CA)".into()
+            C::Other(other)
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                "the proxy's certificate is a CA certificate, not a server certificate (give that very certificate to --upstream-ca to pin it, or issue a server certificate from the CA)".into()
             }
             _ => "the proxy's certificate was refused".into(),
         },

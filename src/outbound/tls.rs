@@ -55,6 +55,7 @@ pub fn connector(options: &TlsOptions) -> Result<TlsConnector, TlsConfigError> {
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let mut pinned = Vec::new();
         for path in &options.ca_files {
             let shown = path.display().to_string();
             let certs = CertificateDer::pem_file_iter(path)
@@ -67,10 +68,20 @@ pub fn connector(options: &TlsOptions) -> Result<TlsConnector, TlsConfigError> {
                 return Err(TlsConfigError::NoCertificates(shown));
             }
             for cert in certs {
-                roots.add(cert)?;
+                roots.add(cert.clone())?;
+                pinned.push(cert);
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .map_err(|e| TlsConfigError::Rustls(rustls::Error::General(e.to_string())))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinning { webpki, pinned }))
+            .with_no_client_auth()
     };
     // We speak HTTP/1.1 to proxies.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -112,6 +123,73 @@ pub async fn connect(
                 None => Err(ConnectError::io(peer, e)),
             }
         }
+    }
+}
+
+/// webpki's verification, plus pinning: a proxy that presents, byte for byte, one of the
+/// `--upstream-ca` certificates is trusted even when that certificate is marked as a CA
+/// (OpenSSL 3's `req -x509` does so by default, and curl's `--proxy-cacert` accepts it). Its
+/// name is still checked, and so are its dates (webpki checks validity before it refuses a CA
+/// certificate as an end entity, so reaching that refusal means the dates were fine).
+/// Everything else keeps webpki's rules.
+#[derive(Debug)]
+struct Pinning {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for Pinning {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity)
+                    && self
+                        .pinned
+                        .iter()
+                        .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
     }
 }
 

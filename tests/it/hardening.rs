@@ -647,3 +647,64 @@ async fn abandoned_tunnels_to_targets_that_never_read_are_closed() {
         .unwrap();
     assert!(closed_at.duration_since(left) < Duration::from_secs(9));
 }
+
+/// Item 13: an HTTPS upstream whose certificate is a self-signed CA certificate (OpenSSL 3's
+/// default) is trusted when that very certificate is given to `--upstream-ca`; its name is
+/// still checked, and failures read in words.
+#[tokio::test]
+async fn pinned_self_signed_ca_certificates_are_trusted() {
+    let echo = echo_server().await;
+    let behind = start_proxy(Config {
+        via_name: "behind".into(),
+        ..config()
+    })
+    .await;
+    let cert = test_ca_cert("proxy.test");
+    let front = tls_front(&cert, behind.addr).await;
+    let resolver = Arc::new(
+        TestResolver::default()
+            .with("proxy.test", front)
+            .with("other.test", front),
+    );
+    let tls = || viaduct::outbound::TlsOptions {
+        ca_files: vec![cert.pem_file.path().to_owned()],
+        insecure: false,
+    };
+    let p = start_proxy_with(
+        Config {
+            router: via(&format!("https://proxy.test:{}", front.port())),
+            tls: tls(),
+            ..config()
+        },
+        resolver.clone(),
+    )
+    .await;
+    let (mut s, head) = connect(p.addr, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    s.write_all(b"pinned").await.unwrap();
+    let mut buf = [0u8; 6];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pinned");
+
+    // The same certificate presented for another name is refused, in words.
+    let p = start_proxy_with(
+        Config {
+            router: via(&format!("https://other.test:{}", front.port())),
+            tls: tls(),
+            ..config()
+        },
+        resolver,
+    )
+    .await;
+    let (head, body) = connect_error(p.addr, &echo.to_string()).await;
+    assert_error(&head, &body, 502, "tls_certificate_error").await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(
+        body.contains("certificate is for") && body.contains("not other.test"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("Other(") && !body.contains("Error"),
+        "{body}"
+    );
+}

@@ -527,6 +527,22 @@ pub fn test_cert(name: &str) -> TestCert {
     }
 }
 
+/// A self-signed certificate for `name` marked as a CA (`CA:TRUE`), as `openssl req -x509`
+/// makes them by default in OpenSSL 3.
+pub fn test_ca_cert(name: &str) -> TestCert {
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let mut pem_file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut pem_file, cert.pem().as_bytes()).unwrap();
+    TestCert {
+        der: cert.der().clone(),
+        key_der: key.serialize_der(),
+        pem_file,
+    }
+}
+
 /// A TLS terminator: accepts TLS with `cert` and relays the plaintext to `backend` (so a plain
 /// viaduct behind it is an HTTPS proxy).
 pub async fn tls_front(cert: &TestCert, backend: SocketAddr) -> SocketAddr {
