@@ -139,7 +139,16 @@ pub fn tls_words(e: &rustls::Error) -> String {
                 if presented.is_empty() {
                     "no name".to_owned()
                 } else {
-                    presented.join(", ")
+                    // rustls lists them as `DnsName("a.example")`: keep the names only.
+                    presented
+                        .iter()
+                        .map(|p| {
+                            p.split_once("(\"")
+                                .and_then(|(_, rest)| rest.strip_suffix("\")"))
+                                .unwrap_or(p)
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 },
                 expected.to_str()
             ),
