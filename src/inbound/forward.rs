@@ -22,11 +22,12 @@ use super::connect::spawn_tunnel;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::service::{ClientId, route_for};
-use crate::outbound::forward::OutBody;
-use crate::outbound::{BoxIo, ConnectError, Hop};
+use crate::outbound::forward::{Conn, OutBody};
+use crate::outbound::{BoxIo, ConnectError, Dialer, Hop, Route};
 use crate::proxy::Proxy;
 use crate::reach::reach;
 use crate::relay::body::{Pace, Paced, Side};
+use crate::route::Action;
 use crate::target::Target;
 
 const MAX_FORWARDS: HeaderName = HeaderName::from_static("max-forwards");
@@ -74,7 +75,6 @@ pub async fn handle(
     proxy.via().append(headers, received);
     // We speak HTTP/1.1 to the next hop whatever the client spoke (RFC 9110 2.5).
     *req.version_mut() = Version::HTTP_11;
-    let absolute = req.uri().clone();
     // The client's body may stall or dribble only so long (slowloris on bodies): past the
     // bounds it gets 408 and the origin connection is freed.
     let limits = proxy.limits();
@@ -82,72 +82,33 @@ pub async fn handle(
         idle: limits.request_body_timeout,
         min_rate: limits.request_body_min_rate,
     };
-    let mut req = req.map(|body| Paced::new(body, pace, Side::Request).boxed());
+    let req = req.map(|body| Paced::new(body, pace, Side::Request).boxed());
+    let out = Arc::new(Outgoing::new(req, &action).await?);
 
     // Pick the route (failing over across pool members) before the request is handed to a
-    // connection: until then nothing of it is sent, so a failed dial can go elsewhere.
-    let (conns, to) = (Arc::clone(proxy.conns()), target.clone());
+    // connection: until then nothing of it is sent, so a failed dial can go elsewhere. A
+    // member's 407 (the proxy refusing *us*) also moves on to the next member when the request
+    // can be sent again (no body, or one small enough to keep).
+    let (conns_proxy, to) = (Arc::clone(proxy), target.clone());
     let reached = reach(
         &action,
         Some(&client.session),
         &target,
         proxy.dialer(),
         move |route, dialer| {
-            let (conns, to) = (Arc::clone(&conns), to.clone());
-            Box::pin(async move {
-                let conn = conns.acquire(&dialer, &route, &to, false).await?;
-                Ok((conn, route))
-            })
+            Box::pin(attempt(
+                Arc::clone(&conns_proxy),
+                Arc::clone(&out),
+                route,
+                dialer,
+                to.clone(),
+            ))
         },
     )
     .await?;
-    let ((mut conn, route), member) = (reached.value, reached.member);
+    let (answered, member) = (reached.value, reached.member);
+    let (mut resp, conn, route) = answered?;
     let asked_upgrade = client_upgrade.is_some();
-    let mut resp = loop {
-        prepare(
-            &mut req,
-            &absolute,
-            conn.proxied.then(|| route.absolute_form_hop()).flatten(),
-        );
-        let sent =
-            tokio::time::timeout(proxy.response_timeout(), conn.sender.try_send_request(req)).await;
-        let Ok(sent) = sent else {
-            let peer = match route.absolute_form_hop() {
-                Some(hop) => hop.to_string(),
-                None => format!("target {target}"),
-            };
-            return Err(ProxyError::ResponseTimeout {
-                peer,
-                after: proxy.response_timeout(),
-            });
-        };
-        match sent {
-            Ok(resp) => break resp,
-            Err(mut e) => match e.take_message() {
-                // A kept-alive connection the peer closed meanwhile: nothing was sent.
-                Some(back) if conn.reused => {
-                    req = back;
-                    conn = proxy
-                        .conns()
-                        .acquire(proxy.dialer(), &route, &target, true)
-                        .await?;
-                }
-                _ => return Err(ProxyError::Forward(e.into_error())),
-            },
-        }
-    };
-
-    if let Some(hop) = route
-        .absolute_form_hop()
-        .filter(|_| resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED)
-    {
-        // The challenge is for our credentials, not the client's: never pass it on.
-        return Err(ConnectError::HopStatus {
-            peer: hop.to_string(),
-            status: resp.status(),
-        }
-        .into());
-    }
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && !asked_upgrade {
@@ -250,6 +211,147 @@ fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<B
     };
     proxy.via().append(resp.headers_mut(), Version::HTTP_11);
     Some(resp.map(|b| b.map_err(|never| match never {}).boxed()))
+}
+
+/// Bodies up to this size are kept, so that a request can go to another pool member after a
+/// member refused us with 407.
+const MAX_KEPT_BODY: u64 = 64 * 1024;
+
+/// The request as it goes out, for each member tried.
+struct Outgoing {
+    method: Method,
+    absolute: Uri,
+    headers: http::HeaderMap,
+    /// A body small enough to keep (or none at all): sent again after a member's 407.
+    kept: Option<Bytes>,
+    /// A streamed body: sent once, to the first member that connects.
+    streamed: std::sync::Mutex<Option<OutBody>>,
+}
+
+impl Outgoing {
+    /// Keeps the body when there is none, or when the route is a pool (where another member may
+    /// be tried) and the body's declared length is at most [`MAX_KEPT_BODY`].
+    async fn new(req: Request<OutBody>, action: &Action) -> Result<Self, ProxyError> {
+        let (parts, body) = req.into_parts();
+        use http_body::Body as _;
+        let declared = body.size_hint().exact();
+        let kept = if body.is_end_stream() {
+            Some(Bytes::new())
+        } else if matches!(action, Action::Pool(_)) && declared.is_some_and(|n| n <= MAX_KEPT_BODY)
+        {
+            let collected = body.collect().await.map_err(ProxyError::RequestBody)?;
+            return Ok(Self {
+                method: parts.method,
+                absolute: parts.uri,
+                headers: parts.headers,
+                kept: Some(collected.to_bytes()),
+                streamed: std::sync::Mutex::new(None),
+            });
+        } else {
+            None
+        };
+        let streamed = if kept.is_some() { None } else { Some(body) };
+        Ok(Self {
+            method: parts.method,
+            absolute: parts.uri,
+            headers: parts.headers,
+            kept,
+            streamed: std::sync::Mutex::new(streamed),
+        })
+    }
+
+    /// The request for one attempt; `None` when a streamed body is already gone.
+    fn request(&self) -> Option<Request<OutBody>> {
+        let body = match &self.kept {
+            Some(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
+            None => self.streamed.lock().ok()?.take()?,
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.absolute.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        Some(req)
+    }
+
+    /// Puts a streamed body back (an attempt gave up before sending any of it).
+    fn put_back(&self, req: Request<OutBody>) {
+        if self.kept.is_none()
+            && let Ok(mut slot) = self.streamed.lock()
+        {
+            *slot = Some(req.into_body());
+        }
+    }
+}
+
+/// What one attempt along a route ends with: an answer (or a failure no other member can
+/// change), or, as the error, a reason to try the next member.
+type Answered = Result<(Response<Incoming>, Conn, Route), ProxyError>;
+
+/// Sends `out` along `route`: a kept-alive connection (or a new one), the request shaped for it,
+/// the response head within the response timeout.
+async fn attempt(
+    proxy: Arc<Proxy>,
+    out: Arc<Outgoing>,
+    route: Route,
+    dialer: Dialer,
+    target: Target,
+) -> Result<Answered, ConnectError> {
+    let conns = proxy.conns();
+    let mut conn = conns.acquire(&dialer, &route, &target, false).await?;
+    let Some(mut req) = out.request() else {
+        return Ok(Err(ProxyError::BadRequest(
+            "the request body was already sent to another upstream",
+        )));
+    };
+    let hop = conn.proxied.then(|| route.absolute_form_hop()).flatten();
+    let resp = loop {
+        prepare(&mut req, &out.absolute, hop);
+        let sent =
+            tokio::time::timeout(proxy.response_timeout(), conn.sender.try_send_request(req)).await;
+        let Ok(sent) = sent else {
+            let peer = match route.absolute_form_hop() {
+                Some(hop) => hop.to_string(),
+                None => format!("target {target}"),
+            };
+            return Ok(Err(ProxyError::ResponseTimeout {
+                peer,
+                after: proxy.response_timeout(),
+            }));
+        };
+        match sent {
+            Ok(resp) => break resp,
+            Err(mut e) => match e.take_message() {
+                // A kept-alive connection the peer closed meanwhile: nothing was sent.
+                Some(back) if conn.reused => {
+                    match conns.acquire(&dialer, &route, &target, true).await {
+                        Ok(fresh) => {
+                            req = back;
+                            conn = fresh;
+                        }
+                        Err(e) => {
+                            out.put_back(back);
+                            return Err(e);
+                        }
+                    }
+                }
+                _ => return Ok(Err(ProxyError::Forward(e.into_error()))),
+            },
+        }
+    };
+    if let Some(hop) = hop.filter(|_| resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED) {
+        // The challenge is for our credentials, not the client's: never pass it on. Another
+        // member may take us, if the request can be sent again.
+        let refused = ConnectError::HopStatus {
+            peer: hop.to_string(),
+            status: resp.status(),
+        };
+        return match out.kept {
+            Some(_) => Err(refused),
+            None => Ok(Err(refused.into())),
+        };
+    }
+    Ok(Ok((resp, conn, route)))
 }
 
 /// Shapes the request for the connection it goes on: absolute-form with the upstream's

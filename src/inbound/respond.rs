@@ -43,6 +43,8 @@ pub enum ProxyError {
     },
     #[error("{0} answered 101 Switching Protocols, but no protocol switch was asked for")]
     UnsolicitedSwitch(String),
+    #[error("the request body from the client failed: {0}")]
+    RequestBody(#[source] crate::relay::body::BoxError),
 }
 
 /// What a failure means on the wire.
@@ -127,6 +129,10 @@ impl ProxyError {
                 verdict(StatusCode::GATEWAY_TIMEOUT, "http_response_timeout")
             }
             Self::UnsolicitedSwitch(_) => verdict(StatusCode::BAD_GATEWAY, "http_protocol_error"),
+            Self::RequestBody(e) if pace_error(&**e).is_some() => {
+                verdict(StatusCode::REQUEST_TIMEOUT, "http_request_error")
+            }
+            Self::RequestBody(_) => verdict(StatusCode::BAD_REQUEST, "http_request_error"),
             // The client's own body: too slow (408), or malformed / cut short (400). Neither is
             // the next hop's fault.
             Self::Forward(h) if pace_error(h).is_some_and(|p| p.is_client()) => {
@@ -158,6 +164,10 @@ impl ProxyError {
                     format!("the request body from the client is malformed or cut short: {e}")
                 }
                 _ => self.chain(),
+            },
+            Self::RequestBody(e) => match pace_error(&**e) {
+                Some(p) => p.to_string(),
+                None => format!("the request body from the client is malformed or cut short: {e}"),
             },
             other => other.to_string(),
         }

@@ -708,3 +708,65 @@ async fn pinned_self_signed_ca_certificates_are_trusted() {
         "{body}"
     );
 }
+
+/// Item 14: a plain request through a pool whose first member answers 407 goes on to the next
+/// member when it can be sent again (no body, or a small one), as CONNECT does; a large
+/// streamed body cannot be replayed and gets the member's 502.
+#[tokio::test]
+async fn plain_requests_fail_over_past_a_members_407() {
+    let (refuser, mut refused) = fake_upstream(
+        b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    let mut good = origin().await;
+    let p = start_proxy(Config {
+        router: router(&format!(
+            "[upstreams]\nbad = \"http://{refuser}\"\ngood = \"http://{}\"\n\
+             [pools.p]\nmembers = [\"bad\", \"good\"]\nstrategy = \"failover\"\nfailures = 100\n\
+             [default]\nvia = \"p\"\n",
+            good.addr
+        )),
+        ..config()
+    })
+    .await;
+    let (head, body) = send(
+        p.addr,
+        "GET http://origin.test/hello HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+    assert!(
+        refused
+            .recv()
+            .await
+            .unwrap()
+            .starts_with("GET http://origin.test/hello")
+    );
+    assert_eq!(
+        good.seen.recv().await.unwrap().uri,
+        "http://origin.test/hello"
+    );
+
+    let (head, body) = send(
+        p.addr,
+        "POST http://origin.test/echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 11\r\n\r\nhello world",
+    )
+    .await;
+    assert_eq!(
+        (head.status, body.as_slice()),
+        (200, b"hello world".as_slice())
+    );
+    assert!(refused.recv().await.unwrap().starts_with("POST"));
+
+    let big = "x".repeat(100 * 1024);
+    let (head, body) = send(
+        p.addr,
+        &format!(
+            "POST http://origin.test/echo HTTP/1.1\r\nHost: origin.test\r\nContent-Length: {}\r\n\r\n{big}",
+            big.len()
+        ),
+    )
+    .await;
+    assert_error(&head, &body, 502, "http_request_denied").await;
+    assert!(String::from_utf8_lossy(&body).contains(&refuser.to_string()));
+}
