@@ -202,3 +202,42 @@ pub(super) fn abort(s: &TcpStream) {
     };
     let _ = nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &reset);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let near = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        (near, far)
+    }
+
+    /// The fallback used when no pipe can be had (EMFILE) carries every byte, counts them and
+    /// passes the half-close on, like the splice path.
+    #[tokio::test]
+    async fn copying_fallback_carries_bytes_and_half_close() {
+        let (mut client_far, client) = pair().await;
+        let (target, mut target_far) = pair().await;
+        let act = Activity::new();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            client_far.write_all(&sent).await.unwrap();
+            client_far.shutdown().await.unwrap();
+            client_far
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            target_far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        copy_plain(&client, &target, &act, &act.up).await.unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+        assert_eq!(act.up.load(Ordering::Relaxed), data.len() as u64);
+        writer.await.unwrap();
+    }
+}

@@ -770,3 +770,39 @@ async fn plain_requests_fail_over_past_a_members_407() {
     assert_error(&head, &body, 502, "http_request_denied").await;
     assert!(String::from_utf8_lossy(&body).contains(&refuser.to_string()));
 }
+
+/// Item 12: a storm of reloads does not become a storm of health probes: members whose URL is
+/// unchanged keep their health state, and their new checker waits one interval.
+#[tokio::test]
+async fn reload_storms_do_not_multiply_health_probes() {
+    let (member, mut probes) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let echo = echo_server().await;
+    let text = format!(
+        "[upstreams]\nm = \"http://{member}\"\n\
+         [pools.p]\nmembers = [\"m\"]\nhealth = {{ interval = \"2s\", target = \"{echo}\" }}\n\
+         [default]\nvia = \"p\"\n"
+    );
+    let p = start_proxy(Config {
+        router: router(&text),
+        ..config()
+    })
+    .await;
+    // The first checker probes at once.
+    let first = tokio::time::timeout(Duration::from_secs(5), probes.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("CONNECT "));
+    for _ in 0..200 {
+        p.proxy.reload(router(&text));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut during = 0;
+    while probes.try_recv().is_ok() {
+        during += 1;
+    }
+    assert_eq!(
+        during, 0,
+        "200 reloads within one interval sent {during} probes"
+    );
+}
