@@ -172,7 +172,10 @@ where
                     let now = Instant::now();
                     if now >= this.deadline(since) {
                         this.hold = None;
-                        return Poll::Ready(Some(Err(Box::new(this.breach(since, now)))));
+                        let breach = this.breach(since, now);
+                        // The connections on both sides close with this error: say why.
+                        tracing::info!(reason = %breach, bytes = this.bytes, "forwarded body cut");
+                        return Poll::Ready(Some(Err(Box::new(breach))));
                     }
                     let at = this.deadline(since);
                     this.sleep.as_mut().reset(at);
