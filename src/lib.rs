@@ -3,27 +3,32 @@
 //! credentials, and answers every failure with a status and an RFC 9209 `Proxy-Status`.
 //!
 //! # Layout
-//! The folders follow the path of a request:
+//! Requests flow one way, and the modules follow them:
 //!
-//! - [`inbound`]: clients to us. Accept loop and shutdown ([`inbound::server`]), per-request
-//!   dispatch ([`inbound::service`]), CONNECT ([`inbound::connect`]), plain forwarding
-//!   ([`inbound::forward`]), header rules ([`inbound::headers`]), and the single mapping from
-//!   errors to responses ([`inbound::respond`]).
-//! - [`outbound`]: how we leave. A [`outbound::Route`] (direct, or a chain of hops) and the
-//!   [`outbound::Dialer`] that walks it; this is the one seam that tunnels and forwarding share.
-//!   One file per hop protocol ([`outbound::http_connect`]), plus TCP ([`outbound::direct`]),
-//!   name resolution behind a trait ([`outbound::resolve`]) and kept-alive HTTP connections
-//!   for forwarding ([`outbound::forward`]).
-//! - [`route`]: the routing decision per request: bypass list, rules by destination and user,
-//!   default. Pure, apart from resolving names for rules that ask for it.
-//! - [`pool`]: upstream pools: selection strategies, sticky sessions, passive and active health.
-//! - [`reach`]: the seam that turns a decision into a connection (direct, upstream, chain, pool
-//!   with failover), shared by CONNECT and forwarding.
-//! - [`config`]: the TOML file: parsing, validation with file/line/field errors, building.
-//! - [`relay`]: the tunnel data path, with backpressure, half-close and an idle timeout;
-//!   zero-copy `splice(2)` between plain TCP sockets on Linux.
-//! - [`target`]: parsing `host:port` destinations.
-//! - [`proxy`]: [`Config`] and the shared state built from it.
+//! ```text
+//! server (accept, admission) -> http (the HTTP listener protocol)
+//!     -> session (who, decide, reach, tunnel, accounting)
+//!         -> routing (pure)  -> pool + upstream (dialing, kept-alive connections)  -> relay
+//! ```
+//!
+//! - [`server`]: accept loops, connection caps ([`server::admission`]), the descriptor budget.
+//! - [`http`]: HTTP/1 on a connection: CONNECT, forwarding, `Upgrade`, header rules, and the one
+//!   place errors become HTTP answers ([`http::respond`]). The only module that knows hyper's
+//!   server types.
+//! - [`session`]: protocol-neutral: the client, the routing decision, reaching the target
+//!   through the [`session::Connector`] seam (pool failover included), tunnels and accounting.
+//! - [`routing`]: bypass list, rules by destination and user, default. Pure, apart from an
+//!   injected resolver for rules that ask for addresses.
+//! - [`pool`]: upstream pools: strategies, sticky sessions, passive and active health.
+//! - [`upstream`]: how we leave: a [`upstream::Route`] (direct or a chain of hops), the
+//!   [`upstream::Dialer`] that walks it (one file per hop protocol), kept-alive HTTP connections
+//!   ([`upstream::keepalive`]).
+//! - [`relay`]: the tunnel data path (any stream plus the bytes already read; zero-copy
+//!   `splice(2)` between plain TCP sockets on Linux) and forwarded bodies ([`relay::body`]).
+//! - [`failure`]: the one classifier: status, `Proxy-Status` token, retry, blame, SOCKS reply.
+//! - [`config`]: the file (located errors) and the runtime [`Config`] with its merge.
+//! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`].
+//! - [`proxy`]: wires the parts into a [`Proxy`] and serves listeners.
 //!
 //! # Running
 //! ```no_run
@@ -35,14 +40,18 @@
 //! ```
 
 pub mod config;
-pub mod inbound;
-pub mod outbound;
+pub mod failure;
+pub mod http;
 pub mod pool;
 pub mod proxy;
-pub mod reach;
 pub mod relay;
-pub mod route;
+pub mod routing;
+pub mod server;
+pub mod session;
+pub mod shutdown;
+pub mod stream;
 pub mod target;
+pub mod upstream;
 
-pub use inbound::server::{serve, serve_all};
-pub use proxy::{BuildError, Config, Limits, Proxy};
+pub use config::{Config, Limits, Overrides};
+pub use proxy::{BuildError, Proxy, serve, serve_all};

@@ -1,5 +1,6 @@
-//! The `viaduct` binary: command line, config file, logging, signals. Everything else lives in
-//! the library.
+//! The `viaduct` binary: command line, logging, signals and exit codes. Everything else lives
+//! in the library: the flags become [`viaduct::Overrides`], merged with the file and the
+//! defaults by `viaduct::config::runtime`.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -10,16 +11,14 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use viaduct::config::{self, FileConfig, parse_target};
-use viaduct::outbound::{Route, SystemResolver, TlsOptions};
-use viaduct::pool::{Pool, PoolSettings, Strategy};
-use viaduct::route::{Action, Router, parse_no_proxy};
-use viaduct::{Config, Limits, Proxy};
+use viaduct::config::{self, runtime};
+use viaduct::routing::Router;
+use viaduct::upstream::SystemResolver;
+use viaduct::{Overrides, Proxy};
 
-/// Exit code for bad usage or configuration (EX_USAGE).
+/// Exit code for a usage or configuration error (sysexits' EX_USAGE).
 const EX_USAGE: u8 = 64;
 
-/// A forward HTTP proxy: CONNECT tunnels and plain HTTP, direct or through upstream proxies.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -142,6 +141,31 @@ struct RunArgs {
     request_body_min_rate: Option<u64>,
 }
 
+impl RunArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            upstream: self.upstream.clone(),
+            strategy: Some(self.strategy.clone()),
+            bypass: self.bypass.clone(),
+            upstream_ca: self.upstream_ca.clone(),
+            upstream_insecure: self.upstream_insecure,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            response_timeout: self.response_timeout,
+            via_name: self.via_name.clone(),
+            shutdown_grace: self.shutdown_grace,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+            header_read_timeout: self.header_read_timeout,
+            max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            request_body_timeout: self.request_body_timeout,
+            request_body_min_rate: self.request_body_min_rate,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -165,175 +189,6 @@ fn main() -> ExitCode {
         }
         None => runtime.block_on(run(cli.run)),
     }
-}
-
-/// Loads the file (if any) and merges the flags over it: the one place where flags override.
-fn build_config(args: &RunArgs) -> Result<Config, String> {
-    build_config_from(args, false)
-}
-
-/// `reloading`: an empty file is refused (it would quietly turn every rule off).
-fn build_config_from(args: &RunArgs, reloading: bool) -> Result<Config, String> {
-    let file = args
-        .config
-        .as_deref()
-        .map(config::load)
-        .transpose()
-        .map_err(|e| e.to_string())?;
-    if reloading
-        && let (Some(path), Some(f)) = (&args.config, &file)
-        && f.empty
-    {
-        return Err(format!(
-            "{}: the file is empty (truncated while being written?)",
-            path.display()
-        ));
-    }
-    let defaults = Config::default();
-    let (router, mut tls, settings) = match file {
-        Some(FileConfig {
-            settings,
-            tls,
-            router,
-            ..
-        }) => (Some(router), tls, settings),
-        None => (None, TlsOptions::default(), Default::default()),
-    };
-    tls.ca_files.extend(args.upstream_ca.iter().cloned());
-    tls.insecure |= args.upstream_insecure;
-    let bypass = args
-        .bypass
-        .as_deref()
-        .map(parse_no_proxy)
-        .transpose()
-        .map_err(|entry| {
-            format!("invalid value for --bypass: not a host, domain or CIDR: \"{entry}\"")
-        })?;
-    let mut router = if args.upstream.is_empty() {
-        router.unwrap_or_else(Router::direct)
-    } else {
-        cli_router(args)?
-    };
-    if let Some(bypass) = bypass {
-        router.bypass = bypass;
-    }
-    let listen = if args.listen.is_empty() {
-        settings.listen
-    } else {
-        args.listen.clone()
-    };
-    Ok(Config {
-        listen: if listen.is_empty() {
-            defaults.listen
-        } else {
-            listen
-        },
-        router,
-        connect_timeout: args
-            .connect_timeout
-            .or(settings.connect_timeout)
-            .unwrap_or(defaults.connect_timeout),
-        idle_timeout: args
-            .idle_timeout
-            .or(settings.idle_timeout)
-            .unwrap_or(defaults.idle_timeout),
-        response_timeout: args
-            .response_timeout
-            .or(settings.response_timeout)
-            .unwrap_or(defaults.response_timeout),
-        via_name: args
-            .via_name
-            .clone()
-            .or(settings.via_name)
-            .unwrap_or(defaults.via_name),
-        shutdown_grace: args
-            .shutdown_grace
-            .or(settings.shutdown_grace)
-            .unwrap_or(defaults.shutdown_grace),
-        tls,
-        limits: {
-            let (file, d) = (&settings.limits, &defaults.limits);
-            Limits {
-                max_header_bytes: args
-                    .max_header_bytes
-                    .or(file.max_header_bytes)
-                    .unwrap_or(d.max_header_bytes),
-                max_headers: args
-                    .max_headers
-                    .or(file.max_headers)
-                    .unwrap_or(d.max_headers),
-                header_read_timeout: args
-                    .header_read_timeout
-                    .or(file.header_read_timeout)
-                    .unwrap_or(d.header_read_timeout),
-                max_connections: args
-                    .max_connections
-                    .or(file.max_connections)
-                    .unwrap_or(d.max_connections),
-                max_connections_per_ip: args
-                    .max_connections_per_ip
-                    .or(file.max_connections_per_ip)
-                    .unwrap_or(d.max_connections_per_ip),
-                request_body_timeout: args
-                    .request_body_timeout
-                    .or(file.request_body_timeout)
-                    .unwrap_or(d.request_body_timeout),
-                request_body_min_rate: {
-                    let default = d.request_body_min_rate.unwrap_or_default();
-                    let grace = file.request_body_grace.unwrap_or(default.0);
-                    match args
-                        .request_body_min_rate
-                        .or(file.request_body_min_rate)
-                        .unwrap_or(default.1)
-                    {
-                        0 => None,
-                        rate => Some((grace, rate)),
-                    }
-                },
-                max_idle_upstream: file.max_idle_upstream.unwrap_or(d.max_idle_upstream),
-                upstream_idle_timeout: file
-                    .upstream_idle_timeout
-                    .unwrap_or(d.upstream_idle_timeout),
-            }
-        },
-    })
-}
-
-/// Routing from repeated --upstream: one is used for everything; several form a pool.
-fn cli_router(args: &RunArgs) -> Result<Router, String> {
-    let routes = args
-        .upstream
-        .iter()
-        .map(|u| {
-            Route::parse(u).map_err(|e| {
-                viaduct::outbound::redact(&format!("invalid value for --upstream: {e}"))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    if let [route] = routes.as_slice() {
-        return Ok(Router::single(route.clone()));
-    }
-    let strategy = Strategy::parse(&args.strategy).ok_or_else(|| {
-        format!("invalid value for --strategy: \"{}\" (failover, round-robin, random, least-connections, sticky)", args.strategy)
-    })?;
-    let members = routes
-        .into_iter()
-        .enumerate()
-        .map(|(i, r)| (format!("upstream-{}", i + 1), r))
-        .collect();
-    let pool = Pool::new(
-        "upstreams".into(),
-        members,
-        PoolSettings {
-            strategy,
-            ..PoolSettings::default()
-        },
-    );
-    Ok(Router {
-        bypass: None,
-        rules: Vec::new(),
-        default: Action::Pool(Arc::new(pool)),
-    })
 }
 
 fn check(path: &Path) -> ExitCode {
@@ -363,29 +218,7 @@ async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode
             return ExitCode::from(EX_USAGE);
         }
     };
-    let authority = match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
-            let default_port = if scheme.eq_ignore_ascii_case("https") {
-                443
-            } else {
-                80
-            };
-            let has_port = host_port.rsplit_once(':').is_some_and(|(h, p)| {
-                !h.ends_with(':')
-                    && p.parse::<u16>().is_ok()
-                    && (!h.starts_with('[') || h.ends_with(']'))
-            });
-            if has_port {
-                host_port.to_owned()
-            } else {
-                format!("{host_port}:{default_port}")
-            }
-        }
-        None => url.to_owned(),
-    };
-    let target = match parse_target(&authority) {
+    let target = match config::target_of_url(url) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("viaduct: {e}");
@@ -400,7 +233,8 @@ async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let config = match build_config(&args) {
+    let overrides = args.overrides();
+    let config = match runtime::load(args.config.as_deref(), &overrides, false) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("viaduct: {e}");
@@ -408,7 +242,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let listen = config.listen.clone();
-    viaduct::inbound::server::raise_descriptor_limit(config.limits.max_connections);
+    viaduct::server::raise_descriptor_limit(config.limits.max_connections);
     let summary = config.router.default.to_string();
     let rules = config.router.rules.len();
     let proxy = match Proxy::new(config) {
@@ -430,8 +264,8 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     tracing::info!(listen = ?listen, default = %summary, rules, "viaduct listening");
     #[cfg(unix)]
-    if args.config.is_some() {
-        spawn_reloader(Arc::clone(&proxy), args);
+    if let Some(path) = args.config.clone() {
+        spawn_reloader(Arc::clone(&proxy), path, overrides);
     }
     viaduct::serve_all(listeners, proxy, shutdown_signal()).await;
     ExitCode::SUCCESS
@@ -440,7 +274,7 @@ async fn run(args: RunArgs) -> ExitCode {
 /// On SIGHUP: re-read the file and swap in its routing; a file that fails validation is
 /// logged and the running config stays.
 #[cfg(unix)]
-fn spawn_reloader(proxy: Arc<Proxy>, args: RunArgs) {
+fn spawn_reloader(proxy: Arc<Proxy>, path: PathBuf, overrides: Overrides) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -448,15 +282,16 @@ fn spawn_reloader(proxy: Arc<Proxy>, args: RunArgs) {
             return;
         }
     };
-    let args = Arc::new(args);
+    let inputs = Arc::new((path, overrides));
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             // Reading the file is blocking I/O: never on the runtime, which keeps serving (and
             // timing out slow clients) whatever the file turns out to be.
-            let read = Arc::clone(&args);
-            let built = tokio::task::spawn_blocking(move || build_config_from(&read, true))
-                .await
-                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+            let read = Arc::clone(&inputs);
+            let built =
+                tokio::task::spawn_blocking(move || runtime::load(Some(&read.0), &read.1, true))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
             match built {
                 Ok(config) => {
                     let rules = config.router.rules.len();

@@ -7,10 +7,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let (pattern, name) = s.split_once('\n').unwrap_or((s, "www.example.com"));
-    if let Some(p) = viaduct::route::DomainPattern::parse(pattern) {
+    if let Some(p) = viaduct::routing::DomainPattern::parse(pattern) {
         let _ = p.matches(name);
     }
-    if let Ok(Some(m)) = viaduct::route::parse_no_proxy(pattern)
+    if let Ok(Some(m)) = viaduct::routing::parse_no_proxy(pattern)
         && let Ok(t) = viaduct::target::Target::new(name, 443)
     {
         let _ = m.matches(&t, None, &[]);

@@ -3,8 +3,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
-use viaduct::outbound::Credentials;
-use viaduct::outbound::socks::{SocksTarget, socks4a, socks5};
+use viaduct::upstream::Credentials;
+use viaduct::upstream::socks::{SocksTarget, socks4a, socks5};
 
 fuzz_target!(|data: &[u8]| {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -3,7 +3,7 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(Some((len, _))) = viaduct::outbound::http_connect::parse_head(data, "fuzz") {
+    if let Ok(Some((len, _))) = viaduct::upstream::http_connect::parse_head(data, "fuzz") {
         assert!(len <= data.len());
     }
 });

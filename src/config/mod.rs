@@ -6,6 +6,10 @@
 //! rules and pools may only refer to upstreams and pools that exist, pool members must be
 //! upstreams (so there are no cycles), and unknown fields are errors, not silently ignored.
 
+pub mod runtime;
+
+pub use self::runtime::{Config, Limits, Overrides};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -16,10 +20,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::outbound::{Route, TlsOptions, redact};
 use crate::pool::{HealthCheck, Pool, PoolSettings, Strategy};
-use crate::route::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
+use crate::routing::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
 use crate::target::Target;
+use crate::upstream::{Route, TlsOptions, redact};
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -512,6 +516,34 @@ fn check_name(
         return Err(at.error(span, field, format!("\"{name}\" is reserved")));
     }
     Ok(())
+}
+
+/// The destination a URL (`http://h/p`, `https://h`, or a bare `host:port`) would be routed
+/// to: the scheme's default port when none is written. For `viaduct route`.
+pub fn target_of_url(url: &str) -> Result<Target, String> {
+    let authority = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host_port = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host_port = host_port.rsplit_once('@').map_or(host_port, |(_, hp)| hp);
+            let default_port = if scheme.eq_ignore_ascii_case("https") {
+                443
+            } else {
+                80
+            };
+            let has_port = host_port.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.ends_with(':')
+                    && p.parse::<u16>().is_ok()
+                    && (!h.starts_with('[') || h.ends_with(']'))
+            });
+            if has_port {
+                host_port.to_owned()
+            } else {
+                format!("{host_port}:{default_port}")
+            }
+        }
+        None => url.to_owned(),
+    };
+    parse_target(&authority)
 }
 
 /// Parses `host:port` (with `[v6]`).

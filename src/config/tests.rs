@@ -1,7 +1,7 @@
 //! Config parsing and validation: the shipped example, and one located error per mistake.
 
 use super::*;
-use crate::route::Reason;
+use crate::routing::Reason;
 
 fn err(text: &str) -> ConfigError {
     match parse(text, "t.toml") {

@@ -9,7 +9,8 @@
 use std::sync::{Arc, Weak};
 
 use super::{Outcome, Pool};
-use crate::outbound::Dialer;
+use crate::failure::{Failure, verdict};
+use crate::upstream::Dialer;
 
 /// Spawns the checker for `pool` (no-op without a health section).
 pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
@@ -45,7 +46,9 @@ pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
                 };
                 let outcome = match &res {
                     Ok(()) => Outcome::Success,
-                    Err((e, Some(target))) if !e.blames_hop(target) => Outcome::TargetFault,
+                    Err((e, _)) if !verdict(Failure::Connect(e.kind())).blame_hop => {
+                        Outcome::TargetFault
+                    }
                     Err(_) => Outcome::HopFault,
                 };
                 if let Err((e, _)) = &res {

@@ -13,8 +13,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::outbound::{ConnectError, Route};
+use crate::failure::{Failure, verdict};
 use crate::target::Target;
+use crate::upstream::{ConnectError, Route};
 
 /// How a pool picks a member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +400,6 @@ fn rendezvous(key: &str, member: &str) -> u64 {
 pub async fn dial<T, F, Fut>(
     pool: &Pool,
     key: Option<&str>,
-    target: &Target,
     deadline: tokio::time::Instant,
     mut attempt: F,
 ) -> Result<(usize, T), PoolError>
@@ -426,7 +426,8 @@ where
                 return Ok((i, t));
             }
             Err(e) => {
-                let outcome = if e.blames_hop(target) {
+                let v = verdict(Failure::Connect(e.kind()));
+                let outcome = if v.blame_hop {
                     Outcome::HopFault
                 } else {
                     Outcome::TargetFault
@@ -434,6 +435,9 @@ where
                 tracing::debug!(pool = %pool.name, member = %member.name, error = %e, ?outcome, "pool member failed");
                 pool.report(i, outcome);
                 failures.push((member.name.clone(), e));
+                if !v.retry {
+                    break;
+                }
             }
         }
     }

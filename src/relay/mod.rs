@@ -14,16 +14,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-#[cfg(target_os = "linux")]
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-#[cfg(target_os = "linux")]
-use crate::inbound::client_io::ClientIo;
-use crate::outbound::BoxIo;
+use crate::stream::{BoxIo, Prefixed};
 
 pub mod body;
 #[cfg(target_os = "linux")]
@@ -92,36 +87,34 @@ impl Activity {
     }
 }
 
-/// Relays a CONNECT (or upgraded) tunnel: zero-copy `splice(2)` when both ends are plain TCP
-/// on Linux, else the portable copy. Bytes hyper had already read from the client (optimistic
-/// data) go to the target first either way.
+/// The client's end of a tunnel, as the listener hands it over.
+pub enum Peer {
+    /// A plain TCP socket: with a plain TCP target, relayed zero-copy on Linux.
+    Tcp(TcpStream),
+    /// Any other stream (TLS, a multiplexed stream, a wrapped socket).
+    Other(BoxIo),
+}
+
+/// Relays a tunnel between `client` and `target` until both are done: zero-copy `splice(2)`
+/// when both ends are plain TCP on Linux, else the portable copy. `early` (client bytes the
+/// listener had already read, such as a pipelined TLS ClientHello) goes to the target first.
 pub async fn tunnel(
-    client: Upgraded,
+    client: Peer,
+    early: Bytes,
     target: BoxIo,
     idle: Duration,
     cancel: &CancellationToken,
 ) -> Relayed {
-    #[cfg(target_os = "linux")]
-    {
-        let target = match crate::outbound::io::into_tcp(target) {
-            Ok(tcp) => tcp,
-            Err(boxed) => return relay(TokioIo::new(client), boxed, idle, cancel).await,
-        };
-        match client.downcast::<TokioIo<ClientIo>>() {
-            Ok(parts) => match parts.io.into_inner().into_tcp() {
-                Some(tcp) => relay_tcp(tcp, parts.read_buf, target, idle, cancel).await,
-                None => Relayed {
-                    up: 0,
-                    down: 0,
-                    end: End::Error(io::ErrorKind::NotConnected.into()),
-                    zero_copy: false,
-                },
-            },
-            Err(client) => relay(TokioIo::new(client), target, idle, cancel).await,
-        }
+    match client {
+        #[cfg(target_os = "linux")]
+        Peer::Tcp(client) => match crate::stream::into_tcp(target) {
+            Ok(target) => relay_tcp(client, early, target, idle, cancel).await,
+            Err(target) => relay(Prefixed::new(early, client), target, idle, cancel).await,
+        },
+        #[cfg(not(target_os = "linux"))]
+        Peer::Tcp(client) => relay(Prefixed::new(early, client), target, idle, cancel).await,
+        Peer::Other(client) => relay(Prefixed::new(early, client), target, idle, cancel).await,
     }
-    #[cfg(not(target_os = "linux"))]
-    relay(TokioIo::new(client), target, idle, cancel).await
 }
 
 /// Zero-copy relay between two TCP streams; `early` (client bytes already read) goes first.

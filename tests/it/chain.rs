@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use viaduct::Config;
-use viaduct::outbound::{Route, TlsOptions};
-use viaduct::route::Router;
+use viaduct::routing::Router;
+use viaduct::upstream::{Route, TlsOptions};
 
 use crate::support::*;
 

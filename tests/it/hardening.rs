@@ -13,7 +13,7 @@ use viaduct::{Config, Limits};
 
 use crate::support::*;
 
-fn router(toml: &str) -> viaduct::route::Router {
+fn router(toml: &str) -> viaduct::routing::Router {
     viaduct::config::parse(toml, "t.toml").unwrap().router
 }
 
@@ -666,7 +666,7 @@ async fn pinned_self_signed_ca_certificates_are_trusted() {
             .with("proxy.test", front)
             .with("other.test", front),
     );
-    let tls = || viaduct::outbound::TlsOptions {
+    let tls = || viaduct::upstream::TlsOptions {
         ca_files: vec![cert.pem_file.path().to_owned()],
         insecure: false,
     };

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use viaduct::Config;
-use viaduct::route::Router;
+use viaduct::routing::Router;
 
 use crate::support::*;
 

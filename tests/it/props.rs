@@ -3,10 +3,10 @@
 //! for longer.)
 
 use proptest::prelude::*;
-use viaduct::outbound::http_connect::parse_head;
-use viaduct::outbound::{Hop, Route};
-use viaduct::route::{DomainPattern, parse_no_proxy};
+use viaduct::routing::{DomainPattern, parse_no_proxy};
 use viaduct::target::Target;
+use viaduct::upstream::http_connect::parse_head;
+use viaduct::upstream::{Hop, Route};
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]

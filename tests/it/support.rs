@@ -19,9 +19,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use viaduct::outbound::resolve::{Resolve, Resolving};
-use viaduct::outbound::{Hop, Route};
-use viaduct::route::Router;
+use viaduct::routing::Router;
+use viaduct::upstream::resolve::{Resolve, Resolving};
+use viaduct::upstream::{Hop, Route};
 use viaduct::{Config, Proxy};
 
 /// A running viaduct.

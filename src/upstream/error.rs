@@ -1,9 +1,8 @@
 //! `ConnectError`: every way reaching a target can fail, and its one classification.
 //!
 //! The error names the peer that failed (`target example.com:443`, `upstream 10.0.0.1:3128`) and
-//! never a credential. [`ConnectError::kind`] is the single classification that the inbound side
-//! turns into a status and a `Proxy-Status` error type (see `inbound::respond`), and that pools
-//! will use to decide whether another member is worth trying.
+//! never a credential. [`ConnectError::kind`] says what kind of failure it is; what that means
+//! (status, `Proxy-Status` token, retry, blame) is decided in one place, the classifier in the crate's `failure` module.
 
 use std::io;
 use std::time::Duration;
@@ -13,8 +12,8 @@ use http::StatusCode;
 /// How a dial failed, in the terms the client-facing side needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectErrorKind {
-    /// The name did not resolve.
-    Dns,
+    /// The name did not resolve; `target` when it was the target's own name (not an upstream's).
+    Dns { target: bool },
     /// A TCP connection was actively refused.
     Refused,
     /// The whole dial (resolution, TCP, every handshake) did not finish in time.
@@ -80,6 +79,8 @@ pub enum ConnectError {
         host: String,
         #[source]
         source: io::Error,
+        /// The name was the target's (not an upstream's).
+        target: bool,
     },
     #[error("{peer} refused the connection")]
     Refused { peer: String },
@@ -194,7 +195,7 @@ impl ConnectError {
     /// The one classification of this failure.
     pub fn kind(&self) -> ConnectErrorKind {
         match self {
-            Self::Dns { .. } => ConnectErrorKind::Dns,
+            Self::Dns { target, .. } => ConnectErrorKind::Dns { target: *target },
             Self::Refused { .. } => ConnectErrorKind::Refused,
             Self::Timeout { .. } => ConnectErrorKind::Timeout,
             Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
@@ -211,31 +212,6 @@ impl ConnectError {
                     rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
                 ),
             },
-        }
-    }
-
-    /// True when the failure is the hop's own (it refused us, timed out, broke its handshake,
-    /// rejected our credentials, answered 407/429/5xx other than 502/504), false when the hop
-    /// worked but could not reach `target` (its 502/504, a SOCKS target-side reply, or the
-    /// target's own name not resolving). Pools eject members only for their own faults.
-    pub fn blames_hop(&self, target: &crate::target::Target) -> bool {
-        match self {
-            Self::Dns { host, .. } => {
-                !matches!(&target.host, crate::target::Host::Name(n) if n == host)
-            }
-            Self::HopStatus { status, .. } => !matches!(
-                *status,
-                StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT
-            ),
-            Self::SocksReply { reply, .. } => !matches!(
-                reply,
-                SocksReply::HostUnreachable
-                    | SocksReply::NetworkUnreachable
-                    | SocksReply::ConnectionRefused
-                    | SocksReply::TtlExpired
-            ),
-            Self::OwnListener { .. } => false,
-            _ => true,
         }
     }
 

@@ -3,7 +3,7 @@
 //! A [`Route`] says how to reach a target: directly, or through a chain of upstream [`Hop`]s.
 //! The [`Dialer`] walks the route: TCP to the first hop (or the target), then each hop's
 //! handshake toward the next, all under one connect timeout. It hands back a [`BoxIo`] whose
-//! first bytes are whatever the last handshake read past its answer (see [`io::Prefixed`]).
+//! first bytes are whatever the last handshake read past its answer (see [`crate::stream::Prefixed`]).
 //!
 //! - [`Dialer::tunnel`] ends at the target: used by CONNECT and by upgraded requests.
 //! - [`Dialer::forward`] ends where plain HTTP requests should be written: at the target
@@ -15,10 +15,10 @@
 
 pub mod direct;
 pub mod error;
-pub mod forward;
 pub mod hop;
 pub mod http_connect;
-pub mod io;
+pub mod keepalive;
+
 pub mod resolve;
 pub mod socks;
 pub mod tls;
@@ -32,10 +32,10 @@ use tokio_rustls::TlsConnector;
 
 pub use self::error::{ConnectError, ConnectErrorKind, SocksReply};
 pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain, redact};
-pub use self::io::BoxIo;
 pub use self::resolve::{Resolve, SystemResolver};
 use self::socks::SocksTarget;
 pub use self::tls::TlsOptions;
+pub use crate::stream::BoxIo;
 use crate::target::{Host, Target};
 
 /// How to reach targets: an ordered list of upstream hops; empty means direct.
@@ -269,7 +269,8 @@ impl Dialer {
                 }
                 let next = hops.get(i + 1).map_or(target, |h| &h.addr);
                 tracing::debug!(hop = %at, next = %next, "hop handshake");
-                stream = self.handshake(stream, hop, &at, next).await?;
+                let last = i + 1 == hops.len();
+                stream = self.handshake(stream, hop, &at, next, last).await?;
             }
             Ok(stream)
         };
@@ -290,18 +291,19 @@ impl Dialer {
         hop: &Hop,
         peer: &str,
         next: &Target,
+        next_is_target: bool,
     ) -> Result<BoxIo, ConnectError> {
         match hop.kind {
             HopKind::Http | HopKind::Https => {
                 let auth = hop.proxy_authorization.as_ref();
                 let leftover =
                     http_connect::handshake(&mut stream, peer, next, auth, &self.via).await?;
-                Ok(io::with_leftover(leftover, stream))
+                Ok(crate::stream::with_leftover(leftover, stream))
             }
             HopKind::Socks5 { remote_dns } => {
                 let to = match (&next.host, remote_dns) {
                     (Host::Name(name), false) => {
-                        SocksTarget::Addr(self.resolve_one(name, next.port).await?)
+                        SocksTarget::Addr(self.resolve_one(name, next.port, next_is_target).await?)
                     }
                     _ => SocksTarget::remote(next),
                 };
@@ -324,10 +326,12 @@ impl Dialer {
         &self,
         name: &str,
         port: u16,
+        of_target: bool,
     ) -> Result<std::net::SocketAddr, ConnectError> {
         let dns = |source| ConnectError::Dns {
             host: name.to_owned(),
             source,
+            target: of_target,
         };
         match self.resolver.resolve(name, port).await {
             Ok(addrs) => addrs

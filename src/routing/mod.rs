@@ -12,9 +12,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 pub use self::matcher::{DomainPattern, Matcher, parse_no_proxy};
-use crate::outbound::{Resolve, Route};
 use crate::pool::Pool;
 use crate::target::{Host, Target};
+use crate::upstream::{Resolve, Route};
 
 /// A named upstream: one hop or a chain.
 #[derive(Debug)]

@@ -16,27 +16,26 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::Body;
 use super::client_io::ConnState;
-use super::connect::spawn_tunnel;
+use super::connect::client_end;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
-use super::service::{ClientId, route_for};
-use crate::outbound::forward::{Conn, OutBody};
-use crate::outbound::{BoxIo, ConnectError, Dialer, Hop, Route};
-use crate::proxy::Proxy;
-use crate::reach::reach;
+use super::{Body, Http};
 use crate::relay::body::{Pace, Paced, Side};
-use crate::route::Action;
+use crate::routing::Action;
+use crate::session::{Client, Ends, Opening, reach};
+use crate::stream::BoxIo;
 use crate::target::Target;
+use crate::upstream::keepalive::{Conn, OutBody};
+use crate::upstream::{ConnectError, Dialer, Hop, Route};
 
 const MAX_FORWARDS: HeaderName = HeaderName::from_static("max-forwards");
 
 /// Forwards one absolute-form request and returns the origin's (or upstream's) response.
 pub async fn handle(
-    proxy: &Arc<Proxy>,
+    http: &Arc<Http>,
     mut req: Request<Incoming>,
-    client: &ClientId,
+    client: &Client,
     conn_state: &ConnState,
 ) -> Result<Response<Body>, ProxyError> {
     match req.uri().scheme_str() {
@@ -58,10 +57,11 @@ pub async fn handle(
         .cloned()
         .ok_or(ProxyError::BadRequest("the URL has no host"))?;
     let target = Target::from_authority(&authority, Some(80))?;
-    if let Some(answer) = max_forwards(&mut req, proxy) {
+    if let Some(answer) = max_forwards(&mut req, http) {
         return Ok(answer);
     }
-    let action = route_for(proxy, &target, client).await?;
+    let core = http.core();
+    let action = core.decide(&target, client).await?;
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
@@ -72,12 +72,12 @@ pub async fn handle(
     if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
         headers.insert(header::HOST, host);
     }
-    proxy.via().append(headers, received);
+    http.via().append(headers, received);
     // We speak HTTP/1.1 to the next hop whatever the client spoke (RFC 9110 2.5).
     *req.version_mut() = Version::HTTP_11;
     // The client's body may stall or dribble only so long (slowloris on bodies): past the
     // bounds it gets 408 and the origin connection is freed.
-    let limits = proxy.limits();
+    let limits = http.limits();
     let pace = Pace {
         idle: limits.request_body_timeout,
         min_rate: limits.request_body_min_rate,
@@ -89,17 +89,17 @@ pub async fn handle(
     // connection: until then nothing of it is sent, so a failed dial can go elsewhere. A
     // member's 407 (the proxy refusing *us*) also moves on to the next member when the request
     // can be sent again (no body, or one small enough to keep).
-    let (conns_proxy, to) = (Arc::clone(proxy), target.clone());
+    let (attempt_http, to) = (Arc::clone(http), target.clone());
     let reached = reach(
         &action,
         Some(&client.session),
-        &target,
-        proxy.dialer(),
-        move |route, dialer| {
+        core.dialer().connect_timeout(),
+        move |route: &Route, left| -> Opening<Answered> {
+            let dialer = attempt_http.core().dialer().with_timeout(left);
             Box::pin(attempt(
-                Arc::clone(&conns_proxy),
+                Arc::clone(&attempt_http),
                 Arc::clone(&out),
-                route,
+                route.clone(),
                 dialer,
                 to.clone(),
             ))
@@ -125,20 +125,24 @@ pub async fn handle(
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
             let admission = conn_state.take_admission();
-            spawn_tunnel(proxy, "UPGRADE", 101, target.to_string(), admission, {
-                let member = member.take();
-                async move {
-                    let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                    Ok((client_upgrade.await?, remote, member))
-                }
+            let member = member.take();
+            core.spawn_tunnel("UPGRADE", 101, target.to_string(), admission, async move {
+                let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                let (client, early) = client_end(client_upgrade.await?)?;
+                Ok(Ends {
+                    client,
+                    early,
+                    target: remote,
+                    member,
+                })
             });
         }
-        _ => proxy.conns().recycle(conn.key, conn.sender),
+        _ => core.keepalive().recycle(conn.key, conn.sender),
     }
     // The member's connection count (least-connections) lasts until the body has been carried;
     // a body that stalls longer than the idle timeout is cut (both connections close).
     let pace = Pace {
-        idle: proxy.idle_timeout(),
+        idle: core.idle_timeout(),
         min_rate: None,
     };
     let received = resp.version();
@@ -148,7 +152,7 @@ pub async fn handle(
         resp.headers_mut().remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
-    proxy.via().append(resp.headers_mut(), received);
+    http.via().append(resp.headers_mut(), received);
     Ok(resp.map(|body| {
         let paced = Paced::new(body, pace, Side::Response);
         match member.take() {
@@ -161,7 +165,7 @@ pub async fn handle(
 /// RFC 9110 7.6.2: `Max-Forwards` on TRACE and OPTIONS. At 0 we are the recipient and answer
 /// ourselves (OPTIONS: what we accept; TRACE: the request as received, without credentials or
 /// cookies); above 0 it is decremented on the way out.
-fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<Body>> {
+fn max_forwards(req: &mut Request<Incoming>, http: &Http) -> Option<Response<Body>> {
     if !matches!(*req.method(), Method::TRACE | Method::OPTIONS) {
         return None;
     }
@@ -209,7 +213,7 @@ fn max_forwards(req: &mut Request<Incoming>, proxy: &Proxy) -> Option<Response<B
         );
         resp
     };
-    proxy.via().append(resp.headers_mut(), Version::HTTP_11);
+    http.via().append(resp.headers_mut(), Version::HTTP_11);
     Some(resp.map(|b| b.map_err(|never| match never {}).boxed()))
 }
 
@@ -291,13 +295,13 @@ type Answered = Result<(Response<Incoming>, Conn, Route), ProxyError>;
 /// Sends `out` along `route`: a kept-alive connection (or a new one), the request shaped for it,
 /// the response head within the response timeout.
 async fn attempt(
-    proxy: Arc<Proxy>,
+    http: Arc<Http>,
     out: Arc<Outgoing>,
     route: Route,
     dialer: Dialer,
     target: Target,
 ) -> Result<Answered, ConnectError> {
-    let conns = proxy.conns();
+    let conns = http.core().keepalive();
     let mut conn = conns.acquire(&dialer, &route, &target, false).await?;
     let Some(mut req) = out.request() else {
         return Ok(Err(ProxyError::BadRequest(
@@ -308,7 +312,7 @@ async fn attempt(
     let resp = loop {
         prepare(&mut req, &out.absolute, hop);
         let sent =
-            tokio::time::timeout(proxy.response_timeout(), conn.sender.try_send_request(req)).await;
+            tokio::time::timeout(http.response_timeout(), conn.sender.try_send_request(req)).await;
         let Ok(sent) = sent else {
             let peer = match route.absolute_form_hop() {
                 Some(hop) => hop.to_string(),
@@ -316,7 +320,7 @@ async fn attempt(
             };
             return Ok(Err(ProxyError::ResponseTimeout {
                 peer,
-                after: proxy.response_timeout(),
+                after: http.response_timeout(),
             }));
         };
         match sent {

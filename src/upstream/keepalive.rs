@@ -53,7 +53,7 @@ pub struct Conn {
 type Idle = (SendRequest<OutBody>, Instant);
 
 /// The idle connections.
-pub struct ConnPool {
+pub struct KeepAlive {
     idle: Mutex<HashMap<ConnKey, Vec<Idle>>>,
     /// Idle connections kept in all, at most.
     max_idle: usize,
@@ -62,7 +62,7 @@ pub struct ConnPool {
     reaper: AtomicBool,
 }
 
-impl ConnPool {
+impl KeepAlive {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),

@@ -14,10 +14,11 @@ use http_body_util::{BodyExt, Full};
 
 use super::Body;
 use super::headers::Via;
-use crate::outbound::{ConnectError, ConnectErrorKind, SocksReply};
-use crate::pool::PoolError;
+use crate::failure::{Failure, verdict};
 use crate::relay::body::pace_error;
+use crate::session::SessionError;
 use crate::target::TargetError;
+use crate::upstream::ConnectError;
 
 /// Everything that can go wrong while handling one client request.
 #[derive(Debug, thiserror::Error)]
@@ -29,11 +30,7 @@ pub enum ProxyError {
     #[error("request loops back to this proxy: Via already names \"{0}\"")]
     Loop(String),
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error(transparent)]
-    Pool(#[from] PoolError),
-    #[error("blocked by {0}")]
-    Blocked(String),
+    Session(#[from] SessionError),
     #[error("the next hop failed while forwarding: {0}")]
     Forward(#[source] hyper::Error),
     #[error("{peer} sent no response head within {}", humantime::format_duration(*.after))]
@@ -47,111 +44,30 @@ pub enum ProxyError {
     RequestBody(#[source] crate::relay::body::BoxError),
 }
 
-/// What a failure means on the wire.
-struct Verdict {
-    status: StatusCode,
-    error_type: &'static str,
-    received: Option<StatusCode>,
-}
-
-fn verdict(status: StatusCode, error_type: &'static str) -> Verdict {
-    Verdict {
-        status,
-        error_type,
-        received: None,
-    }
-}
-
-fn connect_verdict(kind: ConnectErrorKind) -> Verdict {
-    match kind {
-        ConnectErrorKind::Dns => verdict(StatusCode::BAD_GATEWAY, "dns_error"),
-        ConnectErrorKind::Refused => verdict(StatusCode::BAD_GATEWAY, "connection_refused"),
-        ConnectErrorKind::Timeout => verdict(StatusCode::GATEWAY_TIMEOUT, "connection_timeout"),
-        ConnectErrorKind::Unreachable => {
-            verdict(StatusCode::BAD_GATEWAY, "destination_unavailable")
-        }
-        ConnectErrorKind::HopStatus(s) => {
-            let (status, error_type) = match s {
-                // An upstream that saw a loop: the chain leads back to us.
-                StatusCode::LOOP_DETECTED => (StatusCode::LOOP_DETECTED, "proxy_loop_detected"),
-                StatusCode::FORBIDDEN | StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
-                    (StatusCode::BAD_GATEWAY, "http_request_denied")
-                }
-                _ => (StatusCode::BAD_GATEWAY, "destination_unavailable"),
-            };
-            Verdict {
-                status,
-                error_type,
-                received: Some(s),
-            }
-        }
-        ConnectErrorKind::Incomplete => {
-            verdict(StatusCode::BAD_GATEWAY, "http_response_incomplete")
-        }
-        ConnectErrorKind::Protocol => verdict(StatusCode::BAD_GATEWAY, "http_protocol_error"),
-        ConnectErrorKind::HeadTooLarge => {
-            verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
-        }
-        ConnectErrorKind::SocksReply(reply) => match reply {
-            SocksReply::ConnectionRefused => verdict(StatusCode::BAD_GATEWAY, "connection_refused"),
-            SocksReply::NetworkUnreachable => {
-                verdict(StatusCode::BAD_GATEWAY, "destination_ip_unroutable")
-            }
-            SocksReply::NotAllowed => verdict(StatusCode::BAD_GATEWAY, "destination_ip_prohibited"),
-            SocksReply::TtlExpired => verdict(StatusCode::GATEWAY_TIMEOUT, "connection_timeout"),
-            _ => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
-        },
-        ConnectErrorKind::HopAuth => verdict(StatusCode::BAD_GATEWAY, "http_request_denied"),
-        ConnectErrorKind::Tls { certificate: true } => {
-            verdict(StatusCode::BAD_GATEWAY, "tls_certificate_error")
-        }
-        ConnectErrorKind::Tls { certificate: false } => {
-            verdict(StatusCode::BAD_GATEWAY, "tls_protocol_error")
-        }
-        ConnectErrorKind::Loop => verdict(StatusCode::LOOP_DETECTED, "proxy_loop_detected"),
-    }
-}
-
 impl ProxyError {
-    fn verdict(&self) -> Verdict {
+    /// Which failure this is; what it means is decided in [`crate::failure::verdict`].
+    pub fn failure(&self) -> Failure {
         match self {
-            Self::Target(_) | Self::BadRequest(_) => {
-                verdict(StatusCode::BAD_REQUEST, "http_request_error")
-            }
-            Self::Loop(_) => verdict(StatusCode::LOOP_DETECTED, "proxy_loop_detected"),
-            Self::Connect(e) => connect_verdict(e.kind()),
-            Self::Pool(e) => match e.last() {
-                Some(last) => connect_verdict(last.kind()),
-                None => verdict(StatusCode::BAD_GATEWAY, "destination_unavailable"),
-            },
-            Self::Blocked(_) => verdict(StatusCode::FORBIDDEN, "http_request_denied"),
-            Self::ResponseTimeout { .. } => {
-                verdict(StatusCode::GATEWAY_TIMEOUT, "http_response_timeout")
-            }
-            Self::UnsolicitedSwitch(_) => verdict(StatusCode::BAD_GATEWAY, "http_protocol_error"),
-            Self::RequestBody(e) if pace_error(&**e).is_some() => {
-                verdict(StatusCode::REQUEST_TIMEOUT, "http_request_error")
-            }
-            Self::RequestBody(_) => verdict(StatusCode::BAD_REQUEST, "http_request_error"),
+            Self::Target(_) | Self::BadRequest(_) => Failure::BadRequest,
+            Self::Loop(_) => Failure::Loop,
+            Self::Session(e) => e.failure(),
+            Self::ResponseTimeout { .. } => Failure::ResponseTimeout,
+            Self::UnsolicitedSwitch(_) => Failure::ResponseProtocol,
+            Self::RequestBody(e) if pace_error(&**e).is_some() => Failure::ClientTimeout,
+            Self::RequestBody(_) => Failure::BadRequest,
             // The client's own body: too slow (408), or malformed / cut short (400). Neither is
             // the next hop's fault.
             Self::Forward(h) if pace_error(h).is_some_and(|p| p.is_client()) => {
-                verdict(StatusCode::REQUEST_TIMEOUT, "http_request_error")
+                Failure::ClientTimeout
             }
-            Self::Forward(h) if client_body_error(h).is_some() => {
-                verdict(StatusCode::BAD_REQUEST, "http_request_error")
-            }
+            Self::Forward(h) if client_body_error(h).is_some() => Failure::BadRequest,
             // Before `is_parse`, which is true for an oversized head too.
-            Self::Forward(h) if h.is_parse_too_large() => {
-                verdict(StatusCode::BAD_GATEWAY, "http_response_header_section_size")
-            }
-            Self::Forward(h) if h.is_parse() || h.is_parse_status() => {
-                verdict(StatusCode::BAD_GATEWAY, "http_protocol_error")
-            }
+            Self::Forward(h) if h.is_parse_too_large() => Failure::ResponseHeadTooLarge,
+            Self::Forward(h) if h.is_parse() || h.is_parse_status() => Failure::ResponseProtocol,
             Self::Forward(h) if h.is_incomplete_message() || h.is_canceled() || h.is_closed() => {
-                verdict(StatusCode::BAD_GATEWAY, "http_response_incomplete")
+                Failure::ResponseIncomplete
             }
-            Self::Forward(_) => verdict(StatusCode::BAD_GATEWAY, "connection_terminated"),
+            Self::Forward(_) => Failure::ForwardFailed,
         }
     }
 
@@ -190,6 +106,12 @@ impl ProxyError {
     }
 }
 
+impl From<ConnectError> for ProxyError {
+    fn from(e: ConnectError) -> Self {
+        Self::Session(SessionError::Connect(e))
+    }
+}
+
 /// The error of the client's request body behind a forwarding failure: hyper's client reports a
 /// failing request body as a user error whose cause is the inbound connection's own error.
 fn client_body_error(h: &hyper::Error) -> Option<&hyper::Error> {
@@ -206,34 +128,38 @@ fn client_body_error(h: &hyper::Error) -> Option<&hyper::Error> {
     None
 }
 
-/// Builds the client-facing response for `err`.
-pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
-    let v = err.verdict();
-    let details = err.details();
-    let mut status_value = format!("{}; error={}", via.pseudonym(), v.error_type);
+/// The three parts every error answer is made of: status, `Proxy-Status` value, one-line body.
+fn parts(pseudonym: &str, failure: Failure, details: &str) -> (StatusCode, String, String) {
+    let v = verdict(failure);
+    let mut status_value = format!("{pseudonym}; error={}", v.error);
     if let Some(received) = v.received {
         status_value.push_str(&format!("; received-status={}", received.as_u16()));
     }
     status_value.push_str("; details=");
-    push_sf_string(&mut status_value, &details);
-
+    push_sf_string(&mut status_value, details);
     let body = format!(
         "{} {}: {details}\n",
         v.status.as_u16(),
         v.status.canonical_reason().unwrap_or("")
     );
+    (v.status, status_value, body)
+}
+
+/// Builds the client-facing response for `err`.
+pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
+    let (status, proxy_status, body) = parts(via.pseudonym(), err.failure(), &err.details());
     let mut resp = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
             .boxed(),
     );
-    *resp.status_mut() = v.status;
+    *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if let Ok(value) = HeaderValue::try_from(status_value) {
+    if let Ok(value) = HeaderValue::try_from(proxy_status) {
         headers.insert(HeaderName::from_static("proxy-status"), value);
     }
     resp
@@ -242,16 +168,10 @@ pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
 /// A complete error response as bytes, for the places that answer below hyper (a header-read
 /// timeout, a refused connection, hyper's own parse-error answers): the same status line,
 /// `Proxy-Status` and one-line body as [`error_response`], and `Connection: close`.
-pub fn raw_error(pseudonym: &str, status: StatusCode, error_type: &str, details: &str) -> Vec<u8> {
-    let mut ps = format!("{pseudonym}; error={error_type}; details=");
-    push_sf_string(&mut ps, details);
-    let body = format!(
-        "{} {}: {details}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+pub fn raw_error(pseudonym: &str, failure: Failure, details: &str) -> Vec<u8> {
+    let (status, proxy_status, body) = parts(pseudonym, failure, details);
     format!(
-        "HTTP/1.1 {} {}\r\nProxy-Status: {ps}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\nProxy-Status: {proxy_status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()
@@ -289,15 +209,15 @@ pub fn replace_hyper_error(pseudonym: &str, out: &[u8]) -> Option<Vec<u8>> {
         .ok()?
         .parse::<u16>()
         .ok()?;
-    let status = StatusCode::from_u16(code).ok()?;
-    let details = match status {
-        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-            "the request head is larger than this proxy accepts (too many bytes or fields)"
-        }
-        StatusCode::URI_TOO_LONG => "the request target is too long",
-        _ => "the request head is not valid HTTP/1",
+    let (failure, details) = match StatusCode::from_u16(code).ok()? {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            Failure::HeadTooLarge,
+            "the request head is larger than this proxy accepts (too many bytes or fields)",
+        ),
+        StatusCode::URI_TOO_LONG => (Failure::UriTooLong, "the request target is too long"),
+        _ => (Failure::BadRequest, "the request head is not valid HTTP/1"),
     };
-    Some(raw_error(pseudonym, status, "http_request_error", details))
+    Some(raw_error(pseudonym, failure, details))
 }
 
 /// Appends `s` as an RFC 8941 sf-string: printable ASCII only, `"` and `\` escaped.
@@ -323,7 +243,7 @@ mod tests {
     #[test]
     fn proxy_status_is_a_valid_structured_field() {
         let via = Via::new("viaduct").unwrap();
-        let err = ProxyError::Connect(ConnectError::HopStatus {
+        let err = ProxyError::from(ConnectError::HopStatus {
             peer: "upstream 127.0.0.1:3128".into(),
             status: StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         });
@@ -334,12 +254,7 @@ mod tests {
             ps.starts_with("viaduct; error=http_request_denied; received-status=407; details=\"upstream 127.0.0.1:3128 answered 407"),
             "{ps}"
         );
-        let raw = raw_error(
-            "viaduct",
-            StatusCode::REQUEST_TIMEOUT,
-            "http_request_error",
-            "slow \"x\"",
-        );
+        let raw = raw_error("viaduct", Failure::ClientTimeout, "slow \"x\"");
         let raw = String::from_utf8(raw).unwrap();
         assert!(raw.starts_with("HTTP/1.1 408 Request Timeout\r\nProxy-Status: viaduct; error=http_request_error; details=\"slow \\\"x\\\"\"\r\n"), "{raw}");
         assert!(

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proxy::Admission;
+use crate::server::Admitted;
 
 /// Shared between the wrapper, the connection task and the service.
 #[derive(Debug, Default)]
@@ -30,11 +30,11 @@ pub struct ConnState {
     pub tunneled: AtomicBool,
     /// The connection's place under the connection limits. A tunnel takes it over when the
     /// connection upgrades, so tunnels count toward `max_connections` for their whole life.
-    pub(crate) admission: Mutex<Option<Admission>>,
+    pub(crate) admission: Mutex<Option<Admitted>>,
 }
 
 impl ConnState {
-    pub(crate) fn new(admission: Admission) -> Self {
+    pub(crate) fn new(admission: Admitted) -> Self {
         Self {
             admission: Mutex::new(Some(admission)),
             ..Self::default()
@@ -43,7 +43,7 @@ impl ConnState {
 
     /// Takes the admission over (for a tunnel outliving the HTTP connection); from then on the
     /// connection carries tunnel bytes.
-    pub(crate) fn take_admission(&self) -> Option<Admission> {
+    pub(crate) fn take_admission(&self) -> Option<Admitted> {
         self.tunneled.store(true, Ordering::Relaxed);
         self.admission.lock().ok().and_then(|mut a| a.take())
     }

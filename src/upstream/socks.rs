@@ -13,7 +13,7 @@ use tokio_socks::{Error as SocksError, IntoTargetAddr, TargetAddr};
 
 use super::error::{ConnectError, SocksReply};
 use super::hop::Credentials;
-use super::io::BoxIo;
+use crate::stream::BoxIo;
 use crate::target::{Host, Target};
 
 /// Where a SOCKS hop should connect: a name it resolves itself, or an address we resolved.
@@ -117,7 +117,7 @@ mod tests {
     //! Each handshake scripted byte by byte with `tokio_test`-style mocks: the mock asserts what
     //! we write and plays the server's bytes.
     use super::*;
-    use crate::outbound::error::ConnectErrorKind;
+    use crate::upstream::error::ConnectErrorKind;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A fake SOCKS server on a duplex: each step is (bytes we must write, bytes it answers).

@@ -119,7 +119,7 @@ pub fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbound::error::ConnectErrorKind;
+    use crate::upstream::error::ConnectErrorKind;
     use tokio::io::AsyncReadExt;
 
     const EXPECTED_REQ: &[u8] =

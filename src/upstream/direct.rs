@@ -88,6 +88,8 @@ pub async fn connect_tcp(
             let dns = |source| ConnectError::Dns {
                 host: name.clone(),
                 source,
+                // Only a dial to the target itself is given `own` to check.
+                target: own.is_some(),
             };
             match resolver.resolve(name, target.port).await {
                 Ok(addrs) if !addrs.is_empty() => addrs,

@@ -41,6 +41,12 @@ pub struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
+        // An empty `Bytes` can still pin the whole buffer it was cut from.
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            prefix
+        };
         Self { prefix, inner }
     }
 }
@@ -55,6 +61,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Let go of the buffer it was cut from.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -15,7 +15,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio_rustls::TlsConnector;
 
 use super::error::ConnectError;
-use super::io::BoxIo;
+use crate::stream::BoxIo;
 use crate::target::{Host, Target};
 
 /// How to trust HTTPS proxies.

@@ -1,0 +1,101 @@
+//! Admission: the connection caps (global and per client IP). A connection's place is held by
+//! an [`Admitted`] guard for as long as the connection, or a tunnel that took it over, lives.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The connection caps and the count of refusals (logged at most once a second).
+pub struct Admission {
+    connections: Arc<tokio::sync::Semaphore>,
+    per_ip_max: usize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    refused: AtomicU64,
+    refused_logged_at: AtomicU64,
+    conn_ids: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Admission {
+    /// `max`: open client connections at most; `per_ip_max`: per client IP (0: no limit).
+    pub fn new(max: usize, per_ip_max: usize) -> Self {
+        Self {
+            connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+            per_ip_max,
+            per_ip: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            refused_logged_at: AtomicU64::new(0),
+            conn_ids: AtomicU64::new(1),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Admits a new client connection from `ip`, or names the limit that refuses it.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, &'static str> {
+        let permit = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| "max_connections")?;
+        if self.per_ip_max > 0 {
+            let mut per_ip = self.per_ip.lock().map_err(|_| "per_ip")?;
+            let n = per_ip.entry(ip).or_insert(0);
+            if *n >= self.per_ip_max {
+                return Err("max_connections_per_ip");
+            }
+            *n += 1;
+        }
+        Ok(Admitted {
+            _permit: permit,
+            admission: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Counts a refused connection; logs at most once a second, with the count since.
+    pub fn note_refused(&self, why: &'static str) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let last = self.refused_logged_at.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .refused_logged_at
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(limit = why, refused = n, "connections refused at the limit");
+        }
+    }
+
+    /// A number for the next connection's log span.
+    pub fn next_conn_id(&self) -> u64 {
+        self.conn_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// A client connection's place under the limits, given back on drop.
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl std::fmt::Debug for Admitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admitted").field("ip", &self.ip).finish()
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if self.admission.per_ip_max > 0
+            && let Ok(mut per_ip) = self.admission.per_ip.lock()
+            && let Some(n) = per_ip.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Listeners: the accept loop, admission under the connection limits, and the descriptor
+//! budget. Each accepted connection goes, with its place under the limits, to a listener
+//! [`Protocol`] (HTTP today) in its own task, tracked for shutdown; the loop itself never
+//! blocks on a client and backs off when accepting fails.
+
+pub mod admission;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use self::admission::{Admission, Admitted};
+use crate::shutdown::Shutdown;
+
+/// What a listener speaks on the connections it accepts.
+pub trait Protocol: Send + Sync + 'static {
+    /// Serves one admitted connection until it ends; `admitted` holds its place under the
+    /// limits (hand it to a tunnel that outlives the connection).
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+    /// Tells a client it was refused at `limit`, best effort and without blocking.
+    fn refuse(&self, stream: &TcpStream, limit: &'static str);
+}
+
+/// Raises the soft descriptor limit to the hard one and says in the log what fits: each tunnel
+/// holds two sockets (plus a pipe pair while bytes move), so `max_connections` tunnels need a
+/// little over twice as many descriptors. Returns the limit in force.
+pub fn raise_descriptor_limit(max_connections: usize) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+        let limit = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            tracing::info!(from = soft, to = hard, "raised the descriptor limit");
+            hard
+        } else {
+            soft
+        };
+        // A few descriptors go to the runtime, listeners, logs and idle upstream connections.
+        let reserve = 64;
+        let fits = limit.saturating_sub(reserve) / 2;
+        if (max_connections as u64) > fits {
+            tracing::warn!(
+                descriptors = limit,
+                fits_tunnels = fits,
+                max_connections,
+                "the descriptor limit fits fewer tunnels than max_connections; raise it (ulimit -n, LimitNOFILE=) or lower max_connections"
+            );
+        } else {
+            tracing::info!(
+                descriptors = limit,
+                fits_tunnels = fits,
+                max_connections,
+                "descriptor budget"
+            );
+        }
+        Some(limit)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = max_connections;
+        None
+    }
+}
+
+/// Accepts on every listener until `stop` resolves, handing connections to `protocol`; the
+/// listeners are closed when this returns. Draining what is open is the caller's
+/// ([`Shutdown::drain`]).
+pub async fn accept_all<P: Protocol>(
+    listeners: Vec<TcpListener>,
+    protocol: Arc<P>,
+    admission: Arc<Admission>,
+    shutdown: &Shutdown,
+    stop: impl Future<Output = ()>,
+) {
+    let stop_accepting = CancellationToken::new();
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                Arc::clone(&protocol),
+                Arc::clone(&admission),
+                shutdown.clone(),
+                stop_accepting.clone(),
+            ))
+        })
+        .collect();
+    stop.await;
+    stop_accepting.cancel();
+    for l in loops {
+        let _ = l.await;
+    }
+}
+
+/// Accepts until `stop` fires.
+async fn accept_loop<P: Protocol>(
+    listener: TcpListener,
+    protocol: Arc<P>,
+    admission: Arc<Admission>,
+    shutdown: Shutdown,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let admitted = match admission.admit(peer.ip()) {
+                        Ok(a) => a,
+                        Err(limit) => {
+                            protocol.refuse(&stream, limit);
+                            admission.note_refused(limit);
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let id = admission.next_conn_id();
+                    let span = tracing::info_span!("conn", id, %peer);
+                    let serve = Arc::clone(&protocol).serve(stream, peer, admitted);
+                    shutdown.tracker().spawn(serve.instrument(span));
+                }
+                Err(e) => {
+                    // Out of descriptors, or a connection aborted before accept: the listener is
+                    // fine. Back off so that a persistent error cannot spin a core.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+            () = stop.cancelled() => return,
+        }
+    }
+}
