@@ -11,7 +11,10 @@ pub mod health;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock: the same as std's at run time, and tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::failure::{Failure, verdict};
 use crate::target::Target;
@@ -550,8 +553,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn sticky_repins_on_loss_and_returns_after_ttl() {
+    #[tokio::test(start_paused = true)]
+    async fn sticky_repins_on_loss_and_returns_after_ttl() {
         let members = (0..3).map(|i| (format!("m{i}"), Route::direct())).collect();
         let settings = PoolSettings {
             strategy: Strategy::Sticky,
@@ -571,7 +574,7 @@ mod tests {
             away,
             "stays re-pinned while the TTL runs"
         );
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(60)).await;
         assert_eq!(
             p.candidates(Some("k"))[0],
             home,
@@ -620,8 +623,8 @@ mod tests {
         assert!(new.inherited());
     }
 
-    #[test]
-    fn ejection_backs_off_exponentially() {
+    #[tokio::test(start_paused = true)]
+    async fn ejection_backs_off_exponentially() {
         let members = vec![("m".to_owned(), Route::direct())];
         let settings = PoolSettings {
             failures: 1,
@@ -631,12 +634,14 @@ mod tests {
         let p = Pool::new("p".into(), members, settings);
         p.report(0, Outcome::HopFault);
         assert!(!p.is_up(0));
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(39)).await;
+        assert!(!p.is_up(0), "first ejection: 40 ms");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(p.is_up(0), "first ejection: 40 ms");
         p.report(0, Outcome::HopFault);
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::advance(Duration::from_millis(79)).await;
         assert!(!p.is_up(0), "second ejection: 80 ms");
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(p.is_up(0));
     }
 }

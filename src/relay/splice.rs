@@ -1,7 +1,7 @@
 //! Zero-copy relay for TCP-to-TCP tunnels on Linux: `splice(2)` moves bytes socket -> pipe ->
 //! socket inside the kernel, so no tunnel byte is copied through user space.
 //!
-//! Pipes are taken from a shared pool only while a direction has data to move and returned as
+//! Pipes are taken from a shared set of spare pipes only while a direction has data to move and returned as
 //! soon as its socket runs dry, so an idle tunnel holds no pipe (no descriptors, no buffer) and
 //! a busy one makes no pipe syscalls per burst. A pipe is always drained before the socket is
 //! read again, so `EAGAIN` from a read-side splice can only mean "socket not readable": that
@@ -30,7 +30,7 @@ use super::Activity;
 pub(super) const LINGER: Duration = Duration::from_secs(5);
 
 /// Pipes kept for reuse across tunnels.
-const POOL_MAX: usize = 256;
+const SPARE_MAX: usize = 256;
 /// Pipe capacity asked for; the kernel may cap it (pipe-max-size), we use what we get.
 const PIPE_SIZE: i32 = 1 << 20;
 
@@ -40,11 +40,11 @@ struct Pipe {
     size: usize,
 }
 
-static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+static SPARE: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 
 impl Pipe {
     fn take() -> io::Result<Pipe> {
-        if let Some(p) = POOL.lock().ok().and_then(|mut pool| pool.pop()) {
+        if let Some(p) = SPARE.lock().ok().and_then(|mut spare| spare.pop()) {
             return Ok(p);
         }
         let (r, w) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
@@ -54,12 +54,12 @@ impl Pipe {
         Ok(Pipe { r, w, size })
     }
 
-    /// Returns an *empty* pipe to the pool (a pipe with bytes in it is dropped instead).
+    /// Returns an *empty* pipe to the spares (a pipe with bytes in it is dropped instead).
     fn give_back(self) {
-        if let Ok(mut pool) = POOL.lock()
-            && pool.len() < POOL_MAX
+        if let Ok(mut spare) = SPARE.lock()
+            && spare.len() < SPARE_MAX
         {
-            pool.push(self);
+            spare.push(self);
         }
     }
 }

@@ -80,3 +80,173 @@ pub async fn reach<T>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Pool selection, failover and health feedback through the [`Connector`] seam: no
+    //! sockets, a scripted connector per member, tokio's paused clock for time.
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::pool::{Pool, PoolSettings, Strategy};
+    use crate::routing::Action;
+
+    /// What the scripted connector does for a member: wait, then succeed or fail.
+    #[derive(Clone)]
+    enum Script {
+        Ok(Duration),
+        Fail(Duration, fn() -> ConnectError),
+    }
+
+    fn refused() -> ConnectError {
+        ConnectError::Refused {
+            peer: "member".into(),
+        }
+    }
+
+    fn target_unknown() -> ConnectError {
+        ConnectError::Dns {
+            host: "origin.test".into(),
+            source: std::io::Error::other("nxdomain"),
+            target: true,
+        }
+    }
+
+    fn own_listener() -> ConnectError {
+        ConnectError::OwnListener {
+            peer: "target".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }
+    }
+
+    /// Every (member, budget) the connector was called with, in order.
+    type Calls = Arc<Mutex<Vec<(usize, Duration)>>>;
+
+    /// A pool of members named `m0..`, each an HTTP upstream on a TEST-NET address (never
+    /// dialed), and a connector that follows `scripts` and records (member, budget) per call.
+    fn setup(
+        scripts: Vec<Script>,
+    ) -> (
+        Action,
+        Arc<Pool>,
+        impl FnMut(&Route, Duration) -> Opening<usize> + Send,
+        Calls,
+    ) {
+        let members: Vec<(String, Route)> = (0..scripts.len())
+            .map(|i| {
+                let route = Route::parse(&format!("http://192.0.2.{}:3128", i + 1)).unwrap();
+                (format!("m{i}"), route)
+            })
+            .collect();
+        let by_route: HashMap<Arc<str>, usize> = members
+            .iter()
+            .enumerate()
+            .map(|(i, (_, r))| (Arc::clone(r.name()), i))
+            .collect();
+        let pool = Arc::new(Pool::new(
+            "p".into(),
+            members,
+            PoolSettings {
+                strategy: Strategy::Failover,
+                ..PoolSettings::default()
+            },
+        ));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&calls);
+        let connector = move |route: &Route, budget: Duration| -> Opening<usize> {
+            let i = by_route[route.name()];
+            seen.lock().unwrap().push((i, budget));
+            let script = scripts[i].clone();
+            Box::pin(async move {
+                match script {
+                    Script::Ok(wait) => {
+                        tokio::time::sleep(wait).await;
+                        Ok(i)
+                    }
+                    Script::Fail(wait, err) => {
+                        tokio::time::sleep(wait).await;
+                        Err(err())
+                    }
+                }
+            })
+        };
+        (Action::Pool(Arc::clone(&pool)), pool, connector, calls)
+    }
+
+    /// A member that refuses is passed over for the next; after three refusals it is ejected
+    /// and no longer tried at all.
+    #[tokio::test(start_paused = true)]
+    async fn fails_over_and_ejects_the_failing_member() {
+        let (action, pool, mut connector, calls) = setup(vec![
+            Script::Fail(Duration::ZERO, refused),
+            Script::Ok(Duration::ZERO),
+        ]);
+        for _ in 0..3 {
+            let r = reach(&action, None, Duration::from_secs(10), &mut connector)
+                .await
+                .unwrap();
+            assert_eq!(r.value, 1);
+        }
+        assert!(!pool.is_up(0), "ejected after 3 consecutive failures");
+        calls.lock().unwrap().clear();
+        reach(&action, None, Duration::from_secs(10), &mut connector)
+            .await
+            .unwrap();
+        assert_eq!(
+            calls.lock().unwrap().as_slice(),
+            &[(1, Duration::from_secs(10))]
+        );
+    }
+
+    /// The budget is shared: the next member gets what the slow first one left.
+    #[tokio::test(start_paused = true)]
+    async fn members_share_one_budget() {
+        let (action, _pool, mut connector, calls) = setup(vec![
+            Script::Fail(Duration::from_secs(6), refused),
+            Script::Ok(Duration::from_secs(1)),
+        ]);
+        let started = tokio::time::Instant::now();
+        let r = reach(&action, None, Duration::from_secs(10), &mut connector)
+            .await
+            .unwrap();
+        assert_eq!(r.value, 1);
+        assert_eq!(
+            calls.lock().unwrap().as_slice(),
+            &[(0, Duration::from_secs(10)), (1, Duration::from_secs(4))]
+        );
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+        drop(r);
+    }
+
+    /// The target's own faults move on without ejecting anyone; a loop is never retried.
+    #[tokio::test(start_paused = true)]
+    async fn target_faults_do_not_eject_and_loops_stop() {
+        let (action, pool, mut connector, _calls) = setup(vec![
+            Script::Fail(Duration::ZERO, target_unknown),
+            Script::Fail(Duration::ZERO, target_unknown),
+        ]);
+        for _ in 0..5 {
+            let err = reach(&action, None, Duration::from_secs(10), &mut connector)
+                .await
+                .err()
+                .unwrap();
+            assert!(matches!(err, SessionError::Pool(_)));
+        }
+        assert!(pool.is_up(0) && pool.is_up(1));
+
+        let (action, _pool, mut connector, calls) = setup(vec![
+            Script::Fail(Duration::ZERO, own_listener),
+            Script::Ok(Duration::ZERO),
+        ]);
+        let err = reach(&action, None, Duration::from_secs(10), &mut connector)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.failure(),
+            crate::failure::Failure::Connect(crate::upstream::ConnectErrorKind::Loop)
+        );
+        assert_eq!(calls.lock().unwrap().len(), 1, "no other member tried");
+    }
+}

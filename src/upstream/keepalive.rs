@@ -149,29 +149,29 @@ impl KeepAlive {
             return;
         }
         self.start_reaper();
-        let pool = Arc::clone(self);
+        let keepalive = Arc::clone(self);
         tokio::spawn(async move {
             if sender.ready().await.is_err() {
                 return;
             }
-            let Ok(mut idle) = pool.idle.lock() else {
+            let Ok(mut idle) = keepalive.idle.lock() else {
                 return;
             };
             let list = idle.entry(key).or_default();
-            list.retain(|(s, since)| since.elapsed() < pool.idle_timeout && !s.is_closed());
+            list.retain(|(s, since)| since.elapsed() < keepalive.idle_timeout && !s.is_closed());
             if list.len() >= MAX_IDLE_PER_KEY {
                 return;
             }
             list.push((sender, Instant::now()));
             let total: usize = idle.values().map(Vec::len).sum();
-            if total > pool.max_idle {
-                evict_oldest(&mut idle, total - pool.max_idle);
+            if total > keepalive.max_idle {
+                evict_oldest(&mut idle, total - keepalive.max_idle);
             }
         });
     }
 
-    /// One background task per pool closes idle connections past the idle timeout; it holds
-    /// only a `Weak`, so it ends with the pool.
+    /// One background task per set of kept-alive connections closes idle connections past the idle timeout; it holds
+    /// only a `Weak`, so it ends with them.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper.swap(true, Ordering::Relaxed) {
             return;
@@ -183,11 +183,13 @@ impl KeepAlive {
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
-                let Some(pool) = weak.upgrade() else { return };
-                if let Ok(mut idle) = pool.idle.lock() {
+                let Some(keepalive) = weak.upgrade() else {
+                    return;
+                };
+                if let Ok(mut idle) = keepalive.idle.lock() {
                     idle.retain(|_, list| {
                         list.retain(|(s, since)| {
-                            since.elapsed() < pool.idle_timeout && !s.is_closed()
+                            since.elapsed() < keepalive.idle_timeout && !s.is_closed()
                         });
                         !list.is_empty()
                     });

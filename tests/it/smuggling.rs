@@ -201,6 +201,15 @@ async fn smuggling_corpus() {
         while let Ok(s) = o.seen.try_recv() {
             seen.push(s);
         }
+        // Whatever happened, the proxy goes on serving others.
+        let (after, _) = send(
+            p.addr,
+            &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+        )
+        .await;
+        if after.status != 200 {
+            failures.push(format!("{name}: the next client got {}", after.status));
+        }
         let ok = match expect {
             Expect::Refused => status.starts_with("HTTP/1.1 400") && seen.is_empty(),
             Expect::Forwarded(body) => {
@@ -219,7 +228,6 @@ async fn smuggling_corpus() {
             ));
         }
     }
-    assert!(CORPUS.len() >= 20);
     assert!(
         failures.is_empty(),
         "{} of {} cases failed:\n{}",
