@@ -223,69 +223,71 @@ const MAX_KEPT_BODY: u64 = 64 * 1024;
 
 /// The request as it goes out, for each member tried.
 struct Outgoing {
-    method: Method,
+    /// The absolute-form target (each attempt shapes the request line for its route).
     absolute: Uri,
-    headers: http::HeaderMap,
-    /// A body small enough to keep (or none at all): sent again after a member's 407.
-    kept: Option<Bytes>,
-    /// A streamed body: sent once, to the first member that connects.
-    streamed: std::sync::Mutex<Option<OutBody>>,
+    /// The request itself, for the first attempt (or an attempt after one that sent nothing).
+    first: std::sync::Mutex<Option<Request<OutBody>>>,
+    /// Through a pool, a copy of the head and a kept body (none, or a declared one of at most
+    /// [`MAX_KEPT_BODY`]): sent again to another member after a 407.
+    again: Option<(http::request::Parts, Bytes)>,
 }
 
 impl Outgoing {
-    /// Keeps the body when there is none, or when the route is a pool (where another member may
-    /// be tried) and the body's declared length is at most [`MAX_KEPT_BODY`].
     async fn new(req: Request<OutBody>, action: &Action) -> Result<Self, ProxyError> {
-        let (parts, body) = req.into_parts();
         use http_body::Body as _;
-        let declared = body.size_hint().exact();
-        let kept = if body.is_end_stream() {
-            Some(Bytes::new())
-        } else if matches!(action, Action::Pool(_)) && declared.is_some_and(|n| n <= MAX_KEPT_BODY)
-        {
-            let collected = body.collect().await.map_err(ProxyError::RequestBody)?;
+        let absolute = req.uri().clone();
+        let keep = matches!(action, Action::Pool(_))
+            && (req.body().is_end_stream()
+                || req
+                    .body()
+                    .size_hint()
+                    .exact()
+                    .is_some_and(|n| n <= MAX_KEPT_BODY));
+        if !keep {
             return Ok(Self {
-                method: parts.method,
-                absolute: parts.uri,
-                headers: parts.headers,
-                kept: Some(collected.to_bytes()),
-                streamed: std::sync::Mutex::new(None),
+                absolute,
+                first: std::sync::Mutex::new(Some(req)),
+                again: None,
             });
-        } else {
-            None
-        };
-        let streamed = if kept.is_some() { None } else { Some(body) };
+        }
+        let (parts, body) = req.into_parts();
+        let kept = body
+            .collect()
+            .await
+            .map_err(ProxyError::RequestBody)?
+            .to_bytes();
+        let first = Request::from_parts(parts.clone(), full(kept.clone()));
         Ok(Self {
-            method: parts.method,
-            absolute: parts.uri,
-            headers: parts.headers,
-            kept,
-            streamed: std::sync::Mutex::new(streamed),
+            absolute,
+            first: std::sync::Mutex::new(Some(first)),
+            again: Some((parts, kept)),
         })
     }
 
     /// The request for one attempt; `None` when a streamed body is already gone.
     fn request(&self) -> Option<Request<OutBody>> {
-        let body = match &self.kept {
-            Some(b) => Full::new(b.clone()).map_err(|never| match never {}).boxed(),
-            None => self.streamed.lock().ok()?.take()?,
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.absolute.clone();
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers.clone();
-        Some(req)
+        if let Some(first) = self.first.lock().ok().and_then(|mut f| f.take()) {
+            return Some(first);
+        }
+        let (parts, kept) = self.again.as_ref()?;
+        Some(Request::from_parts(parts.clone(), full(kept.clone())))
     }
 
-    /// Puts a streamed body back (an attempt gave up before sending any of it).
+    /// True when the request can be sent again after it was sent once.
+    fn replayable(&self) -> bool {
+        self.again.is_some()
+    }
+
+    /// Puts a request back (an attempt gave up before sending any of it).
     fn put_back(&self, req: Request<OutBody>) {
-        if self.kept.is_none()
-            && let Ok(mut slot) = self.streamed.lock()
-        {
-            *slot = Some(req.into_body());
+        if let Ok(mut slot) = self.first.lock() {
+            *slot = Some(req);
         }
     }
+}
+
+fn full(bytes: Bytes) -> OutBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 /// What one attempt along a route ends with: an answer (or a failure no other member can
@@ -350,9 +352,10 @@ async fn attempt(
             peer: hop.to_string(),
             status: resp.status(),
         };
-        return match out.kept {
-            Some(_) => Err(refused),
-            None => Ok(Err(refused.into())),
+        return if out.replayable() {
+            Err(refused)
+        } else {
+            Ok(Err(refused.into()))
         };
     }
     Ok(Ok((resp, conn, route)))

@@ -158,7 +158,7 @@ async fn write_early(
 ) -> io::Result<()> {
     let mut rest = &early[..];
     while !rest.is_empty() {
-        splice::writable_while_src_alive(target, client).await?;
+        Box::pin(splice::writable_while_src_alive(target, client)).await?;
         match target.try_write(rest) {
             Ok(n) => {
                 rest = &rest[n..];

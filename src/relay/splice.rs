@@ -108,7 +108,8 @@ pub(super) async fn one_way(
                     // Out of descriptors (EMFILE/ENFILE): the client was already answered 200,
                     // so carry the tunnel on by copying rather than killing it.
                     tracing::debug!(error = %e, "no pipe for splice; copying this direction");
-                    return copy_plain(src, dst, act, count).await;
+                    // Boxed: the rare path must not grow every tunnel's task.
+                    return Box::pin(copy_plain(src, dst, act, count)).await;
                 }
             },
         };
@@ -141,7 +142,8 @@ pub(super) async fn one_way(
         act.touch();
         let mut left = n;
         while left > 0 {
-            writable_while_src_alive(dst, src).await?;
+            // Write first, wait only when the socket is full: the wait (with its linger timer)
+            // is boxed, so an idle tunnel's task does not carry its space.
             match dst.try_io(Interest::WRITABLE, || {
                 Ok(splice(p.r.as_fd(), None, dst.as_fd(), None, left, flags())?)
             }) {
@@ -149,7 +151,9 @@ pub(super) async fn one_way(
                     left -= m;
                     act.touch();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    Box::pin(writable_while_src_alive(dst, src)).await?;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -181,13 +185,14 @@ async fn copy_plain(
         act.touch();
         let mut off = 0;
         while off < n {
-            writable_while_src_alive(dst, src).await?;
             match dst.try_write(&buf[off..n]) {
                 Ok(m) => {
                     off += m;
                     act.touch();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    writable_while_src_alive(dst, src).await?;
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -28,8 +28,8 @@ use crate::target::Target;
 /// The body of a request sent on: the client's, under its pace bounds.
 pub type OutBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// Idle connections kept per key.
-const MAX_IDLE_PER_KEY: usize = 32;
+/// Idle connections kept per key (a benchmark's 64 client connections to one origin keep theirs).
+const MAX_IDLE_PER_KEY: usize = 64;
 
 /// Identifies interchangeable connections: the route's identity and, unless the connection
 /// ends at an absolute-form upstream, the origin. Holds no credential.
