@@ -61,7 +61,8 @@ pub struct Paced<B> {
     inner: B,
     pace: Pace,
     side: Side,
-    sleep: Pin<Box<Sleep>>,
+    /// Armed on the first wait only: most bodies never wait, and then cost no timer.
+    sleep: Option<Pin<Box<Sleep>>>,
     /// When the current wait for the sender began; `None` while not waiting.
     waiting_since: Option<Instant>,
     /// Time spent waiting for the sender before the current wait.
@@ -76,7 +77,7 @@ impl<B> Paced<B> {
             inner,
             pace,
             side,
-            sleep: Box::pin(tokio::time::sleep(pace.idle)),
+            sleep: None,
             waiting_since: None,
             waited: Duration::ZERO,
             bytes: 0,
@@ -164,11 +165,17 @@ where
                         let now = Instant::now();
                         this.waiting_since = Some(now);
                         let at = this.deadline(now);
-                        this.sleep.as_mut().reset(at);
+                        match &mut this.sleep {
+                            Some(sleep) => sleep.as_mut().reset(at),
+                            None => this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
                         now
                     }
                 };
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                let Some(sleep) = this.sleep.as_mut() else {
+                    return Poll::Pending;
+                };
+                if sleep.as_mut().poll(cx).is_ready() {
                     let now = Instant::now();
                     if now >= this.deadline(since) {
                         this.hold = None;
@@ -178,8 +185,10 @@ where
                         return Poll::Ready(Some(Err(Box::new(breach))));
                     }
                     let at = this.deadline(since);
-                    this.sleep.as_mut().reset(at);
-                    let _ = this.sleep.as_mut().poll(cx);
+                    if let Some(sleep) = this.sleep.as_mut() {
+                        sleep.as_mut().reset(at);
+                        let _ = sleep.as_mut().poll(cx);
+                    }
                 }
                 Poll::Pending
             }
