@@ -190,70 +190,71 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     let min_rate = {
         let default = d.request_body_min_rate.unwrap_or_default();
         let grace = file.request_body_grace.unwrap_or(default.0);
-        match o
-            .request_body_min_rate
-            .or(file.request_body_min_rate)
-            .unwrap_or(default.1)
-        {
+        match pick(
+            o.request_body_min_rate,
+            file.request_body_min_rate,
+            default.1,
+        ) {
             0 => None,
             rate => Some((grace, rate)),
         }
     };
+    // Each setting: the flag, else the file, else the default.
     let limits = Limits {
-        max_header_bytes: o
-            .max_header_bytes
-            .or(file.max_header_bytes)
-            .unwrap_or(d.max_header_bytes),
-        max_headers: o.max_headers.or(file.max_headers).unwrap_or(d.max_headers),
-        header_read_timeout: o
-            .header_read_timeout
-            .or(file.header_read_timeout)
-            .unwrap_or(d.header_read_timeout),
-        max_connections: o
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(d.max_connections),
-        max_connections_per_ip: o
-            .max_connections_per_ip
-            .or(file.max_connections_per_ip)
-            .unwrap_or(d.max_connections_per_ip),
-        request_body_timeout: o
-            .request_body_timeout
-            .or(file.request_body_timeout)
-            .unwrap_or(d.request_body_timeout),
+        max_header_bytes: pick(
+            o.max_header_bytes,
+            file.max_header_bytes,
+            d.max_header_bytes,
+        ),
+        max_headers: pick(o.max_headers, file.max_headers, d.max_headers),
+        header_read_timeout: pick(
+            o.header_read_timeout,
+            file.header_read_timeout,
+            d.header_read_timeout,
+        ),
+        max_connections: pick(o.max_connections, file.max_connections, d.max_connections),
+        max_connections_per_ip: pick(
+            o.max_connections_per_ip,
+            file.max_connections_per_ip,
+            d.max_connections_per_ip,
+        ),
+        request_body_timeout: pick(
+            o.request_body_timeout,
+            file.request_body_timeout,
+            d.request_body_timeout,
+        ),
         request_body_min_rate: min_rate,
-        max_idle_upstream: file.max_idle_upstream.unwrap_or(d.max_idle_upstream),
-        upstream_idle_timeout: file
-            .upstream_idle_timeout
-            .unwrap_or(d.upstream_idle_timeout),
+        max_idle_upstream: pick(None, file.max_idle_upstream, d.max_idle_upstream),
+        upstream_idle_timeout: pick(None, file.upstream_idle_timeout, d.upstream_idle_timeout),
     };
     Ok(Config {
         listen,
         router,
-        connect_timeout: o
-            .connect_timeout
-            .or(settings.connect_timeout)
-            .unwrap_or(defaults.connect_timeout),
-        idle_timeout: o
-            .idle_timeout
-            .or(settings.idle_timeout)
-            .unwrap_or(defaults.idle_timeout),
-        response_timeout: o
-            .response_timeout
-            .or(settings.response_timeout)
-            .unwrap_or(defaults.response_timeout),
-        via_name: o
-            .via_name
-            .clone()
-            .or(settings.via_name)
-            .unwrap_or(defaults.via_name),
-        shutdown_grace: o
-            .shutdown_grace
-            .or(settings.shutdown_grace)
-            .unwrap_or(defaults.shutdown_grace),
+        connect_timeout: pick(
+            o.connect_timeout,
+            settings.connect_timeout,
+            defaults.connect_timeout,
+        ),
+        idle_timeout: pick(o.idle_timeout, settings.idle_timeout, defaults.idle_timeout),
+        response_timeout: pick(
+            o.response_timeout,
+            settings.response_timeout,
+            defaults.response_timeout,
+        ),
+        via_name: pick(o.via_name.clone(), settings.via_name, defaults.via_name),
+        shutdown_grace: pick(
+            o.shutdown_grace,
+            settings.shutdown_grace,
+            defaults.shutdown_grace,
+        ),
         tls,
         limits,
     })
+}
+
+/// The flag, else the file, else the default.
+fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
+    flag.or(file).unwrap_or(default)
 }
 
 /// Routing from upstream URLs given on the command line: one is used for everything; several

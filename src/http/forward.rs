@@ -106,21 +106,14 @@ pub async fn handle(
         },
     )
     .await?;
-    let (answered, member) = (reached.value, reached.member);
+    let (answered, mut member) = (reached.value, reached.member);
     let (mut resp, conn, route) = answered?;
-    let asked_upgrade = client_upgrade.is_some();
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching && !asked_upgrade {
+    if switching && client_upgrade.is_none() {
         // A 101 nobody asked for would leave the client speaking HTTP into an unknown protocol.
-        return Err(ProxyError::UnsolicitedSwitch(
-            match route.absolute_form_hop() {
-                Some(hop) => hop.to_string(),
-                None => format!("target {target}"),
-            },
-        ));
+        return Err(ProxyError::UnsolicitedSwitch(answerer(&route, &target)));
     }
-    let mut member = member;
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
@@ -154,12 +147,18 @@ pub async fn handle(
     strip_hop_by_hop(resp.headers_mut(), switching);
     http.via().append(resp.headers_mut(), received);
     Ok(resp.map(|body| {
-        let paced = Paced::new(body, pace, Side::Response);
-        match member.take() {
-            Some(m) => paced.holding(m).boxed(),
-            None => paced.boxed(),
-        }
+        Paced::new(body, pace, Side::Response)
+            .holding(member)
+            .boxed()
     }))
+}
+
+/// Who answers plain requests along `route`: the absolute-form upstream, else the target.
+fn answerer(route: &Route, target: &Target) -> String {
+    match route.absolute_form_hop() {
+        Some(hop) => hop.to_string(),
+        None => format!("target {target}"),
+    }
 }
 
 /// RFC 9110 7.6.2: `Max-Forwards` on TRACE and OPTIONS. At 0 we are the recipient and answer
@@ -316,12 +315,8 @@ async fn attempt(
         let sent =
             tokio::time::timeout(http.response_timeout(), conn.sender.try_send_request(req)).await;
         let Ok(sent) = sent else {
-            let peer = match route.absolute_form_hop() {
-                Some(hop) => hop.to_string(),
-                None => format!("target {target}"),
-            };
             return Ok(Err(ProxyError::ResponseTimeout {
-                peer,
+                peer: answerer(&route, &target),
                 after: http.response_timeout(),
             }));
         };

@@ -102,7 +102,7 @@ pub async fn handle(
     http.core().log_request(
         &client,
         method.as_str(),
-        &uri.to_string(),
+        &uri,
         resp.status().as_u16(),
         started,
     );

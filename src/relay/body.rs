@@ -85,9 +85,9 @@ impl<B> Paced<B> {
         }
     }
 
-    /// Keeps `value` alive until the body ends (or is dropped).
-    pub fn holding(mut self, value: impl Any + Send + Sync) -> Self {
-        self.hold = Some(Box::new(value));
+    /// Keeps `value` (when there is one) alive until the body ends (or is dropped).
+    pub fn holding<T: Any + Send + Sync>(mut self, value: Option<T>) -> Self {
+        self.hold = value.map(|v| Box::new(v) as Box<dyn Any + Send + Sync>);
         self
     }
 
@@ -103,6 +103,18 @@ impl<B> Paced<B> {
             at = at.min(since + left);
         }
         at
+    }
+
+    /// Begins a wait for the sender: notes when, and sets the timer to the wait's deadline.
+    fn start_wait(&mut self) -> Instant {
+        let now = Instant::now();
+        self.waiting_since = Some(now);
+        let at = self.deadline(now);
+        match &mut self.sleep {
+            Some(sleep) => sleep.as_mut().reset(at),
+            None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+        }
+        now
     }
 
     fn breach(&self, since: Instant, now: Instant) -> PaceError {
@@ -161,36 +173,22 @@ where
             Poll::Pending => {
                 let since = match this.waiting_since {
                     Some(since) => since,
-                    None => {
-                        let now = Instant::now();
-                        this.waiting_since = Some(now);
-                        let at = this.deadline(now);
-                        match &mut this.sleep {
-                            Some(sleep) => sleep.as_mut().reset(at),
-                            None => this.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
-                        }
-                        now
-                    }
+                    None => this.start_wait(),
                 };
-                let Some(sleep) = this.sleep.as_mut() else {
+                // The deadline cannot move during a wait (bytes and time waited change only
+                // when the sender delivers), so the timer firing is the breach.
+                let fired = this
+                    .sleep
+                    .as_mut()
+                    .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                if !fired {
                     return Poll::Pending;
-                };
-                if sleep.as_mut().poll(cx).is_ready() {
-                    let now = Instant::now();
-                    if now >= this.deadline(since) {
-                        this.hold = None;
-                        let breach = this.breach(since, now);
-                        // The connections on both sides close with this error: say why.
-                        tracing::info!(reason = %breach, bytes = this.bytes, "forwarded body cut");
-                        return Poll::Ready(Some(Err(Box::new(breach))));
-                    }
-                    let at = this.deadline(since);
-                    if let Some(sleep) = this.sleep.as_mut() {
-                        sleep.as_mut().reset(at);
-                        let _ = sleep.as_mut().poll(cx);
-                    }
                 }
-                Poll::Pending
+                this.hold = None;
+                let breach = this.breach(since, Instant::now());
+                // The connections on both sides close with this error: say why.
+                tracing::info!(reason = %breach, bytes = this.bytes, "forwarded body cut");
+                Poll::Ready(Some(Err(Box::new(breach))))
             }
         }
     }
@@ -307,7 +305,7 @@ mod tests {
             pace,
             Side::Request,
         )
-        .holding(std::sync::Arc::clone(&held));
+        .holding(Some(std::sync::Arc::clone(&held)));
         let mut body = std::pin::pin!(body);
         let mut got = 0;
         while let Some(frame) = body.frame().await {

@@ -287,7 +287,7 @@ impl Core {
         &self,
         client: &Client,
         method: &str,
-        target: &str,
+        target: &dyn std::fmt::Display,
         status: u16,
         started: Instant,
     ) {

@@ -160,10 +160,7 @@ pub fn tls_words(e: &rustls::Error) -> String {
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "the proxy's certificate is not for TLS servers (extended key usage)".into()
             }
-            C::Other(other)
-                if other.0.downcast_ref::<webpki::Error>()
-                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
-            {
+            C::Other(other) if super::tls::is_ca_as_end_entity(other) => {
                 "the proxy's certificate is a CA certificate, not a server certificate (give that very certificate to --upstream-ca to pin it, or issue a server certificate from the CA)".into()
             }
             _ => "the proxy's certificate was refused".into(),

@@ -52,9 +52,82 @@ pub struct Conn {
 /// An idle connection and since when.
 type Idle = (SendRequest<OutBody>, Instant);
 
+/// The idle connections by key, and how many there are in all.
+#[derive(Default)]
+struct IdleSet {
+    by_key: HashMap<ConnKey, Vec<Idle>>,
+    total: usize,
+}
+
+impl IdleSet {
+    /// The most recently parked connection for `key` that is still usable.
+    fn take(&mut self, key: &ConnKey, timeout: Duration) -> Option<SendRequest<OutBody>> {
+        let list = self.by_key.get_mut(key)?;
+        let mut found = None;
+        while let Some((sender, since)) = list.pop() {
+            self.total -= 1;
+            if since.elapsed() < timeout && sender.is_ready() {
+                found = Some(sender);
+                break;
+            }
+        }
+        if list.is_empty() {
+            self.by_key.remove(key);
+        }
+        found
+    }
+
+    /// Parks `sender` under `key`, within the per-key and total bounds (the longest idle goes
+    /// first when the total is full).
+    fn put(&mut self, key: ConnKey, sender: SendRequest<OutBody>, max_total: usize) {
+        let list = self.by_key.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_KEY {
+            return;
+        }
+        list.push((sender, Instant::now()));
+        self.total += 1;
+        if self.total > max_total {
+            self.evict_oldest();
+        }
+    }
+
+    /// Drops the longest-idle connection.
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .by_key
+            .iter()
+            .filter_map(|(k, list)| list.first().map(|(_, since)| (*since, k.clone())))
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, key)) = oldest {
+            self.remove_where(|k, i, _| k == &key && i == 0);
+        }
+    }
+
+    /// Closes connections past `timeout` or closed by their peer.
+    fn prune(&mut self, timeout: Duration) {
+        self.remove_where(|_, _, (s, since)| since.elapsed() >= timeout || s.is_closed());
+    }
+
+    /// Drops every connection for which `gone(key, position in its list, connection)` holds.
+    fn remove_where(&mut self, mut gone: impl FnMut(&ConnKey, usize, &Idle) -> bool) {
+        let mut removed = 0;
+        self.by_key.retain(|key, list| {
+            let mut i = 0;
+            list.retain(|idle| {
+                let drop = gone(key, i, idle);
+                i += 1;
+                removed += usize::from(drop);
+                !drop
+            });
+            !list.is_empty()
+        });
+        self.total -= removed;
+    }
+}
+
 /// The idle connections.
 pub struct KeepAlive {
-    idle: Mutex<HashMap<ConnKey, Vec<Idle>>>,
+    idle: Mutex<IdleSet>,
     /// Idle connections kept in all, at most.
     max_idle: usize,
     /// How long an idle connection is kept. Origins commonly close after 60-120 s.
@@ -65,7 +138,7 @@ pub struct KeepAlive {
 impl KeepAlive {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(IdleSet::default()),
             max_idle,
             idle_timeout,
             reaper: AtomicBool::new(false),
@@ -117,29 +190,19 @@ impl KeepAlive {
     }
 
     fn checkout(&self, key: &ConnKey) -> Option<SendRequest<OutBody>> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(key)?;
-        while let Some((sender, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout && sender.is_ready() {
-                return Some(sender);
-            }
-        }
-        idle.remove(key);
-        None
+        self.idle.lock().ok()?.take(key, self.idle_timeout)
     }
 
     /// Idle connections held right now.
     pub fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .map_or(0, |idle| idle.values().map(Vec::len).sum())
+        self.idle.lock().map_or(0, |idle| idle.total)
     }
 
     /// Closes the idle connections of routes not in `keep` (a reload changed or removed them:
     /// rotated credentials must not ride on sessions opened with the old ones).
     pub fn retain_routes(&self, keep: &HashSet<u64>) {
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|key, _| keep.contains(&key.route));
+            idle.remove_where(|key, _, _| !keep.contains(&key.route));
         }
     }
 
@@ -154,24 +217,14 @@ impl KeepAlive {
             if sender.ready().await.is_err() {
                 return;
             }
-            let Ok(mut idle) = keepalive.idle.lock() else {
-                return;
-            };
-            let list = idle.entry(key).or_default();
-            list.retain(|(s, since)| since.elapsed() < keepalive.idle_timeout && !s.is_closed());
-            if list.len() >= MAX_IDLE_PER_KEY {
-                return;
-            }
-            list.push((sender, Instant::now()));
-            let total: usize = idle.values().map(Vec::len).sum();
-            if total > keepalive.max_idle {
-                evict_oldest(&mut idle, total - keepalive.max_idle);
+            if let Ok(mut idle) = keepalive.idle.lock() {
+                idle.put(key, sender, keepalive.max_idle);
             }
         });
     }
 
-    /// One background task per set of kept-alive connections closes idle connections past the idle timeout; it holds
-    /// only a `Weak`, so it ends with them.
+    /// One background task closes idle connections past the idle timeout (or closed by their
+    /// peer); it holds only a `Weak`, so it ends with the set.
     fn start_reaper(self: &Arc<Self>) {
         if self.reaper.swap(true, Ordering::Relaxed) {
             return;
@@ -187,31 +240,9 @@ impl KeepAlive {
                     return;
                 };
                 if let Ok(mut idle) = keepalive.idle.lock() {
-                    idle.retain(|_, list| {
-                        list.retain(|(s, since)| {
-                            since.elapsed() < keepalive.idle_timeout && !s.is_closed()
-                        });
-                        !list.is_empty()
-                    });
+                    idle.prune(keepalive.idle_timeout);
                 }
             }
         });
-    }
-}
-
-/// Drops the `n` longest-idle connections.
-fn evict_oldest(idle: &mut HashMap<ConnKey, Vec<Idle>>, n: usize) {
-    let mut ages: Vec<(Instant, ConnKey)> = idle
-        .iter()
-        .flat_map(|(k, list)| list.iter().map(move |(_, since)| (*since, k.clone())))
-        .collect();
-    ages.sort_by_key(|(since, _)| *since);
-    for (since, key) in ages.into_iter().take(n) {
-        if let Some(list) = idle.get_mut(&key) {
-            list.retain(|(_, s)| *s != since);
-            if list.is_empty() {
-                idle.remove(&key);
-            }
-        }
     }
 }

@@ -155,8 +155,7 @@ impl ServerCertVerifier for Pinning {
             now,
         ) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
-                if other.0.downcast_ref::<webpki::Error>()
-                    == Some(&webpki::Error::CaUsedAsEndEntity)
+                if is_ca_as_end_entity(&other)
                     && self
                         .pinned
                         .iter()
@@ -191,6 +190,11 @@ impl ServerCertVerifier for Pinning {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
+}
+
+/// True when webpki refused a certificate for being a CA presented as a server's.
+pub(crate) fn is_ca_as_end_entity(other: &rustls::OtherError) -> bool {
+    other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
 }
 
 /// Accepts any certificate (still checking handshake signatures). Only with `--upstream-insecure`.
