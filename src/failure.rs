@@ -16,8 +16,14 @@ use crate::upstream::{ConnectErrorKind, SocksReply};
 pub enum Failure {
     /// Reaching the target, or an upstream on the way, failed.
     Connect(ConnectErrorKind),
-    /// A rule refused the destination.
+    /// A rule (or `connect_ports`) refused the destination.
     Blocked,
+    /// The client gave no credentials, or wrong ones, where `[auth]` asks for them.
+    AuthRequired,
+    /// The client's address sent too many wrong credentials; it waits out a cool-down.
+    AuthThrottled,
+    /// The client's address is not among the allowed clients.
+    ClientDenied,
     /// A pool had no healthy member to try.
     NoHealthyMember,
     /// The request would come back to this proxy (its own listener, or `Via` names us).
@@ -79,11 +85,19 @@ pub fn verdict(failure: Failure) -> Verdict {
     match failure {
         Failure::Connect(kind) => {
             let mut out = connect(kind);
-            // Reaching the target through another member may work; a loop never does.
-            out.retry = !matches!(kind, ConnectErrorKind::Loop);
+            // Reaching the target through another member may work; a loop or a refused
+            // destination never does.
+            out.retry = !matches!(kind, ConnectErrorKind::Loop | ConnectErrorKind::Prohibited);
             out
         }
         Failure::Blocked => v(StatusCode::FORBIDDEN, "http_request_denied", 0x02),
+        Failure::AuthRequired => v(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "http_request_denied",
+            0x02,
+        ),
+        Failure::AuthThrottled => v(StatusCode::TOO_MANY_REQUESTS, "http_request_denied", 0x02),
+        Failure::ClientDenied => v(StatusCode::FORBIDDEN, "http_request_denied", 0x02),
         Failure::NoHealthyMember => v(GW, "destination_unavailable", 0x01),
         Failure::Loop => v(StatusCode::LOOP_DETECTED, "proxy_loop_detected", 0x02),
         Failure::BadRequest => v(StatusCode::BAD_REQUEST, "http_request_error", 0x01),
@@ -155,6 +169,7 @@ fn connect(kind: ConnectErrorKind) -> Verdict {
         ConnectErrorKind::Tls { certificate: true } => hop(v(GW, "tls_certificate_error", 0x01)),
         ConnectErrorKind::Tls { certificate: false } => hop(v(GW, "tls_protocol_error", 0x01)),
         ConnectErrorKind::Loop => v(StatusCode::LOOP_DETECTED, "proxy_loop_detected", 0x02),
+        ConnectErrorKind::Prohibited => v(StatusCode::FORBIDDEN, "destination_ip_prohibited", 0x02),
     }
 }
 
@@ -180,6 +195,16 @@ mod tests {
         assert!(!c(ConnectErrorKind::SocksReply(SocksReply::HostUnreachable)).blame_hop);
         assert!(c(ConnectErrorKind::Refused).retry);
         assert!(!c(ConnectErrorKind::Loop).retry);
+        let p = c(ConnectErrorKind::Prohibited);
+        assert_eq!(
+            (p.status, p.error, p.retry, p.blame_hop),
+            (
+                StatusCode::FORBIDDEN,
+                "destination_ip_prohibited",
+                false,
+                false
+            )
+        );
         let denied = c(ConnectErrorKind::HopStatus(
             StatusCode::PROXY_AUTHENTICATION_REQUIRED,
         ));

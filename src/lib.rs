@@ -25,6 +25,10 @@
 //!   ([`upstream::keepalive`]).
 //! - [`relay`]: the tunnel data path (any stream plus the bytes already read; zero-copy
 //!   `splice(2)` between plain TCP sockets on Linux) and forwarded bodies ([`relay::body`]).
+//! - [`auth`]: who the client is: the users file, verified-credentials cache, failure budget,
+//!   per-user caps and revocation at reload. Used by the session core for every listener.
+//! - [`access`]: pure policy: which clients may connect, which destinations they may reach
+//!   (safe defaults off loopback). The dialer applies it to the addresses it dials.
 //! - [`failure`]: the one classifier: status, `Proxy-Status` token, retry, blame, SOCKS reply.
 //! - [`config`]: the file (located errors) and the runtime [`Config`] with its merge.
 //! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`].
@@ -39,9 +43,12 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
+pub mod auth;
 pub mod config;
 pub mod failure;
 pub mod http;
+mod lograte;
 pub mod pool;
 pub mod proxy;
 pub mod relay;

@@ -63,9 +63,11 @@ struct RunArgs {
     /// (first to last): http://, https://, socks5://, socks5h://, socks4a://, each
     /// [user:pass@]host[:port]. Percent-encode special characters (and commas) in credentials.
     /// Repeat it to make a pool of upstreams (see --strategy). Overrides the file's routing.
+    /// VIADUCT_UPSTREAM carries one such value (a hop or a chain), keeping passwords out of
+    /// the process list.
     // Parsed after clap, not by a value_parser: clap echoes a rejected value in its error, and
-    // this one may carry a password.
-    #[arg(long)]
+    // this one may carry a password (hence also no env value in --help).
+    #[arg(long, env = "VIADUCT_UPSTREAM", hide_env_values = true)]
     upstream: Vec<String>,
 
     /// How a pool made of repeated --upstream picks: failover, round-robin, random,
@@ -139,6 +141,20 @@ struct RunArgs {
     /// After 20 s a request body must average this many bytes/s, else 408 (default 500; 0: off).
     #[arg(long)]
     request_body_min_rate: Option<u64>,
+
+    /// Users file (htpasswd: htpasswd -B / -m, openssl passwd -apr1 / -5 / -6): clients must
+    /// send Proxy-Authorization: Basic with one of its users. SIGHUP re-reads it.
+    #[arg(long, value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+
+    /// Only these client addresses may connect: CIDR[,CIDR...]; others get 403.
+    #[arg(long, value_name = "CIDRS")]
+    allow_clients: Option<String>,
+
+    /// Listen beyond loopback with neither --auth-file nor --allow-clients: an open proxy,
+    /// meant.
+    #[arg(long)]
+    open: bool,
 }
 
 impl RunArgs {
@@ -162,6 +178,9 @@ impl RunArgs {
             max_connections_per_ip: self.max_connections_per_ip,
             request_body_timeout: self.request_body_timeout,
             request_body_min_rate: self.request_body_min_rate,
+            auth_file: self.auth_file.clone(),
+            allow_clients: self.allow_clients.clone(),
+            open: self.open,
         }
     }
 }
@@ -192,7 +211,7 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path) {
+    match runtime::load(Some(path), &Overrides::default(), false) {
         Ok(cfg) => {
             println!(
                 "{}: ok ({} rules, {} pools, default: {})",
@@ -245,6 +264,8 @@ async fn run(args: RunArgs) -> ExitCode {
     viaduct::server::raise_descriptor_limit(config.limits.max_connections);
     let summary = config.router.default.to_string();
     let rules = config.router.rules.len();
+    let users = config.auth.as_ref().map_or(0, |a| a.users.len());
+    let deny_internal = config.access.destinations.deny_internal;
     let proxy = match Proxy::new(config) {
         Ok(p) => p,
         Err(e) => {
@@ -262,19 +283,20 @@ async fn run(args: RunArgs) -> ExitCode {
             }
         }
     }
-    tracing::info!(listen = ?listen, default = %summary, rules, "viaduct listening");
+    tracing::info!(listen = ?listen, default = %summary, rules, users, deny_internal, "viaduct listening");
     #[cfg(unix)]
-    if let Some(path) = args.config.clone() {
-        spawn_reloader(Arc::clone(&proxy), path, overrides);
+    if args.config.is_some() || args.auth_file.is_some() {
+        spawn_reloader(Arc::clone(&proxy), args.config.clone(), overrides);
     }
     viaduct::serve_all(listeners, proxy, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
-/// On SIGHUP: re-read the file and swap in its routing; a file that fails validation is
-/// logged and the running config stays.
+/// On SIGHUP: re-read the configuration file and the users file and put their routing, users
+/// and access policy in force; a file that fails validation is logged and the running
+/// configuration stays.
 #[cfg(unix)]
-fn spawn_reloader(proxy: Arc<Proxy>, path: PathBuf, overrides: Overrides) {
+fn spawn_reloader(proxy: Arc<Proxy>, path: Option<PathBuf>, overrides: Overrides) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -288,15 +310,17 @@ fn spawn_reloader(proxy: Arc<Proxy>, path: PathBuf, overrides: Overrides) {
             // Reading the file is blocking I/O: never on the runtime, which keeps serving (and
             // timing out slow clients) whatever the file turns out to be.
             let read = Arc::clone(&inputs);
-            let built =
-                tokio::task::spawn_blocking(move || runtime::load(Some(&read.0), &read.1, true))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+            let built = tokio::task::spawn_blocking(move || {
+                runtime::load(read.0.as_deref(), &read.1, true)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
             match built {
                 Ok(config) => {
                     let rules = config.router.rules.len();
-                    proxy.reload(config.router);
-                    tracing::info!(rules, "configuration reloaded");
+                    let users = config.auth.as_ref().map_or(0, |a| a.users.len());
+                    proxy.reload(config);
+                    tracing::info!(rules, users, "configuration reloaded");
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "reload rejected; keeping the running configuration")

@@ -13,7 +13,7 @@ use crate::http::Http;
 use crate::http::headers::Via;
 use crate::routing::Router;
 use crate::server::{self, Admission};
-use crate::session::Core;
+use crate::session::{Core, Policy};
 use crate::shutdown::Shutdown;
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::tls::{self, TlsConfigError};
@@ -62,6 +62,10 @@ impl Proxy {
         );
         let core = Arc::new(Core::new(
             config.router,
+            Policy {
+                auth: config.auth,
+                destinations: config.access.destinations,
+            },
             resolver,
             dialer,
             keepalive,
@@ -71,6 +75,7 @@ impl Proxy {
         let admission = Arc::new(Admission::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
+            config.access.clients,
         ));
         let http = Arc::new(Http::new(
             Arc::clone(&core),
@@ -107,9 +112,17 @@ impl Proxy {
         self.core.router()
     }
 
-    /// Swaps in new routing (a config reload); see [`Core::reload`].
-    pub fn reload(&self, router: Router) {
-        self.core.reload(router);
+    /// Puts a reloaded configuration in force: routing, users, who may connect and where they
+    /// may go (see [`Core::reload`]). Listen addresses, limits and timeouts stay as started.
+    pub fn reload(&self, config: Config) {
+        self.admission.set_clients(config.access.clients);
+        self.core.reload(
+            config.router,
+            Policy {
+                auth: config.auth,
+                destinations: config.access.destinations,
+            },
+        );
     }
 
     /// Kept-alive upstream connections idle right now.

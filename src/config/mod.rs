@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -42,6 +43,9 @@ pub struct FileConfig {
     /// The file held nothing but white space and comments. A reload refuses such a file: a
     /// truncated config must not fail open to "everything direct".
     pub empty: bool,
+    /// `[auth]`: the users file is read when the configuration is put together (see
+    /// `runtime::merge`), so that a flag can name another.
+    pub auth: Option<FileAuth>,
     /// Plain settings; `None` / empty: not set in the file (defaults or flags apply).
     pub settings: Settings,
     pub tls: TlsOptions,
@@ -58,6 +62,30 @@ pub struct Settings {
     pub shutdown_grace: Option<Duration>,
     pub via_name: Option<String>,
     pub limits: FileLimits,
+    /// `open = true`: listening beyond loopback without `[auth]` or allowed clients is meant.
+    pub open: bool,
+    pub access: FileAccess,
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Default, Clone)]
+pub struct FileAuth {
+    /// The users file, relative paths taken from the configuration file's directory.
+    pub file: Option<PathBuf>,
+    pub realm: Option<String>,
+    pub max_connections_per_user: Option<usize>,
+    pub max_failures: Option<u32>,
+    pub lockout: Option<Duration>,
+}
+
+/// The `[access]` table.
+#[derive(Debug, Default, Clone)]
+pub struct FileAccess {
+    /// `None`: not set (a flag or "anyone" applies).
+    pub clients: Option<Vec<IpNet>>,
+    pub deny: Vec<IpNet>,
+    pub allow: Vec<IpNet>,
+    pub connect_ports: Vec<u16>,
 }
 
 /// The `[limits]` table; each field `None` when not set.
@@ -101,6 +129,32 @@ struct Raw {
     rules: Vec<RawRule>,
     default: Option<RawDefault>,
     limits: Option<RawLimits>,
+    #[serde(default)]
+    open: bool,
+    auth: Option<RawAuth>,
+    access: Option<RawAccess>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    file: Option<Spanned<String>>,
+    realm: Option<Spanned<String>>,
+    max_connections_per_user: Option<usize>,
+    max_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    clients: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    connect_ports: Vec<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -293,8 +347,9 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
     for (name, url) in &raw.upstreams {
         let field = format!("upstreams.{name}");
         check_name(at, &field, name, url.span())?;
+        let expanded = expand_env(url.get_ref()).map_err(|m| at.error(url.span(), &field, m))?;
         let route =
-            Route::parse(url.get_ref()).map_err(|e| at.error(url.span(), &field, e.to_string()))?;
+            Route::parse(&expanded).map_err(|e| at.error(url.span(), &field, e.to_string()))?;
         upstreams.insert(
             name,
             Arc::new(Upstream {
@@ -391,7 +446,8 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             "block" => Action::Block,
             _ if v.contains("://") => Action::Upstream(Arc::new(Upstream {
                 name: "inline".into(),
-                route: Route::parse(v).map_err(|e| at.error(via.span(), field, e.to_string()))?,
+                route: Route::parse(&expand_env(v).map_err(|m| at.error(via.span(), field, m))?)
+                    .map_err(|e| at.error(via.span(), field, e.to_string()))?,
             })),
             _ => match (upstreams.get(v), pools.get(v)) {
                 (Some(u), _) => Action::Upstream(Arc::clone(u)),
@@ -463,9 +519,79 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         })?,
         None => None,
     };
+    let cidrs = |field: &str, list: &[Spanned<String>]| -> Result<Vec<IpNet>, ConfigError> {
+        list.iter()
+            .map(|c| parse_cidr(c.get_ref()).map_err(|m| at.error(c.span(), field, m)))
+            .collect()
+    };
+    let access = match &raw.access {
+        Some(a) => FileAccess {
+            clients: a
+                .clients
+                .as_deref()
+                .map(|c| cidrs("access.clients", c))
+                .transpose()?,
+            deny: cidrs("access.deny", &a.deny)?,
+            allow: cidrs("access.allow", &a.allow)?,
+            connect_ports: a
+                .connect_ports
+                .iter()
+                .map(|p| match *p.get_ref() {
+                    0 => Err(at.error(p.span(), "access.connect_ports", "0 is not a port")),
+                    port => Ok(port),
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        None => FileAccess::default(),
+    };
+    let auth = match &raw.auth {
+        Some(a) => Some(FileAuth {
+            file: a.file.as_ref().map(|f| {
+                let path = Path::new(f.get_ref());
+                match Path::new(at.file).parent() {
+                    Some(dir) if path.is_relative() => dir.join(path),
+                    _ => path.to_path_buf(),
+                }
+            }),
+            realm: a
+                .realm
+                .as_ref()
+                .map(|r| {
+                    let realm = r.get_ref();
+                    if realm.is_empty()
+                        || realm
+                            .chars()
+                            .any(|c| c == '"' || c == '\\' || !(' '..='~').contains(&c))
+                    {
+                        Err(at.error(
+                            r.span(),
+                            "auth.realm",
+                            "a realm is printable ASCII without quotes or backslashes",
+                        ))
+                    } else {
+                        Ok(realm.clone())
+                    }
+                })
+                .transpose()?,
+            max_connections_per_user: a.max_connections_per_user,
+            max_failures: a
+                .max_failures
+                .as_ref()
+                .map(|n| match *n.get_ref() {
+                    0 => Err(at.error(n.span(), "auth.max_failures", "must be at least 1")),
+                    n => Ok(n),
+                })
+                .transpose()?,
+            lockout: opt("auth.lockout", &a.lockout)?,
+        }),
+        None => None,
+    };
     Ok(FileConfig {
         empty: false,
+        auth,
         settings: Settings {
+            open: raw.open,
+            access,
             listen,
             connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
             idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,
@@ -516,6 +642,49 @@ fn check_name(
         return Err(at.error(span, field, format!("\"{name}\" is reserved")));
     }
     Ok(())
+}
+
+/// Parses a CIDR; a bare address is its own /32 or /128.
+pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    s.trim()
+        .parse::<IpNet>()
+        .or_else(|_| s.trim().parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("not a CIDR or an address: \"{s}\""))
+}
+
+/// Replaces each `${NAME}` in `s` with the environment variable `NAME`, so that secrets can
+/// stay out of the file (and out of `ps`). A missing variable is an error naming it.
+pub fn expand_env(s: &str) -> Result<String, String> {
+    expand_with(s, |name| std::env::var(name).ok())
+}
+
+fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "\"${\" without a closing \"}\"".to_owned())?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!(
+                "\"${{{name}}}\" is not an environment variable name"
+            ));
+        }
+        let value =
+            lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// The destination a URL (`http://h/p`, `https://h`, or a bare `host:port`) would be routed

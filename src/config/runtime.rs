@@ -4,11 +4,13 @@
 //! (`config::mod`) and in [`Overrides`], and the code that uses it.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::FileConfig;
+use super::{FileAuth, FileConfig, Settings, parse_cidr};
+use crate::access::{Access, Clients, Destinations};
+use crate::auth::{AuthSettings, Users};
 use crate::pool::{Pool, PoolSettings, Strategy};
 use crate::routing::{Action, Router, parse_no_proxy};
 use crate::upstream::{Route, TlsOptions, redact};
@@ -35,6 +37,12 @@ pub struct Config {
     pub tls: TlsOptions,
     /// Client-side limits.
     pub limits: Limits,
+    /// `[auth]`: clients must authenticate. Default: not asked (and then only loopback
+    /// listeners start without `--allow-clients` or `--open`).
+    pub auth: Option<AuthSettings>,
+    /// Who may connect and where they may go. Default: anyone, anywhere (loopback only);
+    /// internal destinations are denied when a listener is not on loopback.
+    pub access: Access,
 }
 
 /// What one client may cost us. Defaults suit a proxy on a workstation or a small server.
@@ -93,6 +101,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             tls: TlsOptions::default(),
             limits: Limits::default(),
+            auth: None,
+            access: Access::default(),
         }
     }
 }
@@ -121,6 +131,12 @@ pub struct Overrides {
     pub max_connections_per_ip: Option<usize>,
     pub request_body_timeout: Option<Duration>,
     pub request_body_min_rate: Option<u64>,
+    /// The users file (`--auth-file`); replaces the file's `[auth] file`.
+    pub auth_file: Option<PathBuf>,
+    /// Allowed client CIDRs, comma-separated (`--allow-clients`).
+    pub allow_clients: Option<String>,
+    /// `--open`: an open proxy beyond loopback is meant.
+    pub open: bool,
 }
 
 /// Reads the file (when given) and merges: defaults, then the file, then `overrides`.
@@ -152,14 +168,15 @@ pub fn load(path: Option<&Path>, overrides: &Overrides, reloading: bool) -> Resu
 /// An invalid flag value, named, without echoing credentials.
 pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> {
     let defaults = Config::default();
-    let (router, mut tls, settings) = match file {
+    let (router, mut tls, settings, file_auth) = match file {
         Some(FileConfig {
             settings,
             tls,
             router,
+            auth,
             ..
-        }) => (Some(router), tls, settings),
-        None => (None, TlsOptions::default(), Default::default()),
+        }) => (Some(router), tls, settings, auth),
+        None => (None, TlsOptions::default(), Default::default(), None),
     };
     tls.ca_files.extend(o.upstream_ca.iter().cloned());
     tls.insecure |= o.upstream_insecure;
@@ -182,10 +199,30 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     let listen = if !o.listen.is_empty() {
         o.listen.clone()
     } else if !settings.listen.is_empty() {
-        settings.listen
+        settings.listen.clone()
     } else {
         defaults.listen
     };
+    let auth = auth_settings(file_auth, o)?;
+    let access = access(&settings, &listen, o)?;
+    if let Some(n) = router.matches_users()
+        && auth.is_none()
+    {
+        return Err(format!(
+            "rules[{n}] matches users, but there is no [auth]: without it a user name is whatever a client claims. Add [auth] file = \"users.htpasswd\" (or --auth-file FILE)"
+        ));
+    }
+    if !crate::access::loopback_only(&listen)
+        && auth.is_none()
+        && access.clients.allow.is_empty()
+        && !(o.open || settings.open)
+    {
+        let addrs: Vec<String> = listen.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "listening on {} (beyond loopback) with neither [auth] nor allowed clients would run an open proxy: add --auth-file FILE or --allow-clients CIDR, or --open (config: open = true) if an open proxy is meant",
+            addrs.join(", ")
+        ));
+    }
     let (file, d) = (&settings.limits, &defaults.limits);
     let min_rate = {
         let default = d.request_body_min_rate.unwrap_or_default();
@@ -249,6 +286,56 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         ),
         tls,
         limits,
+        auth,
+        access,
+    })
+}
+
+/// `[auth]` with `--auth-file` over its `file`; the users file is read here (blocking I/O).
+fn auth_settings(file: Option<FileAuth>, o: &Overrides) -> Result<Option<AuthSettings>, String> {
+    let file = file.unwrap_or_default();
+    let Some(path) = o.auth_file.clone().or(file.file) else {
+        return match (file.realm, file.max_connections_per_user) {
+            (None, None) => Ok(None),
+            _ => Err(
+                "[auth] needs a users file: file = \"users.htpasswd\" (or --auth-file FILE)".into(),
+            ),
+        };
+    };
+    let users = Users::load(&path).map_err(|e| e.to_string())?;
+    if users.is_empty() {
+        return Err(format!("{}: no users in the file", path.display()));
+    }
+    let d = AuthSettings::new(Users::default());
+    Ok(Some(AuthSettings {
+        users,
+        realm: file.realm.unwrap_or(d.realm),
+        max_per_user: file.max_connections_per_user.unwrap_or(d.max_per_user),
+        max_failures: file.max_failures.unwrap_or(d.max_failures),
+        lockout: file.lockout.unwrap_or(d.lockout),
+    }))
+}
+
+/// `[access]` with `--allow-clients` over its `clients`; internal destinations denied when a
+/// listener is not on loopback.
+fn access(settings: &Settings, listen: &[SocketAddr], o: &Overrides) -> Result<Access, String> {
+    let file = &settings.access;
+    let clients = match &o.allow_clients {
+        Some(list) => list
+            .split(',')
+            .filter(|c| !c.trim().is_empty())
+            .map(|c| parse_cidr(c).map_err(|e| format!("invalid value for --allow-clients: {e}")))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => file.clients.clone().unwrap_or_default(),
+    };
+    Ok(Access {
+        clients: Clients { allow: clients },
+        destinations: Destinations {
+            deny: file.deny.clone(),
+            allow: file.allow.clone(),
+            connect_ports: file.connect_ports.clone(),
+            deny_internal: !crate::access::loopback_only(listen),
+        },
     })
 }
 

@@ -37,8 +37,13 @@ pub async fn handle(
     tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "target reachable; answering 200");
     let on_upgrade = hyper::upgrade::on(&mut req);
     let admission = conn_state.take_admission();
-    http.core()
-        .spawn_tunnel("CONNECT", 200, target.to_string(), admission, async move {
+    http.core().spawn_tunnel(
+        "CONNECT",
+        200,
+        target.to_string(),
+        client,
+        admission,
+        async move {
             let (client, early) = client_end(on_upgrade.await?)?;
             Ok(crate::session::Ends {
                 client,
@@ -46,7 +51,8 @@ pub async fn handle(
                 target: reached.value,
                 member: reached.member,
             })
-        });
+        },
+    );
     let mut resp = Response::new(Empty::new().map_err(|never| match never {}).boxed());
     *resp.status_mut() = StatusCode::OK;
     Ok(resp)

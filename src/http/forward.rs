@@ -119,16 +119,23 @@ pub async fn handle(
             let remote_upgrade = hyper::upgrade::on(&mut resp);
             let admission = conn_state.take_admission();
             let member = member.take();
-            core.spawn_tunnel("UPGRADE", 101, target.to_string(), admission, async move {
-                let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
-                let (client, early) = client_end(client_upgrade.await?)?;
-                Ok(Ends {
-                    client,
-                    early,
-                    target: remote,
-                    member,
-                })
-            });
+            core.spawn_tunnel(
+                "UPGRADE",
+                101,
+                target.to_string(),
+                client,
+                admission,
+                async move {
+                    let remote: BoxIo = Box::new(TokioIo::new(remote_upgrade.await?));
+                    let (client, early) = client_end(client_upgrade.await?)?;
+                    Ok(Ends {
+                        client,
+                        early,
+                        target: remote,
+                        member,
+                    })
+                },
+            );
         }
         _ => core.keepalive().recycle(conn.key, conn.sender),
     }

@@ -93,12 +93,8 @@ impl Http {
 }
 
 impl Protocol for Http {
-    fn refuse(&self, stream: &TcpStream, limit: &'static str) {
-        let answer = respond::raw_error(
-            self.via.pseudonym(),
-            Failure::LimitReached,
-            &format!("connection limit reached ({limit})"),
-        );
+    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str) {
+        let answer = respond::raw_error(self.via.pseudonym(), failure, details);
         // Best effort, never blocking the accept loop: a full send buffer just means the
         // client sees the close.
         let _ = stream.try_write(&answer);

@@ -162,6 +162,19 @@ pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
     if let Ok(value) = HeaderValue::try_from(proxy_status) {
         headers.insert(HeaderName::from_static("proxy-status"), value);
     }
+    if let ProxyError::Session(SessionError::Auth(auth)) = err {
+        if let Some(realm) = auth.challenge()
+            && let Ok(value) = HeaderValue::try_from(format!("Basic realm=\"{realm}\""))
+        {
+            headers.insert(header::PROXY_AUTHENTICATE, value);
+        }
+        if let Some(after) = auth.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+    }
     resp
 }
 

@@ -14,26 +14,21 @@ use hyper::body::Incoming;
 use super::client_io::ConnState;
 use super::respond::{ProxyError, error_response};
 use super::{Body, Http, connect, forward};
-use crate::session::Client;
 
-/// The client as the session core knows it: its address and the user name from its
-/// `Proxy-Authorization: Basic` (not authenticated here: it selects rules and sessions).
-pub fn client_from_request(headers: &HeaderMap, peer: SocketAddr) -> Client {
-    let name = headers
-        .get(header::PROXY_AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
-        .and_then(|b64| {
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-        })
-        .and_then(|raw| String::from_utf8(raw).ok())
-        .and_then(|creds| creds.split_once(':').map(|(u, _)| u.to_owned()));
-    Client::new(peer, name)
+/// The user name and password of a `Proxy-Authorization: Basic` header, if it has one that
+/// decodes. Other schemes count as no credentials (the answer is a Basic challenge).
+pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::PROXY_AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let creds = String::from_utf8(raw).ok()?;
+    let (user, pass) = creds.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
 }
 
 /// Refuses requests whose body framing an upstream could read differently from us (RFC 9112
@@ -80,10 +75,35 @@ pub async fn handle(
     let started = Instant::now();
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let client = client_from_request(req.headers(), peer);
-    let res = if http.via().seen_in(req.headers()) {
+    let credentials = basic_credentials(req.headers());
+    let admitted = if http.via().seen_in(req.headers()) {
         Err(ProxyError::Loop(http.via().pseudonym().to_owned()))
-    } else if method == Method::CONNECT {
+    } else {
+        http.core()
+            .admit(
+                peer,
+                credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            )
+            .await
+            .map_err(ProxyError::from)
+    };
+    let client = match admitted {
+        Ok(client) => client,
+        Err(err) => {
+            // Not let in: no user to name (a claimed name is not one).
+            let client = crate::session::Client::new(peer, None);
+            let resp = error_response(http.via(), &err);
+            http.core().log_request(
+                &client,
+                method.as_str(),
+                &uri,
+                resp.status().as_u16(),
+                started,
+            );
+            return Ok(resp);
+        }
+    };
+    let res = if method == Method::CONNECT {
         connect::handle(&http, req, &client, &conn).await
     } else if let Err(e) = check_framing(&req) {
         Err(e)
@@ -113,26 +133,29 @@ pub async fn handle(
 mod tests {
     use super::*;
 
-    /// The user name (and its session suffix) comes from `Proxy-Authorization: Basic`.
+    /// Credentials come from `Proxy-Authorization: Basic`, any case of the scheme; a password
+    /// may hold colons; anything else is no credentials.
     #[test]
-    fn client_from_basic_credentials() {
-        let id = |auth: Option<&str>| {
+    fn basic_credentials_decode() {
+        let creds = |value: Option<&str>| {
             let mut h = HeaderMap::new();
-            if let Some(creds) = auth {
-                let v = format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(creds)
-                );
+            if let Some(v) = value {
                 h.insert(header::PROXY_AUTHORIZATION, v.parse().unwrap());
             }
-            let c = client_from_request(&h, "192.0.2.9:5000".parse().unwrap());
-            (c.user, c.session)
+            basic_credentials(&h)
         };
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         assert_eq!(
-            id(Some("alice-session-42:x")),
-            (Some("alice".into()), "42".into())
+            creds(Some(&format!("Basic {}", b64("alice-session-42:p:w")))),
+            Some(("alice-session-42".into(), "p:w".into()))
         );
-        assert_eq!(id(Some("bob:pw")), (Some("bob".into()), "192.0.2.9".into()));
-        assert_eq!(id(None), (None, "192.0.2.9".into()));
+        assert_eq!(
+            creds(Some(&format!("basic  {}", b64("bob:x")))),
+            Some(("bob".into(), "x".into()))
+        );
+        assert_eq!(creds(Some(&format!("Bearer {}", b64("bob:x")))), None);
+        assert_eq!(creds(Some("Basic !!!")), None);
+        assert_eq!(creds(Some(&format!("Basic {}", b64("nocolon")))), None);
+        assert_eq!(creds(None), None);
     }
 }

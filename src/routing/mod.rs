@@ -80,6 +80,9 @@ impl fmt::Display for Reason {
 pub struct Decision<'a> {
     pub action: &'a Action,
     pub reason: Reason,
+    /// The target name's addresses when they were resolved here (a rule asked for them), so
+    /// that the access policy can check them too.
+    pub resolved: Vec<IpAddr>,
 }
 
 /// Bypass list, rules in order, default.
@@ -134,6 +137,7 @@ impl Router {
             return Decision {
                 action: DIRECT,
                 reason: Reason::Bypass,
+                resolved: Vec::new(),
             };
         }
         for (i, rule) in self.rules.iter().enumerate() {
@@ -142,12 +146,14 @@ impl Router {
                 return Decision {
                     action: &rule.action,
                     reason: Reason::Rule(i + 1),
+                    resolved: Vec::new(),
                 };
             }
         }
         Decision {
             action: &self.default,
             reason: Reason::Default,
+            resolved: Vec::new(),
         }
     }
 
@@ -171,7 +177,17 @@ impl Router {
                 .unwrap_or_default(),
             _ => Vec::new(),
         };
-        self.decide_with(target, user, &resolved)
+        let mut decision = self.decide_with(target, user, &resolved);
+        decision.resolved = resolved;
+        decision
+    }
+
+    /// Whether a rule selects by user name (such rules need authenticated users).
+    pub fn matches_users(&self) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|r| !r.matcher.users.is_empty())
+            .map(|i| i + 1)
     }
 
     /// Every pool the router can send to (for health checking).

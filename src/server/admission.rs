@@ -6,29 +6,43 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use arc_swap::ArcSwap;
+
+use crate::access::Clients;
+use crate::lograte::EverySecond;
+
 /// The connection caps and the count of refusals (logged at most once a second).
 pub struct Admission {
+    /// Who may connect at all (`--allow-clients`): swapped at a reload.
+    clients: ArcSwap<Clients>,
     connections: Arc<tokio::sync::Semaphore>,
     per_ip_max: usize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    refused: AtomicU64,
-    refused_logged_at: AtomicU64,
+    refused: EverySecond,
     conn_ids: AtomicU64,
-    epoch: std::time::Instant,
 }
 
 impl Admission {
     /// `max`: open client connections at most; `per_ip_max`: per client IP (0: no limit).
-    pub fn new(max: usize, per_ip_max: usize) -> Self {
+    pub fn new(max: usize, per_ip_max: usize, clients: Clients) -> Self {
         Self {
+            clients: ArcSwap::from_pointee(clients),
             connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
             per_ip_max,
             per_ip: Mutex::new(HashMap::new()),
-            refused: AtomicU64::new(0),
-            refused_logged_at: AtomicU64::new(0),
+            refused: EverySecond::default(),
             conn_ids: AtomicU64::new(1),
-            epoch: std::time::Instant::now(),
         }
+    }
+
+    /// Whether `ip` may connect at all.
+    pub fn permits_client(&self, ip: IpAddr) -> bool {
+        self.clients.load().permits(ip)
+    }
+
+    /// Puts a new list of allowed clients in force (a reload).
+    pub fn set_clients(&self, clients: Clients) {
+        self.clients.store(Arc::new(clients));
     }
 
     /// Admits a new client connection from `ip`, or names the limit that refuses it.
@@ -53,16 +67,7 @@ impl Admission {
 
     /// Counts a refused connection; logs at most once a second, with the count since.
     pub fn note_refused(&self, why: &'static str) {
-        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.epoch.elapsed().as_millis() as u64;
-        let last = self.refused_logged_at.load(Ordering::Relaxed);
-        if (last == 0 || now.saturating_sub(last) >= 1000)
-            && self
-                .refused_logged_at
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.refused.store(0, Ordering::Relaxed);
+        if let Some(n) = self.refused.count() {
             tracing::warn!(limit = why, refused = n, "connections refused at the limit");
         }
     }

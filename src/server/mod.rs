@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::admission::{Admission, Admitted};
+use crate::failure::Failure;
 use crate::shutdown::Shutdown;
 
 /// What a listener speaks on the connections it accepts.
@@ -28,8 +29,9 @@ pub trait Protocol: Send + Sync + 'static {
         admitted: Admitted,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-    /// Tells a client it was refused at `limit`, best effort and without blocking.
-    fn refuse(&self, stream: &TcpStream, limit: &'static str);
+    /// Tells a client it was refused (`failure`, in words: `details`), best effort and without
+    /// blocking; the connection is closed after.
+    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str);
 }
 
 /// Raises the soft descriptor limit to the hard one and says in the log what fits: each tunnel
@@ -103,6 +105,27 @@ pub async fn accept_all<P: Protocol>(
     }
 }
 
+/// Closes a refused connection without resetting it under its answer: our write side ends
+/// first, then what the client already sent is read and dropped (at most 64 KiB, for at most
+/// half a second), so that the close does not turn into a reset that could destroy the answer
+/// in flight.
+async fn linger_close(stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = stream;
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut left = 64 * 1024usize;
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(500), drain).await;
+}
+
 /// Accepts until `stop` fires.
 async fn accept_loop<P: Protocol>(
     listener: TcpListener,
@@ -117,10 +140,25 @@ async fn accept_loop<P: Protocol>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    if !admission.permits_client(peer.ip()) {
+                        // Answered before anything is read: no request is acted on.
+                        protocol.refuse(
+                            &stream,
+                            Failure::ClientDenied,
+                            &format!("client {} is not among the allowed clients", peer.ip()),
+                        );
+                        admission.note_refused("allow_clients");
+                        shutdown.tracker().spawn(linger_close(stream));
+                        continue;
+                    }
                     let admitted = match admission.admit(peer.ip()) {
                         Ok(a) => a,
                         Err(limit) => {
-                            protocol.refuse(&stream, limit);
+                            protocol.refuse(
+                                &stream,
+                                Failure::LimitReached,
+                                &format!("connection limit reached ({limit})"),
+                            );
                             admission.note_refused(limit);
                             continue;
                         }

@@ -24,6 +24,8 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 pub use self::reach::{Connector, Opening, Reached, reach};
+use crate::access::Destinations;
+use crate::auth::{Auth, AuthError, AuthSettings, Grant};
 use crate::failure::Failure;
 use crate::pool::{MemberGuard, PoolError};
 use crate::relay::{self, Peer};
@@ -31,43 +33,54 @@ use crate::routing::{Action, Router};
 use crate::shutdown::Shutdown;
 use crate::stream::BoxIo;
 use crate::target::Target;
+use crate::upstream::direct::check_destination;
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::{ConnectError, Dialer, Resolve};
 
+/// Who may use the proxy and where they may go: the part of the configuration, besides
+/// routing, that a reload replaces.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// `[auth]`; `None`: clients are not asked for credentials.
+    pub auth: Option<AuthSettings>,
+    pub destinations: Destinations,
+}
+
 /// Who sent a request, as far as routing and sessions care.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Client {
     /// Where the connection came from.
     pub addr: SocketAddr,
-    /// The user name the client gave, without a `-session-ID` suffix. Not authenticated: it
-    /// selects rules and sessions, it grants nothing.
+    /// The authenticated user (never merely a claimed name): drives `users` rules and the
+    /// access line. `None` without `[auth]`.
     pub user: Option<String>,
     /// The sticky-session key: the `-session-ID` suffix of the user name, else the client IP.
     pub session: String,
+    /// The authenticated user's place (cap, revocation), held by the request and its tunnel.
+    pub grant: Option<Arc<Grant>>,
+}
+
+/// Splits `alice-session-42` into `alice` and `42`; a name without a suffix is all user.
+pub fn split_session(name: &str) -> (&str, Option<&str>) {
+    match name.rsplit_once("-session-") {
+        Some((user, session)) if !session.is_empty() && !user.is_empty() => (user, Some(session)),
+        _ => (name, None),
+    }
 }
 
 impl Client {
-    /// A client known by its address and, when it gave one, a user name (possibly carrying a
-    /// `-session-ID` suffix).
-    pub fn new(addr: SocketAddr, name: Option<String>) -> Self {
-        match name {
-            Some(name) => match name.rsplit_once("-session-") {
-                Some((user, session)) if !session.is_empty() => Self {
-                    addr,
-                    user: Some(user.to_owned()),
-                    session: session.to_owned(),
-                },
-                _ => Self {
-                    addr,
-                    user: Some(name),
-                    session: addr.ip().to_string(),
-                },
-            },
-            None => Self {
-                addr,
-                user: None,
-                session: addr.ip().to_string(),
-            },
+    /// A client not (yet) authenticated, known by its address and the name it claimed: the
+    /// name's `-session-ID` suffix picks the sticky key (a sticky key grants nothing); the name
+    /// itself selects nothing.
+    pub fn new(addr: SocketAddr, claimed: Option<&str>) -> Self {
+        let session = claimed
+            .and_then(|name| split_session(name).1)
+            .map_or_else(|| addr.ip().to_string(), str::to_owned);
+        Self {
+            addr,
+            user: None,
+            session,
+            grant: None,
         }
     }
 }
@@ -77,6 +90,8 @@ impl Client {
 pub enum SessionError {
     #[error("blocked by {0}")]
     Blocked(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -88,6 +103,11 @@ impl SessionError {
     pub fn failure(&self) -> Failure {
         match self {
             Self::Blocked(_) => Failure::Blocked,
+            Self::Auth(AuthError::Missing { .. } | AuthError::Wrong { .. }) => {
+                Failure::AuthRequired
+            }
+            Self::Auth(AuthError::Throttled { .. }) => Failure::AuthThrottled,
+            Self::Auth(AuthError::UserLimit { .. }) => Failure::LimitReached,
             Self::Connect(e) => Failure::Connect(e.kind()),
             Self::Pool(e) => match e.last() {
                 Some(last) => Failure::Connect(last.kind()),
@@ -111,6 +131,7 @@ pub struct Ends {
 /// tunnel bookkeeping.
 pub struct Core {
     router: ArcSwap<Router>,
+    auth: Auth,
     resolver: Arc<dyn Resolve>,
     dialer: Dialer,
     keepalive: Arc<KeepAlive>,
@@ -123,6 +144,7 @@ pub struct Core {
 impl Core {
     pub fn new(
         router: Router,
+        policy: Policy,
         resolver: Arc<dyn Resolve>,
         dialer: Dialer,
         keepalive: KeepAlive,
@@ -132,8 +154,10 @@ impl Core {
         for pool in router.pools() {
             crate::pool::health::spawn(&pool, dialer.clone());
         }
+        dialer.set_policy(policy.destinations);
         Self {
             router: ArcSwap::from_pointee(router),
+            auth: Auth::new(policy.auth, shutdown.hard_stop().clone()),
             resolver,
             dialer,
             keepalive: Arc::new(keepalive),
@@ -149,11 +173,21 @@ impl Core {
         self.router.load_full()
     }
 
-    /// Swaps in new routing (a config reload): new requests use it at once; open tunnels and
-    /// in-flight requests keep what they had. Pool members that did not change keep their
-    /// health state; health checks start for the new pools (the old pools' checkers stop when
-    /// their last user drops them). Kept-alive connections of routes that changed are closed.
-    pub fn reload(&self, router: Router) {
+    /// Swaps in new routing and access policy (a config reload): new requests use them at
+    /// once; open tunnels and in-flight requests keep what they had, except the tunnels of
+    /// users the new users file removed or whose password it changed, which are closed now.
+    /// Pool members that did not change keep their health state; health checks start for the
+    /// new pools (the old pools' checkers stop when their last user drops them). Kept-alive
+    /// connections of routes that changed are closed.
+    pub fn reload(&self, router: Router, policy: Policy) {
+        self.dialer.set_policy(policy.destinations);
+        let revoked = self.auth.reload(policy.auth);
+        if revoked > 0 {
+            tracing::info!(
+                users = revoked,
+                "closed the tunnels of removed or changed users"
+            );
+        }
         let old = self.router.load();
         let old_pools = old.pools();
         for pool in router.pools() {
@@ -189,7 +223,31 @@ impl Core {
         self.zero_copy.load(Ordering::Relaxed)
     }
 
-    /// Where `target` goes for `client` under the routing in force now; a `block` is an error.
+    /// Lets a client in: with `[auth]`, `credentials` (user name, possibly with a
+    /// `-session-ID` suffix, and password) must be right; without, the claimed name only picks
+    /// the sticky key.
+    pub async fn admit(
+        &self,
+        addr: SocketAddr,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<Client, SessionError> {
+        let mut client = Client::new(addr, credentials.map(|(name, _)| name));
+        let presented = credentials.map(|(name, pass)| (split_session(name).0, pass));
+        if let Some(grant) = self.auth.authenticate(addr.ip(), presented).await? {
+            client.user = Some(grant.user().to_owned());
+            client.grant = Some(Arc::new(grant));
+        }
+        Ok(client)
+    }
+
+    /// Whether clients must authenticate.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.enabled()
+    }
+
+    /// Where `target` goes for `client` under the routing in force now; a `block` is an error,
+    /// and so is a route through an upstream to an address the access policy refuses (an
+    /// address literal, or a name resolved here for a `resolve = true` rule).
     pub async fn decide(&self, target: &Target, client: &Client) -> Result<Action, SessionError> {
         let router = self.router();
         let decision = router
@@ -198,7 +256,14 @@ impl Core {
         tracing::debug!(%target, action = %decision.action, reason = %decision.reason, "routing decision");
         match decision.action {
             Action::Block => Err(SessionError::Blocked(decision.reason.to_string())),
-            action => Ok(action.clone()),
+            Action::Direct => Ok(Action::Direct),
+            action => {
+                let policy = self.dialer.policy();
+                for ip in &decision.resolved {
+                    check_destination(&policy, &format!("target {target}"), *ip)?;
+                }
+                Ok(action.clone())
+            }
         }
     }
 
@@ -209,6 +274,12 @@ impl Core {
         target: &Target,
         client: &Client,
     ) -> Result<Reached<BoxIo>, SessionError> {
+        if !self.dialer.policy().permits_port(target.port) {
+            return Err(SessionError::Blocked(format!(
+                "[access] connect_ports (port {} is not listed)",
+                target.port
+            )));
+        }
         let action = self.decide(target, client).await?;
         let (dialer, to) = (self.dialer.clone(), target.clone());
         reach(
@@ -225,12 +296,15 @@ impl Core {
 
     /// Runs a tunnel in its own task, tracked for shutdown: waits for both ends (`ends`),
     /// relays until done, and logs one access line with bytes each way, duration and why it
-    /// ended. `hold` (the client connection's place under the limits) is kept until then.
+    /// ended. `hold` (the client connection's place under the limits) and the client's grant
+    /// are kept until then; the tunnel is cut at hard stop or when the user's access is
+    /// revoked.
     pub fn spawn_tunnel<F, H>(
         self: &Arc<Self>,
         kind: &'static str,
         status: u16,
         target: String,
+        client: &Client,
         hold: H,
         ends: F,
     ) where
@@ -238,10 +312,14 @@ impl Core {
         H: Send + 'static,
     {
         let core = Arc::clone(self);
+        let grant = client.grant.clone();
         let task = async move {
             core.open_tunnels.fetch_add(1, Ordering::Relaxed);
             let _open = OpenTunnel(&core.open_tunnels);
             let _hold = hold;
+            let stop = grant
+                .as_ref()
+                .map_or_else(|| core.shutdown.hard_stop(), |g| g.revoked());
             let started = Instant::now();
             let Ends {
                 client,
@@ -256,19 +334,13 @@ impl Core {
                 }
             };
             tracing::debug!(%target, "tunnel established");
-            let r = relay::tunnel(
-                client,
-                early,
-                remote,
-                core.idle_timeout,
-                core.shutdown.hard_stop(),
-            )
-            .await;
+            let r = relay::tunnel(client, early, remote, core.idle_timeout, stop).await;
             if r.zero_copy {
                 core.zero_copy.fetch_add(1, Ordering::Relaxed);
             }
             tracing::info!(
                 method = kind,
+                user = grant.as_ref().map_or("-", |g| g.user()),
                 %target,
                 status,
                 up = r.up,
@@ -293,6 +365,7 @@ impl Core {
     ) {
         tracing::info!(
             peer = %client.addr,
+            user = client.user.as_deref().unwrap_or("-"),
             %method,
             uri = %target,
             status,
@@ -318,17 +391,15 @@ mod tests {
     #[test]
     fn session_key_from_user_suffix_else_ip() {
         let addr: SocketAddr = "192.0.2.9:5000".parse().unwrap();
-        let c = Client::new(addr, Some("alice-session-42".into()));
-        assert_eq!(
-            (c.user.as_deref(), c.session.as_str()),
-            (Some("alice"), "42")
-        );
-        let c = Client::new(addr, Some("bob".into()));
-        assert_eq!(
-            (c.user.as_deref(), c.session.as_str()),
-            (Some("bob"), "192.0.2.9")
-        );
+        let c = Client::new(addr, Some("alice-session-42"));
+        // A claimed name selects nothing; only its suffix picks the sticky key.
+        assert_eq!((c.user.as_deref(), c.session.as_str()), (None, "42"));
+        let c = Client::new(addr, Some("bob"));
+        assert_eq!(c.session, "192.0.2.9");
         let c = Client::new(addr, None);
-        assert_eq!((c.user, c.session.as_str()), (None, "192.0.2.9"));
+        assert_eq!(c.session, "192.0.2.9");
+        assert_eq!(split_session("alice-session-42"), ("alice", Some("42")));
+        assert_eq!(split_session("alice-session-"), ("alice-session-", None));
+        assert_eq!(split_session("-session-7"), ("-session-7", None));
     }
 }

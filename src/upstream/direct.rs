@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 
 use super::error::ConnectError;
 use super::resolve::Resolve;
+use crate::access::{Destinations, Refusal};
 use crate::target::{Host, Target};
 
 /// The addresses this proxy listens on, so that a direct dial to one of them (a tunnel into
@@ -73,14 +74,42 @@ fn local_addresses() -> Vec<IpAddr> {
     Vec::new()
 }
 
-/// Opens TCP to `target` (resolving names with `resolver`), trying each address in turn.
+/// What a dial to the target itself (not to an upstream) must respect.
+#[derive(Clone, Copy)]
+pub struct TargetChecks<'a> {
+    /// Our own listeners: a direct dial to one would loop.
+    pub own: &'a OwnListeners,
+    /// The destination policy, applied to the exact addresses dialed.
+    pub policy: &'a Destinations,
+}
+
+/// Refuses `addr` for `peer` when the destination policy does.
+pub fn check_destination(
+    policy: &Destinations,
+    peer: &str,
+    addr: IpAddr,
+) -> Result<(), ConnectError> {
+    policy.check(addr).map_err(|why| ConnectError::Prohibited {
+        peer: peer.to_owned(),
+        addr,
+        why: match why {
+            Refusal::Denied => "which the access policy denies",
+            Refusal::Internal => {
+                "an internal address (loopback, private, link-local), denied by default on a proxy listening beyond loopback (allow it under [access] allow)"
+            }
+        },
+    })
+}
+
+/// Opens TCP to `target` (resolving names with `resolver` once), trying each address in turn.
 /// `peer` names the target in errors (`target host:port` or `upstream host:port`). With
-/// `own`, an address of one of our own listeners is refused.
+/// `checks`, an address of one of our own listeners is refused, and only addresses the
+/// destination policy permits are dialed: the very addresses checked, never a second lookup.
 pub async fn connect_tcp(
     resolver: &dyn Resolve,
     target: &Target,
     peer: &str,
-    own: Option<&OwnListeners>,
+    checks: Option<TargetChecks<'_>>,
 ) -> Result<TcpStream, ConnectError> {
     let addrs: Vec<SocketAddr> = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
@@ -88,8 +117,8 @@ pub async fn connect_tcp(
             let dns = |source| ConnectError::Dns {
                 host: name.clone(),
                 source,
-                // Only a dial to the target itself is given `own` to check.
-                target: own.is_some(),
+                // Only a dial to the target itself is given checks.
+                target: checks.is_some(),
             };
             match resolver.resolve(name, target.port).await {
                 Ok(addrs) if !addrs.is_empty() => addrs,
@@ -98,14 +127,34 @@ pub async fn connect_tcp(
             }
         }
     };
-    if let Some(own) = own
-        && let Some(addr) = addrs.iter().find(|a| own.contains(**a))
-    {
-        return Err(ConnectError::OwnListener {
-            peer: peer.to_owned(),
-            addr: *addr,
-        });
-    }
+    let addrs = match checks {
+        Some(checks) => {
+            if let Some(addr) = addrs.iter().find(|a| checks.own.contains(**a)) {
+                return Err(ConnectError::OwnListener {
+                    peer: peer.to_owned(),
+                    addr: *addr,
+                });
+            }
+            if checks.policy.is_open() {
+                addrs
+            } else {
+                let (permitted, refused): (Vec<_>, Vec<_>) = addrs
+                    .into_iter()
+                    .partition(|a| checks.policy.permits(a.ip()));
+                match (permitted.is_empty(), refused.first()) {
+                    (true, Some(first)) => {
+                        return Err(check_destination(checks.policy, peer, first.ip())
+                            .err()
+                            .unwrap_or_else(|| {
+                                ConnectError::io(peer, std::io::Error::other("no addresses"))
+                            }));
+                    }
+                    _ => permitted,
+                }
+            }
+        }
+        None => addrs,
+    };
     let mut last = None;
     for addr in addrs {
         match TcpStream::connect(addr).await {

@@ -36,6 +36,8 @@ pub enum ConnectErrorKind {
     Tls { certificate: bool },
     /// The target is this proxy itself: a tunnel into ourselves would loop.
     Loop,
+    /// The access policy refuses the destination address.
+    Prohibited,
 }
 
 /// A SOCKS failure reply, in words (RFC 1928 section 6; SOCKS4's single "rejected" maps to
@@ -108,6 +110,12 @@ pub enum ConnectError {
     OwnListener {
         peer: String,
         addr: std::net::SocketAddr,
+    },
+    #[error("{peer} is {addr}, {why}")]
+    Prohibited {
+        peer: String,
+        addr: std::net::IpAddr,
+        why: &'static str,
     },
     #[error("TLS with {peer} failed: {}", tls_words(.source))]
     Tls {
@@ -198,6 +206,7 @@ impl ConnectError {
             Self::Unreachable { .. } => ConnectErrorKind::Unreachable,
             Self::HopStatus { status, .. } => ConnectErrorKind::HopStatus(*status),
             Self::HopClosed { .. } => ConnectErrorKind::Incomplete,
+            Self::Prohibited { .. } => ConnectErrorKind::Prohibited,
             Self::HopProtocol { .. } => ConnectErrorKind::Protocol,
             Self::HopHeadTooLarge { .. } => ConnectErrorKind::HeadTooLarge,
             Self::SocksReply { reply, .. } => ConnectErrorKind::SocksReply(*reply),

@@ -27,6 +27,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_rustls::TlsConnector;
 
@@ -35,6 +36,7 @@ pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain, redac
 pub use self::resolve::{Resolve, SystemResolver};
 use self::socks::SocksTarget;
 pub use self::tls::TlsOptions;
+use crate::access::Destinations;
 pub use crate::stream::BoxIo;
 use crate::target::{Host, Target};
 
@@ -151,6 +153,8 @@ impl fmt::Display for Route {
 pub struct Dialer {
     resolver: Arc<dyn Resolve>,
     own: Arc<direct::OwnListeners>,
+    /// Where targets may be: swapped at a reload, shared by every clone.
+    policy: Arc<ArcSwap<Destinations>>,
     tls: TlsConnector,
     connect_timeout: Duration,
     via: HeaderValue,
@@ -177,6 +181,7 @@ impl Dialer {
         Self {
             resolver,
             own: Arc::default(),
+            policy: Arc::default(),
             tls,
             connect_timeout,
             via,
@@ -198,6 +203,16 @@ impl Dialer {
     /// Our own listener addresses, which direct dials refuse.
     pub fn own_listeners(&self) -> &direct::OwnListeners {
         &self.own
+    }
+
+    /// Puts a destination policy in force for every dial from now on.
+    pub fn set_policy(&self, policy: Destinations) {
+        self.policy.store(Arc::new(policy));
+    }
+
+    /// The destination policy in force.
+    pub fn policy(&self) -> Arc<Destinations> {
+        self.policy.load_full()
     }
 
     /// Opens (and drops) a TCP connection to the route's first hop: the health probe used
@@ -252,13 +267,24 @@ impl Dialer {
         } else {
             route.label(0)
         };
+        let policy = self.policy.load_full();
+        if !hops.is_empty()
+            && let Host::Ip(ip) = target.host
+        {
+            // Through an upstream, an address we can see is checked here; a name is the
+            // upstream's to resolve (unless a hop resolves it locally: socks5://).
+            direct::check_destination(&policy, &format!("target {target}"), ip)?;
+        }
         let walk = async {
             let first = hops.first().map_or(target, |h| &h.addr);
             // Only a direct dial can reach ourselves unseen: through an upstream, our own
             // `Via` comes back and the loop is caught as 508 there.
-            let own = hops.is_empty().then_some(&*self.own);
+            let checks = hops.is_empty().then_some(direct::TargetChecks {
+                own: &self.own,
+                policy: &policy,
+            });
             let mut stream: BoxIo =
-                Box::new(direct::connect_tcp(&*self.resolver, first, &at, own).await?);
+                Box::new(direct::connect_tcp(&*self.resolver, first, &at, checks).await?);
             for (i, hop) in hops.iter().enumerate() {
                 at = route.label(i);
                 if hop.kind == HopKind::Https {
@@ -270,7 +296,8 @@ impl Dialer {
                 let next = hops.get(i + 1).map_or(target, |h| &h.addr);
                 tracing::debug!(hop = %at, next = %next, "hop handshake");
                 let last = i + 1 == hops.len();
-                stream = self.handshake(stream, hop, &at, next, last).await?;
+                let policy = last.then_some(&*policy);
+                stream = self.handshake(stream, hop, &at, next, policy).await?;
             }
             Ok(stream)
         };
@@ -284,14 +311,15 @@ impl Dialer {
         }
     }
 
-    /// Asks `hop` (reached over `stream`) to connect onward to `next`.
+    /// Asks `hop` (reached over `stream`) to connect onward to `next`. `target_policy`: `next`
+    /// is the target, to be checked against it where we resolve its name.
     async fn handshake(
         &self,
         mut stream: BoxIo,
         hop: &Hop,
         peer: &str,
         next: &Target,
-        next_is_target: bool,
+        target_policy: Option<&Destinations>,
     ) -> Result<BoxIo, ConnectError> {
         match hop.kind {
             HopKind::Http | HopKind::Https => {
@@ -303,7 +331,17 @@ impl Dialer {
             HopKind::Socks5 { remote_dns } => {
                 let to = match (&next.host, remote_dns) {
                     (Host::Name(name), false) => {
-                        SocksTarget::Addr(self.resolve_one(name, next.port, next_is_target).await?)
+                        let addr = self
+                            .resolve_one(name, next.port, target_policy.is_some())
+                            .await?;
+                        if let Some(policy) = target_policy {
+                            direct::check_destination(
+                                policy,
+                                &format!("target {next}"),
+                                addr.ip(),
+                            )?;
+                        }
+                        SocksTarget::Addr(addr)
                     }
                     _ => SocksTarget::remote(next),
                 };

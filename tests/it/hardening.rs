@@ -239,6 +239,7 @@ async fn kept_alive_connections_are_per_account() {
     };
     let p = start_proxy(Config {
         router: conf("pa"),
+        auth: Some(crate::support::users(&[("alice", "x"), ("bob", "x")])),
         ..config()
     })
     .await;
@@ -273,7 +274,11 @@ async fn kept_alive_connections_are_per_account() {
     );
 
     // Rotate alice's password: her old session must not carry further requests.
-    p.proxy.reload(conf("pa2"));
+    p.proxy.reload(Config {
+        router: conf("pa2"),
+        auth: Some(crate::support::users(&[("alice", "x"), ("bob", "x")])),
+        ..config()
+    });
     get("alice").await;
     assert_eq!(
         users.recv().await.unwrap(),
@@ -794,7 +799,10 @@ async fn reload_storms_do_not_multiply_health_probes() {
         .unwrap();
     assert!(first.starts_with("CONNECT "));
     for _ in 0..200 {
-        p.proxy.reload(router(&text));
+        p.proxy.reload(Config {
+            router: router(&text),
+            ..config()
+        });
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut during = 0;

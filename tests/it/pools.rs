@@ -270,18 +270,19 @@ async fn rules_route_by_destination_and_user() {
     );
     let front = start_proxy(Config {
         router: router(&toml),
+        auth: Some(users(&[("bob", "pw"), ("carol", "pw")])),
         ..config()
     })
     .await;
 
     let (head, body) = send(
         front.addr,
-        "GET http://x.ads.test/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://x.ads.test/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic Y2Fyb2w6cHc=\r\n\r\n",
     )
     .await;
     assert_error(&head, &body, 403, "http_request_denied").await;
     assert!(String::from_utf8_lossy(&body).contains("blocked by rule 1"));
-    let (mut s, head) = connect(front.addr, "x.ads.test:443").await;
+    let (mut s, head) = connect_as(front.addr, "x.ads.test:443", Some("carol:pw")).await;
     assert_error(
         &head,
         &read_body(&mut s, &head).await,
@@ -302,7 +303,7 @@ async fn rules_route_by_destination_and_user() {
     // Bypass: 127.0.0.2 goes direct (nothing listens there; the refusal names the target).
     let (head, body) = send(
         front.addr,
-        "GET http://127.0.0.2:9/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://127.0.0.2:9/ HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic Y2Fyb2w6cHc=\r\n\r\n",
     )
     .await;
     assert_error(&head, &body, 502, "connection_refused").await;

@@ -51,6 +51,15 @@ pub fn config() -> Config {
     }
 }
 
+/// `[auth]` with these users and passwords (bcrypt at the lowest cost, to keep tests fast).
+pub fn users(list: &[(&str, &str)]) -> viaduct::auth::AuthSettings {
+    let text: String = list
+        .iter()
+        .map(|(u, p)| format!("{u}:{}\n", bcrypt::hash(p, 4).unwrap()))
+        .collect();
+    viaduct::auth::AuthSettings::new(viaduct::auth::Users::parse(&text, "test").unwrap())
+}
+
 pub fn via(url: &str) -> Router {
     Router::single(Route::via(vec![Hop::parse(url).expect("valid hop url")]))
 }
@@ -202,8 +211,23 @@ pub async fn send(proxy: SocketAddr, raw: &str) -> (Head, Vec<u8>) {
 
 /// Opens a CONNECT tunnel through `proxy`; returns the stream and the proxy's answer.
 pub async fn connect(proxy: SocketAddr, target: &str) -> (TcpStream, Head) {
+    connect_as(proxy, target, None).await
+}
+
+/// `Proxy-Authorization: Basic` for `user:pass`, as a header line.
+pub fn proxy_auth(creds: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(creds)
+    )
+}
+
+/// Opens a CONNECT tunnel through `proxy` with `creds` (`user:pass`) when given.
+pub async fn connect_as(proxy: SocketAddr, target: &str, creds: Option<&str>) -> (TcpStream, Head) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+    let auth = creds.map(proxy_auth).unwrap_or_default();
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let head = read_head(&mut s).await;
