@@ -12,6 +12,7 @@ pub mod htpasswd;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,6 +123,8 @@ pub struct Auth {
     /// Parent of every user's token: shutdown's hard stop.
     parent: CancellationToken,
     failures_log: EverySecond,
+    /// Password hashes actually computed (cache misses), since start.
+    verifications: AtomicU64,
 }
 
 /// An authenticated user's place: counts against their cap while held, and carries the token
@@ -171,7 +174,14 @@ impl Auth {
             users: Arc::default(),
             parent,
             failures_log: EverySecond::default(),
+            verifications: AtomicU64::new(0),
         }
+    }
+
+    /// Password hashes computed since start: with the cache, one per user and password per
+    /// [`CACHE_TTL`], however many requests present them.
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// True when clients must authenticate.
@@ -221,7 +231,7 @@ impl Auth {
                 realm: Arc::clone(&dir.realm),
             });
         };
-        if !dir.verify(user, password).await {
+        if !dir.verify(user, password, &self.verifications).await {
             self.strike(ip, now, &dir.settings);
             return Err(AuthError::Wrong {
                 realm: Arc::clone(&dir.realm),
@@ -324,7 +334,7 @@ impl Directory {
     /// Whether `password` is `user`'s: from the cache when it was verified within
     /// [`CACHE_TTL`] (compared in constant time), else verified on a blocking thread, once for
     /// any number of concurrent requests presenting the same credentials.
-    async fn verify(&self, user: &str, password: &str) -> bool {
+    async fn verify(&self, user: &str, password: &str, computed: &AtomicU64) -> bool {
         let Some(hash) = self.settings.users.get(user) else {
             return false;
         };
@@ -347,6 +357,7 @@ impl Directory {
         let (hash, pass) = (hash.clone(), password.to_owned());
         let ok = *cell
             .get_or_init(|| async move {
+                computed.fetch_add(1, Ordering::Relaxed);
                 tokio::task::spawn_blocking(move || hash.verify(&pass))
                     .await
                     .unwrap_or(false)

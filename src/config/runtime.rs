@@ -410,6 +410,52 @@ mod tests {
         );
     }
 
+    /// `users` rules need `[auth]`; an `[auth]` needs its users file, read and checked here
+    /// with its line numbers.
+    #[test]
+    fn users_rules_need_auth_and_users_files_are_checked() {
+        let file = super::super::parse(
+            "[upstreams]\na = \"http://a:1\"\n[[rules]]\nmatch = { users = [\"bob\"] }\nvia = \"a\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let e = merge(Some(file), &Overrides::default()).unwrap_err();
+        assert!(e.contains("rules[1]") && e.contains("no [auth]"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(
+            &users,
+            "alice:$apr1$RandSalt$PgCXHRrkpSt4cbyC2C6bm/\nbob:hunter2\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            auth_file: Some(users.clone()),
+            ..Overrides::default()
+        };
+        let e = merge(None, &o).unwrap_err();
+        assert!(
+            e.starts_with(&format!("{}:2: user \"bob\"", users.display())),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        std::fs::write(&users, "alice:$apr1$RandSalt$PgCXHRrkpSt4cbyC2C6bm/\n").unwrap();
+        let c = merge(None, &o).unwrap();
+        assert_eq!(c.auth.map(|a| a.users.len()), Some(1));
+        let e = merge(
+            None,
+            &Overrides {
+                allow_clients: Some("10.0.0.0/8,nonsense".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("--allow-clients") && e.contains("nonsense"),
+            "{e}"
+        );
+    }
+
     /// Several upstreams make a pool with the strategy asked for; a bad URL or strategy is a
     /// named error that never shows the credentials.
     #[test]

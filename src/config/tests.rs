@@ -189,3 +189,64 @@ fn block_rules_see_every_ipv4_spelling() {
         assert_eq!(d.action.to_string(), "block", "{t}");
     }
 }
+
+/// `${NAME}` in upstream URLs comes from the environment; a missing variable or a bad name is
+/// an error on its line that never shows the URL's secret.
+#[test]
+fn environment_variables_in_upstream_urls() {
+    let env = |name: &str| (name == "PW").then(|| "p@ss".to_owned());
+    assert_eq!(
+        expand_with("http://u:${PW}@h:1", env).unwrap(),
+        "http://u:p@ss@h:1"
+    );
+    assert_eq!(expand_with("no vars", env).unwrap(), "no vars");
+    assert!(
+        expand_with("${NOPE}", env)
+            .unwrap_err()
+            .contains("NOPE is not set")
+    );
+    assert!(
+        expand_with("${1X}", env)
+            .unwrap_err()
+            .contains("not an environment variable name")
+    );
+    assert!(expand_with("${PW", env).unwrap_err().contains("closing"));
+    let e = err("[upstreams]\n\na = \"http://u:${VIADUCT_TEST_SURELY_UNSET_42}@h:1\"\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "upstreams.a"));
+    assert!(
+        e.message
+            .contains("environment variable VIADUCT_TEST_SURELY_UNSET_42 is not set"),
+        "{e}"
+    );
+}
+
+/// `[auth]` and `[access]`: values are checked where they are written.
+#[test]
+fn auth_and_access_tables() {
+    let cfg = parse(
+        "open = true\n[auth]\nfile = \"users.htpasswd\"\nrealm = \"corp\"\nmax_connections_per_user = 5\nlockout = \"30s\"\n\
+         [access]\nclients = [\"10.0.0.0/8\", \"192.0.2.7\"]\ndeny = [\"203.0.113.0/24\"]\nallow = [\"10.1.0.0/16\"]\nconnect_ports = [443]\n",
+        "/etc/viaduct/viaduct.toml",
+    )
+    .unwrap();
+    let auth = cfg.auth.unwrap();
+    assert_eq!(
+        auth.file.as_deref(),
+        Some(Path::new("/etc/viaduct/users.htpasswd")),
+        "relative to the config file"
+    );
+    assert_eq!(auth.realm.as_deref(), Some("corp"));
+    assert_eq!(auth.lockout, Some(Duration::from_secs(30)));
+    let a = &cfg.settings.access;
+    assert!(cfg.settings.open);
+    assert_eq!(a.clients.as_ref().map(Vec::len), Some(2));
+    assert_eq!(a.connect_ports, [443]);
+    let e = err("[access]\ndeny = [\"10.0.0.0/33\"]\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "access.deny"));
+    let e = err("[auth]\nfile = \"u\"\nrealm = \"a\\\"b\"\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "auth.realm"));
+    let e = err("[auth]\nfile = \"u\"\nmax_failures = 0\n");
+    assert_eq!(e.field, "auth.max_failures");
+    let e = err("[access]\nconnect_ports = [0]\n");
+    assert_eq!(e.field, "access.connect_ports");
+}

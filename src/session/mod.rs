@@ -240,9 +240,9 @@ impl Core {
         Ok(client)
     }
 
-    /// Whether clients must authenticate.
-    pub fn auth_enabled(&self) -> bool {
-        self.auth.enabled()
+    /// Client authentication (users in force, its counters).
+    pub fn auth(&self) -> &Auth {
+        &self.auth
     }
 
     /// Where `target` goes for `client` under the routing in force now; a `block` is an error,

@@ -432,3 +432,128 @@ async fn descriptor_limit_is_raised_and_reported() {
     assert!(text.contains("fits_tunnels="), "{text}");
     child.kill().await.unwrap();
 }
+
+/// Refused before binding, exit 64, one sentence: a listener beyond loopback with neither
+/// auth nor allowed clients; a users file with a bad line (named, never quoted); `users`
+/// rules without `[auth]`.
+#[tokio::test]
+async fn unsafe_or_broken_access_setups_exit_64() {
+    let run = |args: Vec<String>| async move {
+        let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+            .args(&args)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let port = free_port();
+    let err = run(vec!["--listen".into(), format!("0.0.0.0:{port}")]).await;
+    for needle in ["--auth-file", "--allow-clients", "--open", "open proxy"] {
+        assert!(err.contains(needle), "{err}");
+    }
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.htpasswd");
+    std::fs::write(
+        &users,
+        "alice:$apr1$RandSalt$PgCXHRrkpSt4cbyC2C6bm/\nbob:Sup3rS3cret\n",
+    )
+    .unwrap();
+    let err = run(vec![
+        "--auth-file".into(),
+        users.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ])
+    .await;
+    assert!(
+        err.contains(&format!("{}:2:", users.display())) && !err.contains("Sup3rS3cret"),
+        "{err}"
+    );
+
+    let config = dir.path().join("viaduct.toml");
+    std::fs::write(
+        &config,
+        "[upstreams]\na = \"http://127.0.0.1:1\"\n[[rules]]\nmatch = { users = [\"bob\"] }\nvia = \"a\"\n",
+    )
+    .unwrap();
+    let err = run(vec![
+        "check".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ])
+    .await;
+    assert!(err.contains("no [auth]"), "{err}");
+}
+
+/// `--auth-file` without a config file: SIGHUP still re-reads the users file; a removed user
+/// gets 407 at once and loses the open tunnel. `VIADUCT_UPSTREAM` carries `--upstream`.
+#[tokio::test]
+async fn auth_file_reload_and_upstream_from_the_environment() {
+    let echo = echo_server().await;
+    let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.htpasswd");
+    let alice = format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap());
+    let bob = format!("bob:{}\n", bcrypt::hash("pw", 4).unwrap());
+    std::fs::write(&users, format!("{alice}{bob}")).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--auth-file", users.to_str().unwrap()])
+        .env("VIADUCT_UPSTREAM", format!("http://carol:upw@{up}"))
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(local(port)).await;
+    let proxy = local(port);
+    let (mut tunnel, head) = connect_as(proxy, &echo.to_string(), Some("alice:pw")).await;
+    assert_eq!(head.status, 200);
+    let seen = heads.recv().await.unwrap();
+    // carol:upw — the upstream gets its own credentials, never the client's.
+    assert!(
+        seen.contains("Proxy-Authorization: Basic Y2Fyb2w6dXB3\r\n"),
+        "{seen}"
+    );
+
+    std::fs::write(&users, &bob).unwrap();
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut buf = [0; 8];
+    let closed = tokio::time::timeout(Duration::from_secs(2), tunnel.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    let (_s, head) = connect_as(proxy, &echo.to_string(), Some("alice:pw")).await;
+    assert_eq!(head.status, 407);
+    let (_s, head) = connect_as(proxy, &echo.to_string(), Some("bob:pw")).await;
+    assert_eq!(head.status, 200);
+    child.kill().await.unwrap();
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("configuration reloaded"), "{text}");
+    assert!(
+        !text.contains("upw") && !text.contains("Y2Fyb2w6dXB3"),
+        "{text}"
+    );
+
+    // --help shows the variable's name, not its value.
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .arg("--help")
+        .env("VIADUCT_UPSTREAM", "http://carol:upw@127.0.0.1:1")
+        .output()
+        .await
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("VIADUCT_UPSTREAM") && !help.contains("upw"),
+        "{help}"
+    );
+}

@@ -4,6 +4,7 @@
 // Test harness code outside #[test] fns: panicking on a broken fixture is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
 mod chain;
 mod cli;
 mod connect;

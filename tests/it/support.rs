@@ -70,7 +70,19 @@ pub async fn start_proxy(config: Config) -> ProxyHandle {
 
 pub async fn start_proxy_with(config: Config, resolver: Arc<dyn Resolve>) -> ProxyHandle {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    start_proxy_on(listener, config, resolver).await
+}
+
+/// Serves on `listener` (e.g. bound to `0.0.0.0:0`); `addr` is its loopback address.
+pub async fn start_proxy_on(
+    listener: TcpListener,
+    config: Config,
+    resolver: Arc<dyn Resolve>,
+) -> ProxyHandle {
+    let mut addr = listener.local_addr().unwrap();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let proxy = Proxy::with_resolver(config, resolver).unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(viaduct::serve(listener, Arc::clone(&proxy), async move {
@@ -239,6 +251,14 @@ pub async fn connect_error(proxy: SocketAddr, target: &str) -> (Head, Vec<u8>) {
     let (mut s, head) = connect(proxy, target).await;
     let body = read_body(&mut s, &head).await;
     (head, body)
+}
+
+/// A TCP connection to `to` from the loopback address `from` (e.g. 127.0.0.2), so that one
+/// test can be two clients.
+pub async fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((from, 0))).unwrap();
+    sock.connect(to).await.unwrap()
 }
 
 /// A loopback address where nothing listens (bound, then released).
