@@ -7,9 +7,13 @@
 #   curl            -> viaduct -> stunnel (TLS) -> squid   -> nginx   (--upstream-ca)
 #   curl            -> viaduct -> microsocks -> squid      -> nginx / upload sink (64 MiB each way)
 #   curl            -> viaduct -> squid with Basic auth (password with @ : / %)
+#   curl / requests / chromium (puppeteer-core) authenticating to viaduct (--auth-file made by
+#   htpasswd -B and openssl passwd -6), -> a header-recording origin, -> squid with its own auth
+#   a viaduct bound to 0.0.0.0 refusing a name that resolves to 127.0.0.1
 #
-# Needs: curl, squid, nginx, microsocks, danted, stunnel4, openssl, python3 with requests
-# (.ci/run installs them), and a
+# Needs: curl, squid, nginx, microsocks, danted, stunnel4, openssl, htpasswd (apache2-utils),
+# python3 with requests, chromium, node + npm (puppeteer-core is installed into
+# target/interop-node) (.ci/run installs them), and a
 # built viaduct (VIADUCT=path, default target/debug/viaduct). Prints one line per check and a
 # closing "N passed, N failed" line; exits non-zero when anything failed.
 set -uo pipefail
@@ -202,6 +206,28 @@ PY
 python3 "$work/sink.py" &
 pids+=($!)
 
+# --- a plain HTTP origin that answers with the request head it received ---
+HEADERS_PORT=$(free_port)
+cat > "$work/headers.py" <<PY
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = str(self.headers).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", $HEADERS_PORT), H).serve_forever()
+PY
+python3 "$work/headers.py" &
+pids+=($!)
+
+# --- viaduct's own users: one bcrypt line from htpasswd -B, one SHA-512-crypt from openssl ---
+V_USER=alice
+V_PASS='open sesame:1'
+htpasswd -cbB "$work/users.htpasswd" "$V_USER" "$V_PASS" 2>/dev/null
+printf 'bob:%s\n' "$(openssl passwd -6 'b0b-pw')" >> "$work/users.htpasswd"
+
 # --- viaduct instances, one per upstream setup ---
 start_viaduct() { # start_viaduct NAME ARGS...
     local name=$1; shift
@@ -219,10 +245,18 @@ start_viaduct badca --upstream "https://127.0.0.1:$STUNNEL_PORT" --upstream-ca "
 start_viaduct twohop --upstream "socks5h://sockuser:sock%3Apass@127.0.0.1:$MS_PORT,http://127.0.0.1:$SQUID_PORT"
 start_viaduct auth --upstream "http://$AUTH_USER:$AUTH_PASS_ENC@127.0.0.1:$AUTH_SQUID_PORT"
 start_viaduct badauth --upstream "http://$AUTH_USER:wrong@127.0.0.1:$AUTH_SQUID_PORT"
+start_viaduct authed --auth-file "$work/users.htpasswd"
+start_viaduct authsquid --auth-file "$work/users.htpasswd" \
+    --upstream "http://$AUTH_USER:$AUTH_PASS_ENC@127.0.0.1:$AUTH_SQUID_PORT"
+# Bound to every address: internal destinations are denied by default.
+V_WIDE=$(free_port)
+"$VIADUCT" --listen "0.0.0.0:$V_WIDE" --auth-file "$work/users.htpasswd" > "$work/wide.log" 2>&1 &
+pids+=($!)
 
 for p in "$HTTPS_PORT" "$HTTP_PORT" "$SQUID_PORT" "$AUTH_SQUID_PORT" "$MS_PORT" "$DANTE_PORT" \
     "$STUNNEL_PORT" "$SINK_PORT" "$V_DIRECT" "$V_CHAIN" "$V_SOCKS" "$DANTE_PORT" "$V_TLS" \
-    "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH"; do
+    "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH" "$HEADERS_PORT" "$V_AUTHED" "$V_AUTHSQUID" \
+    "$V_WIDE"; do
     wait_port "$p" || exit 1
 done
 
@@ -295,6 +329,54 @@ print("requests ok")
 PY
 check "python requests via viaduct -> squid, and -> microsocks" python3 "$work/requests_check.py"
 
+# --- viaduct's own authentication ---
+code_via() { # code_via PORT PROXY_USER URL: the status curl sees (CONNECT's or the response's)
+    local user_args=()
+    [ -n "$2" ] && user_args=(--proxy-user "$2")
+    curl -sS --noproxy '' --cacert "$work/ca.pem" -x "http://127.0.0.1:$1" "${user_args[@]}" \
+        -o /dev/null -w '%{http_connect} %{http_code}\n' "$3" 2>/dev/null
+}
+export -f code_via
+export V_USER V_PASS
+check "curl --proxy-user (htpasswd -B): https tunnel" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_AUTHED --proxy-user \"\$V_USER:\$V_PASS\" https://localhost:$HTTPS_PORT/hello.txt)\" = 'hello from nginx' ]"
+check "curl --proxy-user (openssl passwd -6): plain http" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' -x http://127.0.0.1:$V_AUTHED --proxy-user bob:b0b-pw http://127.0.0.1:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ]"
+check "curl: wrong password 407 (tunnel and plain), missing 407 with a Basic challenge" \
+    bash -c "set -e; [ \"\$(code_via $V_AUTHED 'alice:nope' https://localhost:$HTTPS_PORT/hello.txt)\" = '407 000' ]
+             [ \"\$(code_via $V_AUTHED 'alice:nope' http://127.0.0.1:$HTTP_PORT/hello.txt)\" = '000 407' ]
+             [ \"\$(code_via $V_AUTHED '' https://localhost:$HTTPS_PORT/hello.txt)\" = '407 000' ]
+             curl -sS --noproxy '' -x http://127.0.0.1:$V_AUTHED -D - -o /dev/null http://127.0.0.1:$HTTP_PORT/ \
+               | grep -qi '^proxy-authenticate: Basic realm=\"viaduct\"'"
+check "the origin never sees Proxy-Authorization" \
+    bash -c "out=\$(curl -fsS --noproxy '' -x http://127.0.0.1:$V_AUTHED --proxy-user bob:b0b-pw -H 'X-Probe: 1' http://127.0.0.1:$HEADERS_PORT/); echo \"\$out\"; echo \"\$out\" | grep -qi '^x-probe: 1' && ! echo \"\$out\" | grep -qi 'proxy-authorization'"
+check "client authenticates to viaduct, viaduct to squid with its own credentials" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem -x http://127.0.0.1:$V_AUTHSQUID --proxy-user bob:b0b-pw https://localhost:$HTTPS_PORT/hello.txt)\" = 'hello from nginx' ] && [ \"\$(curl -fsS --noproxy '' -x http://127.0.0.1:$V_AUTHSQUID --proxy-user bob:b0b-pw http://127.0.0.1:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ]"
+cat > "$work/requests_auth.py" <<PY
+import sys, urllib.parse, requests
+user = urllib.parse.quote("$V_USER", safe=""); pw = urllib.parse.quote("$V_PASS", safe="")
+right = "http://%s:%s@127.0.0.1:$V_AUTHED" % (user, pw)
+s = requests.Session()
+s.trust_env = False
+r = s.get("https://localhost:$HTTPS_PORT/hello.txt", proxies={"https": right}, verify="$work/ca.pem", timeout=30)
+assert r.status_code == 200 and r.text == "hello from nginx\n", (r.status_code, r.text)
+r = s.get("http://127.0.0.1:$HTTP_PORT/hello.txt", proxies={"http": right}, timeout=30)
+assert r.status_code == 200, r.status_code
+wrong = "http://%s:nope@127.0.0.1:$V_AUTHED" % user
+r = s.get("http://127.0.0.1:$HTTP_PORT/hello.txt", proxies={"http": wrong}, timeout=30)
+assert r.status_code == 407 and "proxy-status" in r.headers, (r.status_code, r.headers)
+try:
+    s.get("https://localhost:$HTTPS_PORT/hello.txt", proxies={"https": wrong}, verify="$work/ca.pem", timeout=30)
+    sys.exit("a tunnel with a wrong password was opened")
+except requests.exceptions.ProxyError as e:
+    assert "407" in str(e), e
+print("requests auth ok")
+PY
+check "python requests with user:pass@ in the proxy URL (right and wrong)" python3 "$work/requests_auth.py"
+check "bound to 0.0.0.0: a name resolving to 127.0.0.1 is refused (403 destination_ip_prohibited)" \
+    bash -c "out=\$(curl -sS --noproxy '' -x http://127.0.0.1:$V_WIDE --proxy-user bob:b0b-pw -D - -o /dev/null http://localhost:$HTTP_PORT/hello.txt); echo \"\$out\"; echo \"\$out\" | grep -q '^HTTP/1.1 403' && echo \"\$out\" | grep -qi '^proxy-status: viaduct; error=destination_ip_prohibited'
+             [ \"\$(code_via $V_WIDE bob:b0b-pw https://localhost:$HTTPS_PORT/hello.txt)\" = '403 000' ]"
+
 # Headless Chromium through viaduct -> squid. Chromium skips proxies for loopback unless told
 # (<-loopback>), and trusts our server key by its SPKI pin rather than a system CA store.
 if command -v chromium >/dev/null 2>&1; then
@@ -314,12 +396,24 @@ if command -v chromium >/dev/null 2>&1; then
     check "chromium plain http via viaduct -> squid -> nginx" \
         bash -c "chromium_get http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
     check "viaduct logged chromium's tunnel" eventually grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
+    # puppeteer-core (npm) drives the same Chromium and answers viaduct's 407 challenge.
+    node_dir="$root/target/interop-node"
+    if [ ! -d "$node_dir/node_modules/puppeteer-core" ]; then
+        mkdir -p "$node_dir"
+        npm install --prefix "$node_dir" --no-audit --no-fund --silent puppeteer-core@25 >/dev/null 2>&1
+    fi
+    check "chromium (puppeteer-core page.authenticate) through viaduct with --auth-file" \
+        env NODE_PATH="$node_dir/node_modules" node "$root/tests/interop/chromium_auth.cjs" \
+        "$(command -v chromium)" "http://127.0.0.1:$V_AUTHED" "$spki" "$V_USER" "$V_PASS" \
+        "https://localhost:$HTTPS_PORT/hello.txt" "http://127.0.0.1:$HTTP_PORT/hello.txt"
+    check "viaduct logged the authenticated user for chromium's tunnel" \
+        eventually grep -q 'tunnel closed method="CONNECT" user="alice"' "$work/authed.log"
 else
     echo "FAIL chromium is not installed (.ci/run installs it)"; failed=$((failed + 1))
 fi
 
 check "no credentials or panics in viaduct logs" \
-    bash -c "! grep -Eqi 'panicked|authorization|sock:pass|sock%3Apass|p@ss|p%40ss|wrong' $work/*.log --include='[a-z]*.log' --exclude='squid*' --exclude='danted.log' --exclude='stunnel.log' --exclude='microsocks.log'"
+    bash -c "! grep -Eqi 'panicked|authorization|sock:pass|sock%3Apass|p@ss|p%40ss|wrong|sesame|b0b-pw|nope' $work/*.log --include='[a-z]*.log' --exclude='squid*' --exclude='danted.log' --exclude='stunnel.log' --exclude='microsocks.log'"
 
 echo "interop: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
