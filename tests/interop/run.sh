@@ -396,11 +396,12 @@ if command -v chromium >/dev/null 2>&1; then
     check "chromium plain http via viaduct -> squid -> nginx" \
         bash -c "chromium_get http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
     check "viaduct logged chromium's tunnel" eventually grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
-    # puppeteer-core (npm) drives the same Chromium and answers viaduct's 407 challenge.
+    # puppeteer-core (npm; 22.x runs on Debian's Node 18 too) drives the same Chromium and
+    # answers viaduct's 407 challenge.
     node_dir="$root/target/interop-node"
     if [ ! -d "$node_dir/node_modules/puppeteer-core" ]; then
         mkdir -p "$node_dir"
-        npm install --prefix "$node_dir" --no-audit --no-fund --silent puppeteer-core@25 >/dev/null 2>&1
+        npm install --prefix "$node_dir" --no-audit --no-fund --silent puppeteer-core@22 >/dev/null 2>&1
     fi
     check "chromium (puppeteer-core page.authenticate) through viaduct with --auth-file" \
         env NODE_PATH="$node_dir/node_modules" node "$root/tests/interop/chromium_auth.cjs" \
