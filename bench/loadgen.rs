@@ -7,17 +7,21 @@
 //! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
 //! viaduct-loadgen soak         --proxy ADDR --origin HOST:PORT --path /small --count 2000 --seconds 600
 //! ```
-//! Every mode prints one `key=value` line that `bench/run` parses.
+//! Every mode also takes `--proxy-user USER:PASS` (sent as `Proxy-Authorization: Basic` on
+//! every CONNECT). Every mode prints one `key=value` line that `bench/run` parses.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: failing loudly is right
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// The `Proxy-Authorization` header line sent on every CONNECT (`--proxy-user`), or "".
+static PROXY_AUTH: OnceLock<String> = OnceLock::new();
 
 struct Args {
     mode: String,
@@ -57,6 +61,13 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().unwrap(),
             "--count" => a.count = v.parse().unwrap(),
             "--hold" => a.hold = v.parse().unwrap(),
+            "--proxy-user" => {
+                use base64::Engine;
+                let b64 = base64::engine::general_purpose::STANDARD.encode(v);
+                PROXY_AUTH
+                    .set(format!("Proxy-Authorization: Basic {b64}\r\n"))
+                    .unwrap();
+            }
             _ => panic!("unknown flag {flag}"),
         }
     }
@@ -72,7 +83,8 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
     };
     let mut s = TcpStream::connect(proxy).await?;
     s.set_nodelay(true)?;
-    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+    let auth = PROXY_AUTH.get().map_or("", String::as_str);
+    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n{auth}\r\n").as_bytes())
         .await?;
     // Read the head byte by byte: nothing past it may be consumed.
     let mut head = Vec::with_capacity(128);

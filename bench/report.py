@@ -72,7 +72,7 @@ def ratio(a, b, key):
 
 
 print(f"viaduct benchmark: {sys.argv[2]}")
-peers = ["direct", "viaduct", "squid", "tinyproxy", "proxy-chain"]
+peers = ["direct", "viaduct", "viaduct-auth", "squid", "tinyproxy", "proxy-chain"]
 table(peers, "client -> proxy -> origin (nginx)")
 table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], "client -> proxy -> squid -> origin")
 
@@ -86,6 +86,14 @@ for peer in ["direct", "squid", "tinyproxy", "proxy-chain"]:
         if r is not None:
             parts.append(f"{label} {r:.2f}x")
     print(f"  vs {peer:12} " + ", ".join(parts))
+
+auth_parts = []
+for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/s", "tunnels_per_s")]:
+    r = ratio("viaduct-auth", "viaduct", key)
+    if r is not None:
+        auth_parts.append(f"{label} {r:.2f}x")
+if auth_parts:
+    print(f"  auth on / off   " + ", ".join(auth_parts))
 
 print("\ntargets")
 
@@ -102,6 +110,10 @@ target(f"plain HTTP >= 1.5 x squid req/s: {p:.2f}x" if p else "plain HTTP: no fi
 target(f"plain HTTP p99 <= squid's: {v99:.2f} ms vs {s99:.2f} ms" if v99 and s99 else "p99: no figure", bool(v99 and s99 and v99 <= s99))
 c = ratio("viaduct", "squid", "tunnels_per_s")
 target(f"CONNECT setup >= 2 x squid: {c:.2f}x" if c else "CONNECT setup: no figure", bool(c and c >= 2))
+for label, key in [("CONNECT setup", "tunnels_per_s"), ("plain HTTP req/s", "plain_rps")]:
+    a = ratio("viaduct-auth", "viaduct", key)
+    if "viaduct-auth" in rows:
+        target(f"{label} with auth >= 0.9 x without: {a:.2f}x" if a else f"{label} with auth: no figure", bool(a and a >= 0.9))
 kib = rows["viaduct"].get("idle_kib_per_tunnel")
 target(f"<= 8 KiB RSS per idle tunnel: {kib} KiB", kib is not None and float(kib) <= 8)
 lost = rows["viaduct"].get("idle_errors")

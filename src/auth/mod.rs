@@ -225,7 +225,7 @@ impl Auth {
             return Ok(None);
         };
         let now = Instant::now();
-        self.check_budget(ip, now)?;
+        let had_strikes = self.check_budget(ip, now)?;
         let Some((user, password)) = credentials else {
             return Err(AuthError::Missing {
                 realm: Arc::clone(&dir.realm),
@@ -237,7 +237,7 @@ impl Auth {
                 realm: Arc::clone(&dir.realm),
             });
         }
-        if let Ok(mut strikes) = self.strikes.lock() {
+        if had_strikes && let Ok(mut strikes) = self.strikes.lock() {
             strikes.remove(&ip);
         }
         self.grant(user, dir.settings.max_per_user).map(Some)
@@ -248,10 +248,22 @@ impl Auth {
             user: user.to_owned(),
             max,
         })?;
-        let state = users.entry(user.to_owned()).or_insert_with(|| UserState {
-            open: 0,
-            revoke: self.parent.child_token(),
-        });
+        // The common case (the user already has something open) allocates nothing.
+        if !users.contains_key(user) {
+            users.insert(
+                user.to_owned(),
+                UserState {
+                    open: 0,
+                    revoke: self.parent.child_token(),
+                },
+            );
+        }
+        let Some(state) = users.get_mut(user) else {
+            return Err(AuthError::UserLimit {
+                user: user.to_owned(),
+                max,
+            });
+        };
         if max > 0 && state.open >= max {
             return Err(AuthError::UserLimit {
                 user: user.to_owned(),
@@ -266,16 +278,20 @@ impl Auth {
         })
     }
 
-    fn check_budget(&self, ip: IpAddr, now: Instant) -> Result<(), AuthError> {
+    /// Refuses an address in its cool-down; `Ok(true)` when it has recent failures.
+    fn check_budget(&self, ip: IpAddr, now: Instant) -> Result<bool, AuthError> {
         let Ok(strikes) = self.strikes.lock() else {
-            return Ok(());
+            return Ok(false);
         };
-        match strikes.get(&ip).and_then(|s| s.locked_until) {
+        let Some(s) = strikes.get(&ip) else {
+            return Ok(false);
+        };
+        match s.locked_until {
             Some(until) if until > now => Err(AuthError::Throttled {
                 // Rounded up: a client that waits exactly this long is let in.
                 retry_after: Duration::from_secs((until - now).as_secs_f64().ceil() as u64),
             }),
-            _ => Ok(()),
+            _ => Ok(true),
         }
     }
 
