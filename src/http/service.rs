@@ -87,28 +87,19 @@ pub async fn handle(
             .await
             .map_err(ProxyError::from)
     };
-    let client = match admitted {
-        Ok(client) => client,
-        Err(err) => {
-            // Not let in: no user to name (a claimed name is not one).
-            let client = crate::session::Client::new(peer, None);
-            let resp = error_response(http.via(), &err);
-            http.core().log_request(
-                &client,
-                method.as_str(),
-                &uri,
-                resp.status().as_u16(),
-                started,
-            );
-            return Ok(resp);
+    let (client, res) = match admitted {
+        // Not let in: no user to name (a claimed name is not one).
+        Err(err) => (crate::session::Client::new(peer, None), Err(err)),
+        Ok(client) => {
+            let res = if method == Method::CONNECT {
+                connect::handle(&http, req, &client, &conn).await
+            } else if let Err(e) = check_framing(&req) {
+                Err(e)
+            } else {
+                forward::handle(&http, req, &client, &conn).await
+            };
+            (client, res)
         }
-    };
-    let res = if method == Method::CONNECT {
-        connect::handle(&http, req, &client, &conn).await
-    } else if let Err(e) = check_framing(&req) {
-        Err(e)
-    } else {
-        forward::handle(&http, req, &client, &conn).await
     };
     let resp = match res {
         // A successful CONNECT is logged when its tunnel closes, with the bytes it carried.

@@ -12,6 +12,18 @@ fn free_port() -> u16 {
     free_addr().port()
 }
 
+/// Sends SIGHUP to a running viaduct.
+fn sighup(child: &tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
 fn local(port: u16) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -208,16 +220,7 @@ async fn sighup_reload() {
     let proxy: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let (mut tunnel, head) = connect(proxy, &echo.to_string()).await;
     assert_eq!(head.status, 200);
-    let hup = || {
-        let pid = child.id().unwrap().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
+    let hup = || sighup(&child);
 
     std::fs::write(
         file.path(),
@@ -521,14 +524,7 @@ async fn auth_file_reload_and_upstream_from_the_environment() {
     );
 
     std::fs::write(&users, &bob).unwrap();
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sighup(&child);
     let mut buf = [0; 8];
     let closed = tokio::time::timeout(Duration::from_secs(2), tunnel.read(&mut buf)).await;
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
