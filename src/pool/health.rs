@@ -31,7 +31,11 @@ pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
         loop {
             tick.tick().await;
             let Some(pool) = weak.upgrade() else { return };
-            let dialer = dialer.with_timeout(check.interval.min(dialer.connect_timeout()));
+            // The probe target is the operator's choice, not a client's: the destination
+            // policy (internal ranges off loopback) does not apply to it.
+            let dialer = dialer
+                .unchecked()
+                .with_timeout(check.interval.min(dialer.connect_timeout()));
             for (i, member) in pool.members.iter().enumerate() {
                 let res = match &check.target {
                     Some(target) => dialer

@@ -210,6 +210,15 @@ impl Dialer {
         self.policy.store(Arc::new(policy));
     }
 
+    /// The same dialer without the destination policy, for dials the operator configured
+    /// (health probes to a pool's `health.target`), which no client chose.
+    pub fn unchecked(&self) -> Self {
+        Self {
+            policy: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// The destination policy in force.
     pub fn policy(&self) -> Arc<Destinations> {
         self.policy.load_full()

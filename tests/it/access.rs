@@ -439,3 +439,27 @@ async fn safe_defaults_beyond_loopback() {
     let (head, body) = connect_error(p.addr, &format!("inside.test:{}", echo.port())).await;
     assert_error(&head, &body, 403, "destination_ip_prohibited").await;
 }
+
+/// A pool's health probe goes where the operator said, even to an internal address under the
+/// safe default: the policy is for clients' destinations.
+#[tokio::test]
+async fn health_probes_are_not_client_destinations() {
+    let echo = echo_server().await;
+    let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let text = format!(
+        "[upstreams]\nm = \"http://{up}\"\n\
+         [pools.p]\nmembers = [\"m\"]\nhealth = {{ interval = \"5s\", target = \"{echo}\" }}\n\
+         [default]\nvia = \"p\"\n"
+    );
+    let _p = start_proxy(Config {
+        router: viaduct::config::parse(&text, "t.toml").unwrap().router,
+        access: deny_internal(&[]),
+        ..config()
+    })
+    .await;
+    let probe = tokio::time::timeout(Duration::from_secs(5), heads.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(probe.starts_with(&format!("CONNECT {echo} ")), "{probe}");
+}
