@@ -221,33 +221,51 @@ impl Auth {
         ip: IpAddr,
         credentials: Option<(&str, &str)>,
     ) -> Result<Option<Grant>, AuthError> {
-        let Some(dir) = self.directory.load_full() else {
-            return Ok(None);
-        };
-        let now = Instant::now();
-        let had_strikes = self.check_budget(ip, now)?;
-        let Some((user, password)) = credentials else {
-            return Err(AuthError::Missing {
-                realm: Arc::clone(&dir.realm),
-            });
-        };
-        if !dir.verify(user, password, &self.verifications).await {
-            self.strike(ip, now, &dir.settings);
-            return Err(AuthError::Wrong {
-                realm: Arc::clone(&dir.realm),
-            });
+        // A reload between verifying and granting could revoke before the grant exists; the
+        // grant is then refused and the credentials checked again under the new file.
+        loop {
+            let Some(dir) = self.directory.load_full() else {
+                return Ok(None);
+            };
+            let now = Instant::now();
+            let had_strikes = self.check_budget(ip, now)?;
+            let Some((user, password)) = credentials else {
+                return Err(AuthError::Missing {
+                    realm: Arc::clone(&dir.realm),
+                });
+            };
+            if !dir.verify(user, password, &self.verifications).await {
+                self.strike(ip, now, &dir.settings);
+                return Err(AuthError::Wrong {
+                    realm: Arc::clone(&dir.realm),
+                });
+            }
+            if had_strikes && let Ok(mut strikes) = self.strikes.lock() {
+                strikes.remove(&ip);
+            }
+            if let Some(grant) = self.grant(user, &dir)? {
+                return Ok(Some(grant));
+            }
         }
-        if had_strikes && let Ok(mut strikes) = self.strikes.lock() {
-            strikes.remove(&ip);
-        }
-        self.grant(user, dir.settings.max_per_user).map(Some)
     }
 
-    fn grant(&self, user: &str, max: usize) -> Result<Grant, AuthError> {
+    /// A grant for `user`, verified under `dir`; `None` when `dir` is no longer in force.
+    fn grant(&self, user: &str, dir: &Arc<Directory>) -> Result<Option<Grant>, AuthError> {
+        let max = dir.settings.max_per_user;
         let mut users = self.users.lock().map_err(|_| AuthError::UserLimit {
             user: user.to_owned(),
             max,
         })?;
+        // Under the lock a reload's revocation takes too: either this grant is there for it to
+        // revoke, or the reload's new file is already in force and is checked instead.
+        if !self
+            .directory
+            .load()
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, dir))
+        {
+            return Ok(None);
+        }
         // The common case (the user already has something open) allocates nothing.
         if !users.contains_key(user) {
             users.insert(
@@ -271,11 +289,11 @@ impl Auth {
             });
         }
         state.open += 1;
-        Ok(Grant {
+        Ok(Some(Grant {
             user: user.to_owned(),
             revoke: state.revoke.clone(),
             users: Arc::clone(&self.users),
-        })
+        }))
     }
 
     /// Refuses an address in its cool-down; `Ok(true)` when it has recent failures.
@@ -370,6 +388,13 @@ impl Directory {
             Ok(mut v) => Arc::clone(v.entry(tag.as_ref().to_vec()).or_default()),
             Err(_) => Arc::new(OnceCell::new()),
         };
+        // Out of the map when done, or when this request is dropped while waiting (a client
+        // that hangs up must not leave an entry behind).
+        let _pending = Pending {
+            verifying: &self.verifying,
+            tag: tag.as_ref(),
+            cell: &cell,
+        };
         let (hash, pass) = (hash.clone(), password.to_owned());
         let ok = *cell
             .get_or_init(|| async move {
@@ -379,15 +404,31 @@ impl Directory {
                     .unwrap_or(false)
             })
             .await;
-        if let Ok(mut v) = self.verifying.lock()
-            && v.get(tag.as_ref()).is_some_and(|c| Arc::ptr_eq(c, &cell))
-        {
-            v.remove(tag.as_ref());
-        }
         if ok && let Ok(mut verified) = self.verified.lock() {
             verified.insert(user.to_owned(), (tag, Instant::now()));
         }
         ok
+    }
+}
+
+/// Removes an in-flight verification from the map when its waiter is done or dropped (unless
+/// another waiter already replaced it).
+struct Pending<'a> {
+    verifying: &'a Mutex<HashMap<Vec<u8>, Arc<OnceCell<bool>>>>,
+    tag: &'a [u8],
+    cell: &'a Arc<OnceCell<bool>>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        // Done, or the last waiter (the map holds one reference, this waiter another).
+        let last = self.cell.initialized() || Arc::strong_count(self.cell) <= 2;
+        if last
+            && let Ok(mut v) = self.verifying.lock()
+            && v.get(self.tag).is_some_and(|c| Arc::ptr_eq(c, self.cell))
+        {
+            v.remove(self.tag);
+        }
     }
 }
 
@@ -449,6 +490,24 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// A client that hangs up during a verification leaves nothing behind.
+    #[tokio::test]
+    async fn a_dropped_verification_leaves_no_entry() {
+        let hash = bcrypt::hash("pw", 10).unwrap();
+        let users = Users::parse(&format!("alice:{hash}\n"), "t").unwrap();
+        let dir = Directory::new(AuthSettings::new(users));
+        let computed = AtomicU64::new(0);
+        let cut = tokio::time::timeout(
+            Duration::from_millis(1),
+            dir.verify("alice", "pw", &computed),
+        )
+        .await;
+        assert!(cut.is_err(), "bcrypt at cost 10 takes longer than 1 ms");
+        assert!(dir.verifying.lock().unwrap().is_empty());
+        assert!(dir.verify("alice", "pw", &computed).await);
+        assert!(dir.verifying.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
