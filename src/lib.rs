@@ -44,11 +44,13 @@
 //! ```
 
 pub mod access;
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod failure;
 pub mod http;
 mod lograte;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod relay;

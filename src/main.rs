@@ -155,6 +155,19 @@ struct RunArgs {
     /// meant.
     #[arg(long)]
     open: bool,
+
+    /// Admin listener: /metrics (Prometheus), /healthz, /readyz, /status, /status.json,
+    /// /proxy.pac. Off unless set; beyond loopback it needs admin_token or admin_allow.
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<SocketAddr>,
+
+    /// Access records: text (a log line on stderr), json (one object per line), off.
+    #[arg(long, value_name = "FORMAT")]
+    access_log: Option<String>,
+
+    /// Write JSON access records to this file (reopened on SIGHUP) instead of stdout.
+    #[arg(long, value_name = "PATH")]
+    access_log_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -181,6 +194,9 @@ impl RunArgs {
             auth_file: self.auth_file.clone(),
             allow_clients: self.allow_clients.clone(),
             open: self.open,
+            access_log: self.access_log.clone(),
+            access_log_file: self.access_log_file.clone(),
+            admin: self.admin,
         }
     }
 }
@@ -261,6 +277,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let listen = config.listen.clone();
+    let admin_addr = config.admin.as_ref().map(|a| a.listen);
     viaduct::server::raise_descriptor_limit(config.limits.max_connections);
     let summary = config.router.default.to_string();
     let rules = config.router.rules.len();
@@ -283,12 +300,30 @@ async fn run(args: RunArgs) -> ExitCode {
             }
         }
     }
+    if let Some(addr) = admin_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                proxy.spawn_admin(l);
+                tracing::info!(%addr, "admin listening: /metrics /healthz /readyz /status /proxy.pac");
+            }
+            Err(e) => {
+                eprintln!("viaduct: cannot listen on {addr} (admin): {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     tracing::info!(listen = ?listen, default = %summary, rules, users, deny_internal, "viaduct listening");
+    // systemd (Type=notify): ready once every listener is bound. Without systemd, a no-op.
+    notify(&[sd_notify::NotifyState::Ready]);
     #[cfg(unix)]
     if args.config.is_some() || args.auth_file.is_some() {
         spawn_reloader(Arc::clone(&proxy), args.config.clone(), overrides);
     }
-    viaduct::serve_all(listeners, proxy, shutdown_signal()).await;
+    viaduct::serve_all(listeners, proxy, async {
+        shutdown_signal().await;
+        notify(&[sd_notify::NotifyState::Stopping]);
+    })
+    .await;
     ExitCode::SUCCESS
 }
 
@@ -307,6 +342,7 @@ fn spawn_reloader(proxy: Arc<Proxy>, path: Option<PathBuf>, overrides: Overrides
     let inputs = Arc::new((path, overrides));
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            notify_reloading();
             // Reading the file is blocking I/O: never on the runtime, which keeps serving (and
             // timing out slow clients) whatever the file turns out to be.
             let read = Arc::clone(&inputs);
@@ -323,11 +359,29 @@ fn spawn_reloader(proxy: Arc<Proxy>, path: Option<PathBuf>, overrides: Overrides
                     tracing::info!(rules, users, "configuration reloaded");
                 }
                 Err(e) => {
+                    proxy.reload_rejected(&e);
                     tracing::error!(error = %e, "reload rejected; keeping the running configuration")
                 }
             }
+            notify(&[sd_notify::NotifyState::Ready]);
         }
     });
+}
+
+/// Tells systemd (when it started us with `Type=notify`) what we are doing; otherwise nothing.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// `RELOADING=1` with the monotonic time systemd (v253+) requires alongside it.
+fn notify_reloading() {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    notify(&states);
 }
 
 /// Resolves on SIGINT or SIGTERM.

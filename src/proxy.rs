@@ -8,12 +8,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::admin::{Admin, RunInfo};
 use crate::config::Config;
 use crate::http::Http;
 use crate::http::headers::Via;
+use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::server::{self, Admission};
-use crate::session::{Core, Policy};
+use crate::session::access_log::AccessLog;
+use crate::session::{Core, Observe, Policy};
 use crate::shutdown::Shutdown;
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::tls::{self, TlsConfigError};
@@ -34,6 +37,8 @@ pub struct Proxy {
     http: Arc<Http>,
     admission: Arc<Admission>,
     shutdown: Shutdown,
+    info: Arc<RunInfo>,
+    admin: Option<Arc<Admin>>,
 }
 
 impl Proxy {
@@ -56,6 +61,7 @@ impl Proxy {
             via.value(http::Version::HTTP_11).clone(),
         );
         let shutdown = Shutdown::new(config.shutdown_grace);
+        let metrics = Arc::new(Metrics::default());
         let keepalive = KeepAlive::new(
             config.limits.max_idle_upstream,
             config.limits.upstream_idle_timeout,
@@ -65,6 +71,10 @@ impl Proxy {
             Policy {
                 auth: config.auth,
                 destinations: config.access.destinations,
+            },
+            Observe {
+                metrics: Arc::clone(&metrics),
+                access_log: AccessLog::new(config.access_log, config.access_log_file.clone()),
             },
             resolver,
             dialer,
@@ -76,7 +86,17 @@ impl Proxy {
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
             config.access.clients,
+            Arc::clone(&metrics),
         ));
+        let info = Arc::new(RunInfo::new(config.config_file.clone()));
+        let admin = config.admin.map(|settings| {
+            Arc::new(Admin::new(
+                Arc::clone(&core),
+                Arc::clone(&admission),
+                Arc::clone(&info),
+                settings,
+            ))
+        });
         let http = Arc::new(Http::new(
             Arc::clone(&core),
             via,
@@ -89,6 +109,8 @@ impl Proxy {
             http,
             admission,
             shutdown,
+            info,
+            admin,
         }))
     }
 
@@ -115,6 +137,9 @@ impl Proxy {
     /// Puts a reloaded configuration in force: routing, users, who may connect and where they
     /// may go (see [`Core::reload`]). Listen addresses, limits and timeouts stay as started.
     pub fn reload(&self, config: Config) {
+        self.core.metrics().reload(true);
+        self.info.reloaded(Ok(()));
+        self.core.reopen_access_log();
         self.admission.set_clients(config.access.clients);
         self.core.reload(
             config.router,
@@ -123,6 +148,33 @@ impl Proxy {
                 destinations: config.access.destinations,
             },
         );
+    }
+
+    /// Records a rejected reload (the status page and metrics show it); the access log file is
+    /// reopened all the same (logrotate sends SIGHUP whatever the config says).
+    pub fn reload_rejected(&self, error: &str) {
+        self.core.metrics().reload(false);
+        self.info.reloaded(Err(error.to_owned()));
+        self.core.reopen_access_log();
+    }
+
+    /// Serves the admin pages on `listener` (when the configuration has an admin listener)
+    /// until shutdown begins. Returns false when there is no admin configured.
+    pub fn spawn_admin(&self, listener: TcpListener) -> bool {
+        let Some(admin) = &self.admin else {
+            return false;
+        };
+        tokio::spawn(crate::admin::serve(
+            listener,
+            Arc::clone(admin),
+            self.shutdown.clone(),
+        ));
+        true
+    }
+
+    /// Why the proxy is not ready (see `/readyz`), `None` when it is or has no admin.
+    pub fn not_ready(&self) -> Option<String> {
+        self.admin.as_ref().and_then(|a| a.not_ready())
     }
 
     /// Kept-alive upstream connections idle right now.
@@ -146,6 +198,9 @@ pub async fn serve_all(
     for l in &listeners {
         if let Ok(addr) = l.local_addr() {
             proxy.core.dialer().own_listeners().add(addr);
+            if let Ok(mut bound) = proxy.info.listeners.lock() {
+                bound.push(addr);
+            }
         }
     }
     server::accept_all(

@@ -23,6 +23,7 @@ use toml::Spanned;
 
 use crate::pool::{HealthCheck, Pool, PoolSettings, Strategy};
 use crate::routing::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
+use crate::session::access_log::Format;
 use crate::target::Target;
 use crate::upstream::{Route, TlsOptions, redact};
 
@@ -65,6 +66,12 @@ pub struct Settings {
     /// `open = true`: listening beyond loopback without `[auth]` or allowed clients is meant.
     pub open: bool,
     pub access: FileAccess,
+    pub access_log: Option<Format>,
+    pub access_log_file: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub admin_allow: Vec<IpNet>,
+    pub pac_proxy: Option<String>,
 }
 
 /// The `[auth]` table.
@@ -133,6 +140,13 @@ struct Raw {
     open: bool,
     auth: Option<RawAuth>,
     access: Option<RawAccess>,
+    access_log: Option<Spanned<String>>,
+    access_log_file: Option<PathBuf>,
+    admin: Option<Spanned<String>>,
+    admin_token: Option<Spanned<String>>,
+    #[serde(default)]
+    admin_allow: Vec<Spanned<String>>,
+    pac_proxy: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -592,6 +606,35 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         settings: Settings {
             open: raw.open,
             access,
+            access_log: raw
+                .access_log
+                .as_ref()
+                .map(|f| {
+                    Format::parse(f.get_ref())
+                        .ok_or_else(|| at.error(f.span(), "access_log", "one of text, json, off"))
+                })
+                .transpose()?,
+            access_log_file: raw.access_log_file.clone(),
+            admin: raw
+                .admin
+                .as_ref()
+                .map(|a| {
+                    a.get_ref().parse().map_err(|_| {
+                        at.error(
+                            a.span(),
+                            "admin",
+                            format!("not an address:port: \"{}\"", a.get_ref()),
+                        )
+                    })
+                })
+                .transpose()?,
+            admin_token: raw
+                .admin_token
+                .as_ref()
+                .map(|t| expand_env(t.get_ref()).map_err(|m| at.error(t.span(), "admin_token", m)))
+                .transpose()?,
+            admin_allow: cidrs("admin_allow", &raw.admin_allow)?,
+            pac_proxy: raw.pac_proxy.clone(),
             listen,
             connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
             idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,

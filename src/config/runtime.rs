@@ -13,6 +13,7 @@ use crate::access::{Access, Clients, Destinations};
 use crate::auth::{AuthSettings, Users};
 use crate::pool::{Pool, PoolSettings, Strategy};
 use crate::routing::{Action, Router, parse_no_proxy};
+use crate::session::access_log::Format;
 use crate::upstream::{Route, TlsOptions, redact};
 
 /// Everything viaduct needs to run. `Config::default()` is the safe default: loopback, direct.
@@ -43,6 +44,26 @@ pub struct Config {
     /// Who may connect and where they may go. Default: anyone, anywhere (loopback only);
     /// internal destinations are denied when a listener is not on loopback.
     pub access: Access,
+    /// Access records: `text` (default), `json`, `off`.
+    pub access_log: Format,
+    /// Where JSON access records go (default stdout); reopened on SIGHUP.
+    pub access_log_file: Option<PathBuf>,
+    /// The admin listener (metrics, status, PAC); off by default.
+    pub admin: Option<AdminSettings>,
+    /// The configuration file this came from, for the status page.
+    pub config_file: Option<String>,
+}
+
+/// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, `/proxy.pac`.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// `Authorization: Bearer TOKEN` required when set.
+    pub token: Option<String>,
+    /// Client addresses that may use it (empty: any that reaches it).
+    pub allow: Vec<ipnet::IpNet>,
+    /// `host:port` the PAC file tells clients to use (default: the first listener).
+    pub pac_proxy: Option<String>,
 }
 
 /// What one client may cost us. Defaults suit a proxy on a workstation or a small server.
@@ -103,6 +124,10 @@ impl Default for Config {
             limits: Limits::default(),
             auth: None,
             access: Access::default(),
+            access_log: Format::Text,
+            access_log_file: None,
+            admin: None,
+            config_file: None,
         }
     }
 }
@@ -137,6 +162,9 @@ pub struct Overrides {
     pub allow_clients: Option<String>,
     /// `--open`: an open proxy beyond loopback is meant.
     pub open: bool,
+    pub access_log: Option<String>,
+    pub access_log_file: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Reads the file (when given) and merges: defaults, then the file, then `overrides`.
@@ -159,7 +187,9 @@ pub fn load(path: Option<&Path>, overrides: &Overrides, reloading: bool) -> Resu
             path.display()
         ));
     }
-    merge(file, overrides)
+    let mut config = merge(file, overrides)?;
+    config.config_file = path.map(|p| p.display().to_string());
+    Ok(config)
 }
 
 /// Defaults, then `file`, then `o`: the one place settings are merged.
@@ -204,6 +234,12 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         defaults.listen
     };
     let auth = auth_settings(file_auth, o)?;
+    let admin = admin_settings(&settings, o, &listen)?;
+    let access_log = match &o.access_log {
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| format!("invalid value for --access-log: \"{f}\" (text, json, off)"))?,
+        None => settings.access_log.unwrap_or_default(),
+    };
     let access = access(&settings, &listen, o)?;
     if let Some(n) = router.matches_users()
         && auth.is_none()
@@ -288,7 +324,42 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         limits,
         auth,
         access,
+        access_log,
+        access_log_file: o
+            .access_log_file
+            .clone()
+            .or(settings.access_log_file.clone()),
+        admin,
+        config_file: None,
     })
+}
+
+/// The admin listener: off unless an address is given; beyond loopback only with a token or
+/// an allow list.
+fn admin_settings(
+    settings: &Settings,
+    o: &Overrides,
+    listen: &[SocketAddr],
+) -> Result<Option<AdminSettings>, String> {
+    let Some(addr) = o.admin.or(settings.admin) else {
+        return Ok(None);
+    };
+    let token = settings.admin_token.clone().filter(|t| !t.is_empty());
+    if !crate::access::loopback_only(&[addr]) && token.is_none() && settings.admin_allow.is_empty()
+    {
+        return Err(format!(
+            "the admin listener on {addr} (beyond loopback) would be open to anyone: set admin_token = \"${{ADMIN_TOKEN}}\" or admin_allow = [CIDR...], or listen on loopback"
+        ));
+    }
+    Ok(Some(AdminSettings {
+        listen: addr,
+        token,
+        allow: settings.admin_allow.clone(),
+        pac_proxy: settings
+            .pac_proxy
+            .clone()
+            .or_else(|| listen.first().map(ToString::to_string)),
+    }))
 }
 
 /// `[auth]` with `--auth-file` over its `file`; the users file is read here (blocking I/O).

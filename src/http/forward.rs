@@ -21,7 +21,7 @@ use super::connect::client_end;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::{Body, Http};
-use crate::relay::body::{Pace, Paced, Side};
+use crate::relay::body::{Counted, Pace, Paced, Side};
 use crate::routing::Action;
 use crate::session::{Client, Ends, Opening, reach};
 use crate::stream::BoxIo;
@@ -82,7 +82,13 @@ pub async fn handle(
         idle: limits.request_body_timeout,
         min_rate: limits.request_body_min_rate,
     };
-    let req = req.map(|body| Paced::new(body, pace, Side::Request).boxed());
+    let trail = Arc::clone(&client.trail);
+    let req = req.map(|body| {
+        Counted::new(Paced::new(body, pace, Side::Request), move |n| {
+            trail.carried(true, n);
+        })
+        .boxed()
+    });
     let out = Arc::new(Outgoing::new(req, &action).await?);
 
     // Pick the route (failing over across pool members) before the request is handed to a
@@ -90,12 +96,19 @@ pub async fn handle(
     // member's 407 (the proxy refusing *us*) also moves on to the next member when the request
     // can be sent again (no body, or one small enough to keep).
     let (attempt_http, to) = (Arc::clone(http), target.clone());
+    let tracer = client.trail.tracer().clone();
+    let dial_started = std::time::Instant::now();
     let reached = reach(
         &action,
         Some(&client.session),
         core.dialer().connect_timeout(),
         move |route: &Route, left| -> Opening<Answered> {
-            let dialer = attempt_http.core().dialer().with_timeout(left);
+            tracer.reset();
+            let dialer = attempt_http
+                .core()
+                .dialer()
+                .traced(tracer.clone())
+                .with_timeout(left);
             Box::pin(attempt(
                 Arc::clone(&attempt_http),
                 Arc::clone(&out),
@@ -107,6 +120,12 @@ pub async fn handle(
     )
     .await?;
     let (answered, mut member) = (reached.value, reached.member);
+    core.dialed(
+        client,
+        action.label(),
+        member.as_ref(),
+        dial_started.elapsed(),
+    );
     let (mut resp, conn, route) = answered?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;

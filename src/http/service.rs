@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use base64::Engine;
 use http::{HeaderMap, Method, Request, Response, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::client_io::ConnState;
@@ -65,6 +66,18 @@ fn check_framing(req: &Request<Incoming>) -> Result<(), ProxyError> {
     }
 }
 
+/// Runs its closure once, when dropped: the access record of a plain request, written when
+/// hyper is done with the response body.
+struct Logged(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Some(log) = self.0.take() {
+            log();
+        }
+    }
+}
+
 /// Serves one request from `peer`. Never fails: errors are answered with a status.
 pub async fn handle(
     http: Arc<Http>,
@@ -101,23 +114,46 @@ pub async fn handle(
             (client, res)
         }
     };
-    let resp = match res {
-        // A successful CONNECT is logged when its tunnel closes, with the bytes it carried.
+    let protocol = if method == Method::CONNECT {
+        "connect"
+    } else {
+        "http"
+    };
+    let (resp, failed) = match res {
+        // A successful CONNECT or protocol switch is logged when its tunnel closes, with the
+        // bytes it carried.
         Ok(resp) if method == Method::CONNECT => return Ok(resp),
-        Ok(resp) => resp,
+        Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => return Ok(resp),
+        Ok(resp) => (resp, None),
         Err(err) => {
-            tracing::debug!(error = %err.details(), "request failed");
-            error_response(http.via(), &err)
+            let details = err.details();
+            tracing::debug!(error = %details, "request failed");
+            let error = crate::failure::verdict(err.failure()).error;
+            (error_response(http.via(), &err), Some((error, details)))
         }
     };
-    http.core().log_request(
-        &client,
-        method.as_str(),
-        &uri,
-        resp.status().as_u16(),
-        started,
-    );
-    Ok(resp)
+    // The record is written once the response body has been carried (or abandoned), with
+    // the bytes each way: when hyper drops the body.
+    let status = resp.status().as_u16();
+    let trail = Arc::clone(&client.trail);
+    let done = Logged(Some(Box::new(move || {
+        http.core().log_request(
+            &client,
+            protocol,
+            method.as_str(),
+            &uri,
+            status,
+            failed.as_ref().map(|(e, d)| (*e, d.as_str())),
+            started,
+        );
+    })));
+    Ok(resp.map(move |body| {
+        crate::relay::body::Counted::new(body, move |n| {
+            let _ = &done;
+            trail.carried(false, n);
+        })
+        .boxed()
+    }))
 }
 
 #[cfg(test)]

@@ -57,6 +57,7 @@ pub fn spawn(pool: &Arc<Pool>, dialer: Dialer) {
                 };
                 if let Err((e, _)) = &res {
                     tracing::debug!(pool = %pool.name, member = %member.name, error = %e, "health probe failed");
+                    pool.note_error(i, e);
                 }
                 let was_up = pool.is_up(i);
                 pool.report(i, outcome);

@@ -119,6 +119,22 @@ pub struct Member {
     /// Milliseconds since the pool's epoch until which the member is ejected (0: never).
     down_until_ms: AtomicU64,
     active: AtomicUsize,
+    /// Ejections since start (for metrics; `ejections` above is the current backoff step).
+    ejected_total: AtomicU64,
+    /// The last failure through this member, in words (for the status page).
+    last_error: Mutex<Option<String>>,
+}
+
+/// A member's state, as the status page and metrics show it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberState {
+    pub name: String,
+    pub up: bool,
+    /// Milliseconds until the member is tried again, when ejected.
+    pub ejected_for_ms: Option<u64>,
+    pub in_flight: usize,
+    pub ejections: u64,
+    pub last_error: Option<String>,
 }
 
 /// What a dial through a member says about the member.
@@ -143,6 +159,7 @@ pub struct Pool {
     rr: AtomicUsize,
     sticky: Mutex<lru::LruCache<PinKey, (usize, Instant)>>,
     inherited: std::sync::atomic::AtomicBool,
+    failovers: AtomicU64,
 }
 
 /// A pool could not give a connection.
@@ -183,6 +200,8 @@ impl Pool {
                 ejections: AtomicU32::new(0),
                 down_until_ms: AtomicU64::new(0),
                 active: AtomicUsize::new(0),
+                ejected_total: AtomicU64::new(0),
+                last_error: Mutex::new(None),
             })
             .collect();
         Self {
@@ -195,7 +214,32 @@ impl Pool {
                 NonZeroUsize::new(MAX_PINS).unwrap_or(NonZeroUsize::MIN),
             )),
             inherited: std::sync::atomic::AtomicBool::new(false),
+            failovers: AtomicU64::new(0),
         }
+    }
+
+    /// Requests that moved on to another member after one failed, since start.
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// Every member's state now.
+    pub fn states(&self) -> Vec<MemberState> {
+        let now = self.now_ms();
+        self.members
+            .iter()
+            .map(|m| {
+                let until = m.down_until_ms.load(Ordering::Relaxed);
+                MemberState {
+                    name: m.name.clone(),
+                    up: until <= now,
+                    ejected_for_ms: (until > now).then(|| until - now),
+                    in_flight: m.active.load(Ordering::Relaxed),
+                    ejections: m.ejected_total.load(Ordering::Relaxed),
+                    last_error: m.last_error.lock().ok().and_then(|e| e.clone()),
+                }
+            })
+            .collect()
     }
 
     /// Takes over the health state of `old`'s members (a reload): a member whose name and
@@ -336,6 +380,7 @@ impl Pool {
                 if failures >= self.settings.failures.max(1) {
                     m.failures.store(0, Ordering::Relaxed);
                     let n = m.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+                    m.ejected_total.fetch_add(1, Ordering::Relaxed);
                     let backoff = self
                         .settings
                         .ejection
@@ -348,6 +393,13 @@ impl Pool {
                     tracing::warn!(pool = %self.name, member = %m.name, backoff_ms = backoff.as_millis() as u64, "member ejected");
                 }
             }
+        }
+    }
+
+    /// Keeps the last failure through member `i`, for the status page.
+    pub fn note_error(&self, i: usize, e: &ConnectError) {
+        if let Ok(mut last) = self.members[i].last_error.lock() {
+            *last = Some(e.to_string());
         }
     }
 
@@ -371,6 +423,13 @@ impl Pool {
 pub struct MemberGuard {
     pool: std::sync::Arc<Pool>,
     member: usize,
+}
+
+impl MemberGuard {
+    /// The member's name.
+    pub fn name(&self) -> &str {
+        &self.pool.members[self.member].name
+    }
 }
 
 impl Drop for MemberGuard {
@@ -437,10 +496,12 @@ where
                 };
                 tracing::debug!(pool = %pool.name, member = %member.name, error = %e, ?outcome, "pool member failed");
                 pool.report(i, outcome);
+                pool.note_error(i, &e);
                 failures.push((member.name.clone(), e));
                 if !v.retry {
                     break;
                 }
+                pool.failovers.fetch_add(1, Ordering::Relaxed);
             }
         }
     }

@@ -215,6 +215,51 @@ pub fn pace_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
     None
 }
 
+/// A body that reports the size of each data frame to `count` as it passes, and is otherwise
+/// the body it wraps: size hint and end of stream included (hyper frames the message from
+/// them, so a `Content-Length` body stays one).
+pub struct Counted<B, F> {
+    inner: B,
+    count: F,
+}
+
+impl<B, F: FnMut(usize)> Counted<B, F> {
+    pub fn new(inner: B, count: F) -> Self {
+        Self { inner, count }
+    }
+}
+
+impl<B, F> Body for Counted<B, F>
+where
+    B: Body<Data = Bytes> + Unpin,
+    F: FnMut(usize) + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            (this.count)(data.len());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 //! [`Router::decide`] and only when a rule asks for it (`resolve = true` with CIDRs).
 
 pub mod matcher;
+pub mod pac;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -34,6 +35,19 @@ pub enum Action {
     Upstream(Arc<Upstream>),
     /// Through a member of a pool, with failover.
     Pool(Arc<Pool>),
+}
+
+impl Action {
+    /// The route's short name for metrics and logs: `direct`, `block`, or the upstream's or
+    /// pool's configured name.
+    pub fn label(&self) -> &str {
+        match self {
+            Action::Direct => "direct",
+            Action::Block => "block",
+            Action::Upstream(u) => &u.name,
+            Action::Pool(p) => &p.name,
+        }
+    }
 }
 
 impl fmt::Display for Action {

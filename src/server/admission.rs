@@ -10,9 +10,12 @@ use arc_swap::ArcSwap;
 
 use crate::access::Clients;
 use crate::lograte::EverySecond;
+use crate::metrics::Metrics;
 
 /// The connection caps and the count of refusals (logged at most once a second).
 pub struct Admission {
+    max: usize,
+    metrics: Arc<Metrics>,
     /// Who may connect at all (`--allow-clients`): swapped at a reload.
     clients: ArcSwap<Clients>,
     connections: Arc<tokio::sync::Semaphore>,
@@ -24,8 +27,10 @@ pub struct Admission {
 
 impl Admission {
     /// `max`: open client connections at most; `per_ip_max`: per client IP (0: no limit).
-    pub fn new(max: usize, per_ip_max: usize, clients: Clients) -> Self {
+    pub fn new(max: usize, per_ip_max: usize, clients: Clients, metrics: Arc<Metrics>) -> Self {
         Self {
+            max: max.max(1),
+            metrics,
             clients: ArcSwap::from_pointee(clients),
             connections: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
             per_ip_max,
@@ -33,6 +38,11 @@ impl Admission {
             refused: EverySecond::default(),
             conn_ids: AtomicU64::new(1),
         }
+    }
+
+    /// Client connections open now (tunnels that took a connection's place included).
+    pub fn open_connections(&self) -> usize {
+        self.max - self.connections.available_permits()
     }
 
     /// Whether `ip` may connect at all.
@@ -67,6 +77,7 @@ impl Admission {
 
     /// Counts a refused connection; logs at most once a second, with the count since.
     pub fn note_refused(&self, why: &'static str) {
+        self.metrics.limit(why);
         if let Some(n) = self.refused.count() {
             tracing::warn!(limit = why, refused = n, "connections refused at the limit");
         }

@@ -12,6 +12,7 @@
 //! A listener turns its protocol into calls here and the [`SessionError`] it gets back into its
 //! protocol's answer, through the one classifier in [`crate::failure`].
 
+pub mod access_log;
 pub mod reach;
 
 use std::net::SocketAddr;
@@ -23,10 +24,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tracing::Instrument;
 
+use self::access_log::{AccessLog, Format};
 pub use self::reach::{Connector, Opening, Reached, reach};
 use crate::access::Destinations;
 use crate::auth::{Auth, AuthError, AuthSettings, Grant};
 use crate::failure::Failure;
+use crate::metrics::Metrics;
 use crate::pool::{MemberGuard, PoolError};
 use crate::relay::{self, Peer};
 use crate::routing::{Action, Router};
@@ -34,6 +37,27 @@ use crate::shutdown::Shutdown;
 use crate::stream::BoxIo;
 use crate::target::Target;
 use crate::upstream::direct::check_destination;
+use crate::upstream::trace::Tracer;
+
+/// The last failures kept for the status page.
+const RECENT: usize = 50;
+
+/// One recent failure, as the status page shows it (no client address, no credential).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RecentError {
+    pub at: String,
+    pub route: String,
+    pub status: u16,
+    pub error: &'static str,
+    pub details: String,
+}
+
+/// Where the session core reports: metrics and the access log.
+#[derive(Debug, Default)]
+pub struct Observe {
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::{ConnectError, Dialer, Resolve};
 
@@ -58,6 +82,69 @@ pub struct Client {
     pub session: String,
     /// The authenticated user's place (cap, revocation), held by the request and its tunnel.
     pub grant: Option<Arc<Grant>>,
+    /// What routing and dialing did for this request.
+    pub trail: Arc<Trail>,
+}
+
+/// What routing and dialing did for one request: the route and member chosen, the dial's
+/// steps and time. Read for the access record and the metrics.
+#[derive(Debug, Default)]
+pub struct Trail {
+    chosen: std::sync::Mutex<Chosen>,
+    tracer: Tracer,
+    /// Body bytes of a plain request, each way (tunnels count theirs in the relay).
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Chosen {
+    route: Option<String>,
+    member: Option<String>,
+    dial: Option<Duration>,
+}
+
+impl Trail {
+    /// The route's label (`direct`, an upstream or pool name), `none` before routing.
+    pub fn route(&self) -> String {
+        self.chosen
+            .lock()
+            .ok()
+            .and_then(|c| c.route.clone())
+            .unwrap_or_else(|| "none".into())
+    }
+
+    fn set_route(&self, route: &str) {
+        if let Ok(mut c) = self.chosen.lock() {
+            c.route = Some(route.to_owned());
+        }
+    }
+
+    /// Records a finished dial: the member it went through and how long it took.
+    pub fn dialed(&self, member: Option<&str>, took: Duration) {
+        if let Ok(mut c) = self.chosen.lock() {
+            c.member = member.map(str::to_owned);
+            c.dial = Some(took);
+        }
+    }
+
+    /// Where the dialer records its steps.
+    pub fn tracer(&self) -> &Tracer {
+        &self.tracer
+    }
+
+    /// Counts body bytes of a plain request: `up` from the client, else to it.
+    pub fn carried(&self, up: bool, n: usize) {
+        let counter = if up { &self.up } else { &self.down };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn bytes(&self) -> (u64, u64) {
+        (
+            self.up.load(Ordering::Relaxed),
+            self.down.load(Ordering::Relaxed),
+        )
+    }
 }
 
 /// Splits `alice-session-42` into `alice` and `42`; a name without a suffix is all user.
@@ -81,6 +168,7 @@ impl Client {
             user: None,
             session,
             grant: None,
+            trail: Arc::default(),
         }
     }
 }
@@ -132,6 +220,10 @@ pub struct Ends {
 pub struct Core {
     router: ArcSwap<Router>,
     auth: Auth,
+    metrics: Arc<Metrics>,
+    access_log: AccessLog,
+    /// The last failures, newest last, for the status page.
+    recent: std::sync::Mutex<std::collections::VecDeque<RecentError>>,
     resolver: Arc<dyn Resolve>,
     dialer: Dialer,
     keepalive: Arc<KeepAlive>,
@@ -142,9 +234,11 @@ pub struct Core {
 }
 
 impl Core {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         router: Router,
         policy: Policy,
+        observe: Observe,
         resolver: Arc<dyn Resolve>,
         dialer: Dialer,
         keepalive: KeepAlive,
@@ -158,6 +252,9 @@ impl Core {
         Self {
             router: ArcSwap::from_pointee(router),
             auth: Auth::new(policy.auth, shutdown.hard_stop().clone()),
+            metrics: observe.metrics,
+            access_log: observe.access_log,
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
             resolver,
             dialer,
             keepalive: Arc::new(keepalive),
@@ -233,7 +330,16 @@ impl Core {
     ) -> Result<Client, SessionError> {
         let mut client = Client::new(addr, credentials.map(|(name, _)| name));
         let presented = credentials.map(|(name, pass)| (split_session(name).0, pass));
-        if let Some(grant) = self.auth.authenticate(addr.ip(), presented).await? {
+        let granted = self.auth.authenticate(addr.ip(), presented).await;
+        match &granted {
+            Err(AuthError::Wrong { .. }) => {
+                self.metrics.auth_failures.inc();
+            }
+            Err(AuthError::Throttled { .. }) => self.metrics.limit("auth_failures_per_ip"),
+            Err(AuthError::UserLimit { .. }) => self.metrics.limit("max_connections_per_user"),
+            _ => {}
+        }
+        if let Some(grant) = granted? {
             client.user = Some(grant.user().to_owned());
             client.grant = Some(Arc::new(grant));
         }
@@ -254,6 +360,7 @@ impl Core {
             .decide(target, client.user.as_deref(), &*self.resolver)
             .await;
         tracing::debug!(%target, action = %decision.action, reason = %decision.reason, "routing decision");
+        client.trail.set_route(decision.action.label());
         match decision.action {
             Action::Block => Err(SessionError::Blocked(decision.reason.to_string())),
             Action::Direct => Ok(Action::Direct),
@@ -281,17 +388,67 @@ impl Core {
             )));
         }
         let action = self.decide(target, client).await?;
-        let (dialer, to) = (self.dialer.clone(), target.clone());
-        reach(
+        let tracer = client.trail.tracer().clone();
+        let (dialer, to) = (self.dialer.traced(tracer.clone()), target.clone());
+        let started = Instant::now();
+        let reached = reach(
             &action,
             Some(&client.session),
             self.dialer.connect_timeout(),
             move |route: &crate::upstream::Route, left| -> Opening<BoxIo> {
+                // Only the attempt that succeeds is kept.
+                tracer.reset();
                 let (dialer, route, to) = (dialer.with_timeout(left), route.clone(), to.clone());
                 Box::pin(async move { dialer.tunnel(&route, &to).await })
             },
         )
-        .await
+        .await?;
+        self.dialed(
+            client,
+            action.label(),
+            reached.member.as_ref(),
+            started.elapsed(),
+        );
+        Ok(reached)
+    }
+
+    /// Records a successful dial for `client`: the trail, and the dial and hop histograms.
+    /// A request that went out on a kept-alive connection dialed nothing: only the member is
+    /// noted.
+    pub fn dialed(
+        &self,
+        client: &Client,
+        route: &str,
+        member: Option<&MemberGuard>,
+        took: Duration,
+    ) {
+        let trace = client.trail.tracer().get();
+        if trace.steps.is_empty() {
+            if let Ok(mut c) = client.trail.chosen.lock() {
+                c.member = member.map(|m| m.name().to_owned());
+            }
+            return;
+        }
+        client.trail.dialed(member.map(MemberGuard::name), took);
+        self.metrics.dial(route, took, &trace.hops);
+    }
+
+    /// The metrics the data path records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Reopens the access log file (SIGHUP, after logrotate).
+    pub fn reopen_access_log(&self) {
+        self.access_log.reopen();
+    }
+
+    /// The last failures, oldest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        self.recent
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Runs a tunnel in its own task, tracked for shutdown: waits for both ends (`ends`),
@@ -313,6 +470,10 @@ impl Core {
     {
         let core = Arc::clone(self);
         let grant = client.grant.clone();
+        let protocol = if kind == "CONNECT" { "connect" } else { "http" };
+        let route = client.trail.route();
+        self.metrics.request(protocol, status, &route, None);
+        let who = client.clone();
         let task = async move {
             core.open_tunnels.fetch_add(1, Ordering::Relaxed);
             let _open = OpenTunnel(&core.open_tunnels);
@@ -338,40 +499,130 @@ impl Core {
             if r.zero_copy {
                 core.zero_copy.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::info!(
-                method = kind,
-                user = grant.as_ref().map_or("-", |g| g.user()),
-                %target,
-                status,
-                up = r.up,
-                down = r.down,
-                duration_ms = started.elapsed().as_millis() as u64,
-                end = %r.end,
-                zero_copy = r.zero_copy,
-                "tunnel closed"
-            );
+            core.metrics.bytes(&route, r.up, r.down);
+            match core.access_log.format() {
+                Format::Text => tracing::info!(
+                    method = kind,
+                    user = grant.as_ref().map_or("-", |g| g.user()),
+                    %target,
+                    status,
+                    up = r.up,
+                    down = r.down,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    end = %r.end,
+                    zero_copy = r.zero_copy,
+                    "tunnel closed"
+                ),
+                Format::Json => core.write_record(
+                    &who,
+                    protocol,
+                    kind,
+                    target,
+                    status,
+                    None,
+                    (r.up, r.down),
+                    started,
+                ),
+                Format::Off => {}
+            }
         };
         self.shutdown.tracker().spawn(task.in_current_span());
     }
 
-    /// The access line of one request that is not a tunnel.
+    /// Accounts for one answered request that did not become a tunnel: metrics, the recent
+    /// errors, the access record. `error`: the `Proxy-Status` error type and details, when it
+    /// failed.
+    #[allow(clippy::too_many_arguments)]
     pub fn log_request(
         &self,
         client: &Client,
+        protocol: &'static str,
         method: &str,
         target: &dyn std::fmt::Display,
         status: u16,
+        error: Option<(&'static str, &str)>,
         started: Instant,
     ) {
-        tracing::info!(
-            peer = %client.addr,
-            user = client.user.as_deref().unwrap_or("-"),
-            %method,
-            uri = %target,
+        let route = client.trail.route();
+        self.metrics
+            .request(protocol, status, &route, error.map(|(e, _)| e));
+        let (up, down) = client.trail.bytes();
+        self.metrics.bytes(&route, up, down);
+        if let Some((error, details)) = error
+            && let Ok(mut recent) = self.recent.lock()
+        {
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(RecentError {
+                at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                route: route.clone(),
+                status,
+                error,
+                details: details.to_owned(),
+            });
+        }
+        match self.access_log.format() {
+            Format::Text => tracing::info!(
+                peer = %client.addr,
+                user = client.user.as_deref().unwrap_or("-"),
+                %method,
+                uri = %target,
+                status,
+                duration_ms = started.elapsed().as_millis() as u64,
+                "request"
+            ),
+            Format::Json => self.write_record(
+                client,
+                protocol,
+                method,
+                target.to_string(),
+                status,
+                error.map(|(e, _)| e),
+                (up, down),
+                started,
+            ),
+            Format::Off => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_record(
+        &self,
+        client: &Client,
+        protocol: &'static str,
+        method: &str,
+        target: String,
+        status: u16,
+        error: Option<&'static str>,
+        (bytes_up, bytes_down): (u64, u64),
+        started: Instant,
+    ) {
+        let chosen = client
+            .trail
+            .chosen
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        let trace = client.trail.tracer().get();
+        self.access_log.write(&access_log::Record {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            client: client.addr,
+            user: client.user.as_deref(),
+            protocol,
+            method,
+            target,
+            route: chosen.route.as_deref().unwrap_or("none"),
+            member: chosen.member.as_deref(),
             status,
-            duration_ms = started.elapsed().as_millis() as u64,
-            "request"
-        );
+            error,
+            bytes_up,
+            bytes_down,
+            duration_ms: started.elapsed().as_millis() as u64,
+            dial_ms: chosen.dial.map(access_log::ms),
+            hops: trace.hops.iter().copied().map(access_log::ms).collect(),
+            resolved: trace.resolved,
+        });
     }
 }
 

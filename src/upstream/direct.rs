@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 
 use super::error::ConnectError;
 use super::resolve::Resolve;
+use super::trace::Tracer;
 use crate::access::{Destinations, Refusal};
 use crate::target::{Host, Target};
 
@@ -110,7 +111,9 @@ pub async fn connect_tcp(
     target: &Target,
     peer: &str,
     checks: Option<TargetChecks<'_>>,
+    trace: Option<&Tracer>,
 ) -> Result<TcpStream, ConnectError> {
+    let started = std::time::Instant::now();
     let addrs: Vec<SocketAddr> = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
         Host::Name(name) => {
@@ -120,7 +123,18 @@ pub async fn connect_tcp(
                 // Only a dial to the target itself is given checks.
                 target: checks.is_some(),
             };
-            match resolver.resolve(name, target.port).await {
+            let resolved = resolver.resolve(name, target.port).await;
+            if let Some(t) = trace {
+                t.step(
+                    format!("dns {name}"),
+                    started.elapsed(),
+                    match &resolved {
+                        Ok(a) => format!("{} address(es)", a.len()),
+                        Err(e) => e.to_string(),
+                    },
+                );
+            }
+            match resolved {
                 Ok(addrs) if !addrs.is_empty() => addrs,
                 Ok(_) => return Err(dns(std::io::Error::other("no addresses"))),
                 Err(e) => return Err(dns(e)),
@@ -157,7 +171,23 @@ pub async fn connect_tcp(
     };
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect(addr).await {
+        let tcp_started = std::time::Instant::now();
+        let connected = TcpStream::connect(addr).await;
+        if let Some(t) = trace {
+            let outcome = match &connected {
+                Ok(_) => "connected".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            t.step(
+                format!("tcp {peer} ({addr})"),
+                tcp_started.elapsed(),
+                outcome,
+            );
+            if connected.is_ok() && matches!(target.host, Host::Name(_)) && checks.is_some() {
+                t.resolved(addr);
+            }
+        }
+        match connected {
             Ok(stream) => {
                 // Small writes (handshakes, interactive tunnels) must not wait for Nagle.
                 let _ = stream.set_nodelay(true);

@@ -22,6 +22,7 @@ pub mod keepalive;
 pub mod resolve;
 pub mod socks;
 pub mod tls;
+pub mod trace;
 
 use std::fmt;
 use std::sync::Arc;
@@ -155,6 +156,8 @@ pub struct Dialer {
     own: Arc<direct::OwnListeners>,
     /// Where targets may be: swapped at a reload, shared by every clone.
     policy: Arc<ArcSwap<Destinations>>,
+    /// Where this dial's steps are recorded, when someone asked.
+    trace: Option<trace::Tracer>,
     tls: TlsConnector,
     connect_timeout: Duration,
     via: HeaderValue,
@@ -182,6 +185,7 @@ impl Dialer {
             resolver,
             own: Arc::default(),
             policy: Arc::default(),
+            trace: None,
             tls,
             connect_timeout,
             via,
@@ -210,6 +214,14 @@ impl Dialer {
         self.policy.store(Arc::new(policy));
     }
 
+    /// The same dialer, recording its steps into `tracer`.
+    pub fn traced(&self, tracer: trace::Tracer) -> Self {
+        Self {
+            trace: Some(tracer),
+            ..self.clone()
+        }
+    }
+
     /// The same dialer without the destination policy, for dials the operator configured
     /// (health probes to a pool's `health.target`), which no client chose.
     pub fn unchecked(&self) -> Self {
@@ -233,7 +245,7 @@ impl Dialer {
         let peer = route.label(0);
         match tokio::time::timeout(
             self.connect_timeout,
-            direct::connect_tcp(&*self.resolver, &hop.addr, &peer, None),
+            direct::connect_tcp(&*self.resolver, &hop.addr, &peer, None, None),
         )
         .await
         {
@@ -292,21 +304,42 @@ impl Dialer {
                 own: &self.own,
                 policy: &policy,
             });
+            let trace = self.trace.as_ref();
             let mut stream: BoxIo =
-                Box::new(direct::connect_tcp(&*self.resolver, first, &at, checks).await?);
+                Box::new(direct::connect_tcp(&*self.resolver, first, &at, checks, trace).await?);
             for (i, hop) in hops.iter().enumerate() {
                 at = route.label(i);
+                let started = std::time::Instant::now();
+                let record = |what: String, res: &Result<BoxIo, ConnectError>| {
+                    if let Some(t) = trace {
+                        let outcome = match res {
+                            Ok(_) => "ok".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        t.step(what, started.elapsed(), outcome);
+                    }
+                };
                 if hop.kind == HopKind::Https {
-                    stream = tls::connect(&self.tls, stream, &hop.addr, &at).await?;
+                    let res = tls::connect(&self.tls, stream, &hop.addr, &at).await;
+                    record(format!("tls {at}"), &res);
+                    stream = res?;
                 }
                 if stop == Stop::LastHop && i + 1 == hops.len() {
+                    if let Some(t) = trace {
+                        t.hop(started.elapsed());
+                    }
                     break;
                 }
                 let next = hops.get(i + 1).map_or(target, |h| &h.addr);
                 tracing::debug!(hop = %at, next = %next, "hop handshake");
                 let last = i + 1 == hops.len();
                 let policy = last.then_some(&*policy);
-                stream = self.handshake(stream, hop, &at, next, policy).await?;
+                let res = self.handshake(stream, hop, &at, next, policy).await;
+                record(format!("{at}: connect to {next}"), &res);
+                stream = res?;
+                if let Some(t) = trace {
+                    t.hop(started.elapsed());
+                }
             }
             Ok(stream)
         };
