@@ -158,7 +158,7 @@ impl Admin {
     ) -> Result<(), Response<Full<Bytes>>> {
         let ip = crate::target::normalize(peer.ip());
         if !self.settings.allow.is_empty() && !self.settings.allow.iter().any(|n| n.contains(&ip)) {
-            return Err(plain(
+            return Some(plain(
                 StatusCode::FORBIDDEN,
                 format!("{ip} may not use the admin pages\n"),
             ));
@@ -180,10 +180,10 @@ impl Admin {
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Bearer realm=\"viaduct admin\""),
                 );
-                return Err(resp);
+                return Some(resp);
             }
         }
-        Ok(())
+        None
     }
 
     async fn handle(
@@ -191,7 +191,7 @@ impl Admin {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Full<Bytes>>, Infallible> {
-        if let Err(resp) = self.allowed(&req, peer) {
+        if let Some(resp) = self.refusal(&req, peer) {
             return Ok(resp);
         }
         let resp = match req.uri().path() {
