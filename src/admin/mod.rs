@@ -150,12 +150,8 @@ impl Admin {
         resp
     }
 
-    /// Whether `req` from `peer` may use the admin pages.
-    fn allowed(
-        &self,
-        req: &Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Result<(), Response<Full<Bytes>>> {
+    /// The refusal when `req` from `peer` may not use the admin pages.
+    fn refusal(&self, req: &Request<Incoming>, peer: SocketAddr) -> Option<Response<Full<Bytes>>> {
         let ip = crate::target::normalize(peer.ip());
         if !self.settings.allow.is_empty() && !self.settings.allow.iter().any(|n| n.contains(&ip)) {
             return Some(plain(
