@@ -122,7 +122,7 @@ impl Metrics {
         );
         registry.register(
             "dial_seconds",
-            "Time to reach a target: DNS, TCP and every hop's handshake (pool failover included)",
+            "Time of successful dials: DNS, TCP and every hop's handshake (pool failover included)",
             self.dial_seconds.clone(),
         );
         registry.register(
@@ -132,7 +132,7 @@ impl Metrics {
         );
         registry.register(
             "auth_failures",
-            "Requests refused for missing or wrong proxy credentials",
+            "Requests refused for wrong proxy credentials",
             self.auth_failures.clone(),
         );
         registry.register(

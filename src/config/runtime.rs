@@ -527,6 +527,43 @@ mod tests {
         );
     }
 
+    /// The admin listener beyond loopback needs a token or an allow list; `${ADMIN_TOKEN}`
+    /// comes from the environment.
+    #[test]
+    fn admin_beyond_loopback_needs_a_token_or_allow_list() {
+        let o = Overrides {
+            admin: Some("0.0.0.0:9383".parse().unwrap()),
+            ..Overrides::default()
+        };
+        let e = merge(None, &o).unwrap_err();
+        assert!(
+            e.contains("admin_token") && e.contains("admin_allow"),
+            "{e}"
+        );
+        let file = super::super::parse("admin_allow = [\"10.0.0.0/8\"]\n", "t.toml").unwrap();
+        let c = merge(Some(file), &o).unwrap();
+        assert_eq!(c.admin.unwrap().allow.len(), 1);
+        let local = merge(
+            None,
+            &Overrides {
+                admin: Some("127.0.0.1:9383".parse().unwrap()),
+                access_log: Some("json".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            local.admin.unwrap().pac_proxy.as_deref(),
+            Some("127.0.0.1:8083")
+        );
+        assert_eq!(local.access_log, Format::Json);
+        let bad = Overrides {
+            access_log: Some("xml".into()),
+            ..Overrides::default()
+        };
+        assert!(merge(None, &bad).unwrap_err().contains("--access-log"));
+    }
+
     /// Several upstreams make a pool with the strategy asked for; a bad URL or strategy is a
     /// named error that never shows the credentials.
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod connect;
 mod forward;
 mod hardening;
+mod observe;
 mod pools;
 mod props;
 mod robust;
