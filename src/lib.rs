@@ -52,6 +52,7 @@ pub mod http;
 mod lograte;
 pub mod metrics;
 pub mod pool;
+pub mod probe;
 pub mod proxy;
 pub mod relay;
 pub mod routing;

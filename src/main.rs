@@ -45,6 +45,19 @@ enum Command {
         #[arg(long)]
         user: Option<String>,
     },
+    /// Walk the real route to URL step by step with timings (routing, DNS, TCP, each hop's
+    /// handshake, the origin's TLS, a GET); exit 0 when the GET succeeds, else name the
+    /// failing step in Proxy-Status words.
+    Probe {
+        /// `https://host/path` or `http://host/path`.
+        url: String,
+        /// Route through these upstreams instead of the file's routing (as --upstream).
+        #[arg(long)]
+        upstream: Vec<String>,
+        /// Extra CA certificates (PEM) to trust for the origin's TLS. Repeatable.
+        #[arg(long, value_name = "FILE")]
+        cacert: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -222,6 +235,11 @@ fn main() -> ExitCode {
         Some(Command::Route { url, config, user }) => {
             runtime.block_on(route(&url, config.as_deref(), user.as_deref()))
         }
+        Some(Command::Probe {
+            url,
+            upstream,
+            cacert,
+        }) => runtime.block_on(probe(cli.run.config.clone(), upstream, &url, cacert)),
         None => runtime.block_on(run(cli.run)),
     }
 }
@@ -265,6 +283,32 @@ async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode
     println!("matched: {}", decision.reason);
     println!("via:     {}", decision.action);
     ExitCode::SUCCESS
+}
+
+async fn probe(
+    config: Option<PathBuf>,
+    upstream: Vec<String>,
+    url: &str,
+    cacert: Vec<PathBuf>,
+) -> ExitCode {
+    let overrides = Overrides {
+        upstream,
+        ..Overrides::default()
+    };
+    let config = match runtime::load(config.as_deref(), &overrides, false) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("viaduct: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    println!("probe {url}");
+    let mut out = std::io::stdout();
+    if viaduct::probe::run(config, Arc::new(SystemResolver), url, cacert, &mut out).await {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 async fn run(args: RunArgs) -> ExitCode {

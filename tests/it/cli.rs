@@ -553,3 +553,48 @@ async fn auth_file_reload_and_upstream_from_the_environment() {
         "{help}"
     );
 }
+
+/// `viaduct probe` walks a two-hop chain and names the hop that failed, in Proxy-Status words;
+/// through a working route it prints each step and the GET's status, and exits 0.
+#[tokio::test]
+async fn probe_names_the_failing_hop() {
+    let o = origin().await;
+    let hop1 = start_proxy(viaduct::Config {
+        via_name: "hop1".into(),
+        ..crate::support::config()
+    })
+    .await;
+    let dead = free_addr();
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["probe", &format!("http://{}/hello", o.addr)])
+        .args(["--upstream", &format!("http://{},http://{dead}", hop1.addr)])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "hop 1 (http proxy {}): connect to {dead}",
+            hop1.addr
+        )) && text.contains("answered 502"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAILED  502 error=destination_unavailable"),
+        "{text}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["probe", &format!("http://{}/hello", o.addr)])
+        .args(["--upstream", &format!("http://{}", hop1.addr)])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("GET http://") && text.contains("200 OK") && text.trim_end().ends_with("ok"),
+        "{text}"
+    );
+}
