@@ -24,8 +24,16 @@ pub(super) struct Snapshot {
     open_connections: usize,
     default_route: String,
     rules: usize,
+    routes: Vec<RouteStatus>,
     pools: Vec<PoolStatus>,
     recent_errors: Vec<RecentError>,
+}
+
+#[derive(Debug, Serialize)]
+struct RouteStatus {
+    route: String,
+    open_tunnels: usize,
+    requests: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -68,6 +76,15 @@ pub(super) fn snapshot(
         open_connections: admission.open_connections(),
         default_route: router.default.to_string(),
         rules: router.rules.len(),
+        routes: core
+            .per_route()
+            .into_iter()
+            .map(|(route, c)| RouteStatus {
+                route,
+                open_tunnels: c.open_tunnels,
+                requests: c.requests,
+            })
+            .collect(),
         pools: router
             .pools()
             .iter()
@@ -139,6 +156,19 @@ pub(super) fn html(s: &Snapshot) -> String {
         s.rules,
         esc(&s.default_route)
     );
+    h.push_str(
+        "<h2>routes</h2><table><tr><th>route</th><th>open tunnels</th><th>requests</th></tr>",
+    );
+    for r in &s.routes {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&r.route),
+            r.open_tunnels,
+            r.requests
+        );
+    }
+    h.push_str("</table>");
     for p in &s.pools {
         let _ = write!(
             h,

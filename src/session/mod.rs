@@ -52,6 +52,13 @@ pub struct RecentError {
     pub details: String,
 }
 
+/// A route's traffic, as the status page shows it.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct RouteCount {
+    pub open_tunnels: usize,
+    pub requests: u64,
+}
+
 /// Where the session core reports: metrics and the access log.
 #[derive(Debug, Default)]
 pub struct Observe {
@@ -224,6 +231,8 @@ pub struct Core {
     access_log: AccessLog,
     /// The last failures, newest last, for the status page.
     recent: std::sync::Mutex<std::collections::VecDeque<RecentError>>,
+    /// Per route: tunnels open now and requests answered, for the status page.
+    per_route: std::sync::Mutex<std::collections::BTreeMap<String, RouteCount>>,
     resolver: Arc<dyn Resolve>,
     dialer: Dialer,
     keepalive: Arc<KeepAlive>,
@@ -255,6 +264,7 @@ impl Core {
             metrics: observe.metrics,
             access_log: observe.access_log,
             recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
+            per_route: std::sync::Mutex::default(),
             resolver,
             dialer,
             keepalive: Arc::new(keepalive),
@@ -443,6 +453,25 @@ impl Core {
         self.access_log.reopen();
     }
 
+    /// Per route (by label): tunnels open now, requests answered since start.
+    pub fn per_route(&self) -> Vec<(String, RouteCount)> {
+        self.per_route
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
+    fn count_route(&self, route: &str, requests: u64, open: isize) {
+        if let Ok(mut m) = self.per_route.lock() {
+            let c = match m.get_mut(route) {
+                Some(c) => c,
+                None => m.entry(route.to_owned()).or_default(),
+            };
+            c.requests += requests;
+            c.open_tunnels = c.open_tunnels.saturating_add_signed(open);
+        }
+    }
+
     /// The last failures, oldest first.
     pub fn recent_errors(&self) -> Vec<RecentError> {
         self.recent
@@ -473,6 +502,7 @@ impl Core {
         let protocol = if kind == "CONNECT" { "connect" } else { "http" };
         let route = client.trail.route();
         self.metrics.request(protocol, status, &route, None);
+        self.count_route(&route, 1, 1);
         let who = client.clone();
         let task = async move {
             core.open_tunnels.fetch_add(1, Ordering::Relaxed);
@@ -500,6 +530,7 @@ impl Core {
                 core.zero_copy.fetch_add(1, Ordering::Relaxed);
             }
             core.metrics.bytes(&route, r.up, r.down);
+            core.count_route(&route, 0, -1);
             match core.access_log.format() {
                 Format::Text => tracing::info!(
                     method = kind,
@@ -548,6 +579,7 @@ impl Core {
             .request(protocol, status, &route, error.map(|(e, _)| e));
         let (up, down) = client.trail.bytes();
         self.metrics.bytes(&route, up, down);
+        self.count_route(&route, 1, 0);
         if let Some((error, details)) = error
             && let Ok(mut recent) = self.recent.lock()
         {

@@ -248,6 +248,28 @@ start_viaduct badauth --upstream "http://$AUTH_USER:wrong@127.0.0.1:$AUTH_SQUID_
 start_viaduct authed --auth-file "$work/users.htpasswd"
 start_viaduct authsquid --auth-file "$work/users.htpasswd" \
     --upstream "http://$AUTH_USER:$AUTH_PASS_ENC@127.0.0.1:$AUTH_SQUID_PORT"
+# Observability: a pool of squid and microsocks, the admin listener, JSON access records.
+V_OBS=$(free_port); ADMIN_PORT=$(free_port)
+cat > "$work/obs.toml" <<CONF
+listen = ["127.0.0.1:$V_OBS"]
+admin = "127.0.0.1:$ADMIN_PORT"
+access_log = "json"
+access_log_file = "$work/obs-access.json"
+bypass = "*.bypassed.test"
+[upstreams]
+squid = "http://127.0.0.1:$SQUID_PORT"
+microsocks = "socks5h://sockuser:sock%3Apass@127.0.0.1:$MS_PORT"
+[pools.mixed]
+members = ["squid", "microsocks"]
+strategy = "round-robin"
+[[rules]]
+match = { domains = ["*.internal.test"] }
+via = "direct"
+[default]
+via = "mixed"
+CONF
+"$VIADUCT" --config "$work/obs.toml" > "$work/obs.log" 2>&1 &
+pids+=($!)
 # Bound to every address: internal destinations are denied by default.
 V_WIDE=$(free_port)
 "$VIADUCT" --listen "0.0.0.0:$V_WIDE" --auth-file "$work/users.htpasswd" > "$work/wide.log" 2>&1 &
@@ -256,7 +278,7 @@ pids+=($!)
 for p in "$HTTPS_PORT" "$HTTP_PORT" "$SQUID_PORT" "$AUTH_SQUID_PORT" "$MS_PORT" "$DANTE_PORT" \
     "$STUNNEL_PORT" "$SINK_PORT" "$V_DIRECT" "$V_CHAIN" "$V_SOCKS" "$DANTE_PORT" "$V_TLS" \
     "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH" "$HEADERS_PORT" "$V_AUTHED" "$V_AUTHSQUID" \
-    "$V_WIDE"; do
+    "$V_WIDE" "$V_OBS" "$ADMIN_PORT"; do
     wait_port "$p" || exit 1
 done
 
@@ -377,6 +399,62 @@ check "bound to 0.0.0.0: a name resolving to 127.0.0.1 is refused (403 destinati
     bash -c "out=\$(curl -sS --noproxy '' -x http://127.0.0.1:$V_WIDE --proxy-user bob:b0b-pw -D - -o /dev/null http://localhost:$HTTP_PORT/hello.txt); echo \"\$out\"; echo \"\$out\" | grep -q '^HTTP/1.1 403' && echo \"\$out\" | grep -qi '^proxy-status: viaduct; error=destination_ip_prohibited'
              [ \"\$(code_via $V_WIDE bob:b0b-pw https://localhost:$HTTPS_PORT/hello.txt)\" = '403 000' ]"
 
+# --- observability ---
+for _ in 1 2 3 4 5; do curl -fsS -o /dev/null --noproxy '' -x "http://127.0.0.1:$V_OBS" "http://127.0.0.1:$HTTP_PORT/hello.txt"; done
+for _ in 1 2 3; do curl -fsS -o /dev/null --noproxy '' --cacert "$work/ca.pem" -x "http://127.0.0.1:$V_OBS" "https://localhost:$HTTPS_PORT/hello.txt"; done
+check "promtool check metrics passes on /metrics" \
+    bash -c "curl -fsS http://127.0.0.1:$ADMIN_PORT/metrics | promtool check metrics"
+PROM_PORT=$(free_port)
+cat > "$work/prometheus.yml" <<CONF
+global: { scrape_interval: 1s }
+scrape_configs:
+  - job_name: viaduct
+    static_configs: [ { targets: ["127.0.0.1:$ADMIN_PORT"] } ]
+CONF
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prom-data" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" > "$work/prometheus.out" 2>&1 &
+pids+=($!)
+prom_count() { # the plain-HTTP 2xx count Prometheus scraped from viaduct
+    curl -fsS "http://127.0.0.1:$PROM_PORT/api/v1/query" \
+        --data-urlencode 'query=sum(viaduct_requests_total{protocol="http",class="2xx"})' \
+        | python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(int(float(r[0]["value"][1])) if r else -1)'
+}
+export -f prom_count
+export PROM_PORT
+check "prometheus scrapes viaduct: its query API returns the 5 requests curl made" \
+    bash -c 'for _ in $(seq 1 60); do [ "$(prom_count 2>/dev/null)" = 5 ] && exit 0; sleep 0.5; done; echo "prometheus says: $(prom_count)"; exit 1'
+check "JSON access log: one record per request, route and member named" \
+    eventually bash -c "[ \$(wc -l < $work/obs-access.json) -ge 8 ] && grep -q '\"route\":\"mixed\"' $work/obs-access.json && grep -q '\"member\":\"microsocks\"' $work/obs-access.json"
+cat > "$work/pac_check.js" <<'JS'
+// Evaluates viaduct's /proxy.pac with the standard PAC helpers, as a browser would.
+const vm = require('vm');
+const [pac, bypassed, direct, proxied, expect] = process.argv.slice(2);
+const ip2n = (ip) => ip.split('.').reduce((a, b) => a * 256 + Number(b), 0);
+const ctx = {
+  dnsDomainIs: (h, d) => h.length >= d.length && h.substring(h.length - d.length) === d,
+  shExpMatch: (s, p) => new RegExp('^' + p.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.') + '$').test(s),
+  isInNet: (h, net, mask) => /^\d+\.\d+\.\d+\.\d+$/.test(h) && ((ip2n(h) & ip2n(mask)) >>> 0) === ((ip2n(net) & ip2n(mask)) >>> 0),
+  isPlainHostName: (h) => h.indexOf('.') < 0,
+  dnsResolve: () => null, myIpAddress: () => '127.0.0.1',
+};
+vm.createContext(ctx);
+vm.runInContext(pac, ctx);
+const ask = (url) => ctx.FindProxyForURL(url, new URL(url).hostname);
+const got = [ask(bypassed), ask(direct), ask(proxied)];
+const want = ['DIRECT', 'DIRECT', expect];
+if (JSON.stringify(got) !== JSON.stringify(want)) { console.error('got', got, 'want', want); process.exit(1); }
+console.log('pac ok', got);
+JS
+check "node evaluates /proxy.pac: bypassed and direct-rule URLs DIRECT, others to the proxy" \
+    bash -c "node $work/pac_check.js \"\$(curl -fsS http://127.0.0.1:$ADMIN_PORT/proxy.pac)\" http://www.bypassed.test/ https://db.internal.test/ https://www.example.com/ 'PROXY 127.0.0.1:$V_OBS'"
+check "/readyz and /status.json see both pool members healthy" \
+    bash -c "curl -fsS http://127.0.0.1:$ADMIN_PORT/readyz && curl -fsS http://127.0.0.1:$ADMIN_PORT/status.json | python3 -c 'import json,sys; s=json.load(sys.stdin); m=s[\"pools\"][0][\"members\"]; assert [x[\"name\"] for x in m]==[\"squid\",\"microsocks\"] and all(x[\"up\"] for x in m), m'"
+CLOSED2=$(free_port)
+check "viaduct probe: a two-hop chain whose second hop refuses names hop 1's answer" \
+    bash -c "out=\$($VIADUCT probe https://localhost:$HTTPS_PORT/hello.txt --upstream http://127.0.0.1:$SQUID_PORT,http://127.0.0.1:$CLOSED2 --cacert $work/ca.pem); rc=\$?; echo \"\$out\"; [ \$rc -ne 0 ] && echo \"\$out\" | grep -q 'hop 1 (http proxy 127.0.0.1:$SQUID_PORT): connect to 127.0.0.1:$CLOSED2' && echo \"\$out\" | grep -q '^FAILED  502 error=destination_unavailable'"
+check "viaduct probe through squid to nginx over TLS: steps, certificate, 200, exit 0" \
+    bash -c "out=\$($VIADUCT probe https://localhost:$HTTPS_PORT/hello.txt --upstream http://127.0.0.1:$SQUID_PORT --cacert $work/ca.pem); rc=\$?; echo \"\$out\"; [ \$rc -eq 0 ] && echo \"\$out\" | grep -q 'subject CN=localhost' && echo \"\$out\" | grep -q '200 OK'"
+
 # Headless Chromium through viaduct -> squid. Chromium skips proxies for loopback unless told
 # (<-loopback>), and trusts our server key by its SPKI pin rather than a system CA store.
 if command -v chromium >/dev/null 2>&1; then
@@ -407,6 +485,13 @@ if command -v chromium >/dev/null 2>&1; then
         env NODE_PATH="$node_dir/node_modules" node "$root/tests/interop/chromium_auth.cjs" \
         "$(command -v chromium)" "http://127.0.0.1:$V_AUTHED" "$spki" "$V_USER" "$V_PASS" \
         "https://localhost:$HTTPS_PORT/hello.txt" "http://127.0.0.1:$HTTP_PORT/hello.txt"
+    mkdir -p "$root/target/interop-artifacts"
+    check "chromium renders /status: pool and member names in the DOM; screenshot kept" \
+        bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir=$work/chromium-status \
+                   --dump-dom http://127.0.0.1:$ADMIN_PORT/status 2>/dev/null | grep -q 'pool mixed' \
+                 && timeout 60 chromium --headless --no-sandbox --disable-gpu --no-first-run --user-data-dir=$work/chromium-status \
+                   --window-size=1200,900 --screenshot=$root/target/interop-artifacts/status.png http://127.0.0.1:$ADMIN_PORT/status >/dev/null 2>&1 \
+                 && [ -s $root/target/interop-artifacts/status.png ]"
     check "viaduct logged the authenticated user for chromium's tunnel" \
         eventually grep -q 'tunnel closed method="CONNECT" user="alice"' "$work/authed.log"
 else

@@ -598,3 +598,46 @@ async fn probe_names_the_failing_hop() {
         "{text}"
     );
 }
+
+/// systemd's notify protocol over a real datagram socket: READY=1 once listening,
+/// RELOADING=1 (with MONOTONIC_USEC) then READY=1 around SIGHUP, STOPPING=1 on SIGTERM.
+#[tokio::test]
+async fn systemd_notifications() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let config = dir.path().join("viaduct.toml");
+    let port = free_port();
+    std::fs::write(&config, format!("listen = [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let next = || async {
+        let mut buf = vec![0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next().await.trim(), "READY=1");
+    // Ready means listening.
+    tokio::net::TcpStream::connect(local(port)).await.unwrap();
+    sighup(&child);
+    let reloading = next().await;
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next().await.trim(), "READY=1");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert_eq!(next().await.trim(), "STOPPING=1");
+}
