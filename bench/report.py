@@ -72,7 +72,7 @@ def ratio(a, b, key):
 
 
 print(f"viaduct benchmark: {sys.argv[2]}")
-peers = ["direct", "viaduct", "viaduct-auth", "squid", "tinyproxy", "proxy-chain"]
+peers = ["direct", "viaduct", "viaduct-auth", "viaduct-obs", "squid", "tinyproxy", "proxy-chain"]
 table(peers, "client -> proxy -> origin (nginx)")
 table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], "client -> proxy -> squid -> origin")
 
@@ -94,6 +94,13 @@ for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/
         auth_parts.append(f"{label} {r:.2f}x")
 if auth_parts:
     print(f"  auth on / off   " + ", ".join(auth_parts))
+obs_parts = []
+for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/s", "tunnels_per_s"), ("KiB/idle", "idle_kib_per_tunnel")]:
+    r = ratio("viaduct-obs", "viaduct", key)
+    if r is not None:
+        obs_parts.append(f"{label} {r:.2f}x")
+if obs_parts:
+    print(f"  observe on/off  " + ", ".join(obs_parts))
 
 print("\ntargets")
 
@@ -114,6 +121,11 @@ for label, key in [("CONNECT setup", "tunnels_per_s"), ("plain HTTP req/s", "pla
     a = ratio("viaduct-auth", "viaduct", key)
     if "viaduct-auth" in rows:
         target(f"{label} with auth >= 0.9 x without: {a:.2f}x" if a else f"{label} with auth: no figure", bool(a and a >= 0.9))
+if "viaduct-obs" in rows:
+    for label, key, higher in [("tunnel MB/s", "tunnel_mbps", True), ("plain req/s", "plain_rps", True), ("CONNECT setup/s", "tunnels_per_s", True), ("p99", "p99_ms", False)]:
+        o = ratio("viaduct-obs", "viaduct", key)
+        ok = bool(o and (o >= 0.97 if higher else o <= 1.03))
+        target(f"{label} with admin + metrics + JSON log within 3% of off: {o:.2f}x" if o else f"{label} observed: no figure", ok)
 kib = rows["viaduct"].get("idle_kib_per_tunnel")
 target(f"<= 8 KiB RSS per idle tunnel: {kib} KiB", kib is not None and float(kib) <= 8)
 lost = rows["viaduct"].get("idle_errors")

@@ -96,7 +96,7 @@ pub async fn run(
         if let Some(m) = &member {
             line(out, "member", &format!("{m} ({route})"), None);
         }
-        let tracer = Tracer::default();
+        let tracer = Tracer::detailed();
         let d = dialer.traced(tracer.clone());
         let started = Instant::now();
         let res = if https {

@@ -158,25 +158,47 @@ fn open(file: &Option<PathBuf>) -> Box<dyn Write + Send> {
     }
 }
 
-/// The writer thread: buffers lines, flushes whenever the queue runs dry.
+/// How long a written line may wait in the buffer before it reaches the file.
+const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The writer thread: buffers lines (64 KiB), and flushes when the buffer fills or a line has
+/// waited [`FLUSH_WITHIN`]: one write(2) per many lines under load, little delay when quiet.
 fn writer(rx: mpsc::Receiver<Message>, file: Option<PathBuf>) {
+    use std::sync::mpsc::RecvTimeoutError;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, open(&file));
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Message::Line(line) => {
-                    let _ = out.write_all(&line);
-                }
-                Message::Reopen => {
-                    let _ = out.flush();
-                    out = std::io::BufWriter::with_capacity(64 * 1024, open(&file));
+    let mut pending_since: Option<std::time::Instant> = None;
+    loop {
+        let msg = match pending_since {
+            Some(since) => {
+                let left = FLUSH_WITHIN.saturating_sub(since.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(msg) => msg,
+                    Err(RecvTimeoutError::Timeout) => {
+                        let _ = out.flush();
+                        pending_since = None;
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
-            next = rx.try_recv().ok();
+            None => match rx.recv() {
+                Ok(msg) => msg,
+                Err(_) => break,
+            },
+        };
+        match msg {
+            Message::Line(line) => {
+                let _ = out.write_all(&line);
+                pending_since.get_or_insert_with(std::time::Instant::now);
+            }
+            Message::Reopen => {
+                let _ = out.flush();
+                out = std::io::BufWriter::with_capacity(64 * 1024, open(&file));
+                pending_since = None;
+            }
         }
-        let _ = out.flush();
     }
+    let _ = out.flush();
 }
 
 /// Milliseconds with two decimals.

@@ -432,15 +432,17 @@ impl Core {
         member: Option<&MemberGuard>,
         took: Duration,
     ) {
-        let trace = client.trail.tracer().get();
-        if trace.steps.is_empty() {
+        let (dialed, hops, _) = client.trail.tracer().summary();
+        if !dialed {
             if let Ok(mut c) = client.trail.chosen.lock() {
                 c.member = member.map(|m| m.name().to_owned());
             }
             return;
         }
         client.trail.dialed(member.map(MemberGuard::name), took);
-        self.metrics.dial(route, took, &trace.hops);
+        // Hops are the member's (an upstream) when a pool chose one.
+        self.metrics
+            .dial(member.map_or(route, MemberGuard::name), took, &hops);
     }
 
     /// The metrics the data path records.
@@ -636,7 +638,7 @@ impl Core {
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let trace = client.trail.tracer().get();
+        let (_, hops, resolved) = client.trail.tracer().summary();
         self.access_log.write(&access_log::Record {
             ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             client: client.addr,
@@ -652,8 +654,8 @@ impl Core {
             bytes_down,
             duration_ms: started.elapsed().as_millis() as u64,
             dial_ms: chosen.dial.map(access_log::ms),
-            hops: trace.hops.iter().copied().map(access_log::ms).collect(),
-            resolved: trace.resolved,
+            hops: hops.into_iter().map(access_log::ms).collect(),
+            resolved,
         });
     }
 }

@@ -310,18 +310,18 @@ impl Dialer {
             for (i, hop) in hops.iter().enumerate() {
                 at = route.label(i);
                 let started = std::time::Instant::now();
-                let record = |what: String, res: &Result<BoxIo, ConnectError>| {
-                    if let Some(t) = trace {
+                let record = |what: &dyn Fn() -> String, res: &Result<BoxIo, ConnectError>| {
+                    if let Some(t) = trace.filter(|t| (*t).wants_steps()) {
                         let outcome = match res {
                             Ok(_) => "ok".to_owned(),
                             Err(e) => e.to_string(),
                         };
-                        t.step(what, started.elapsed(), outcome);
+                        t.step(what(), started.elapsed(), outcome);
                     }
                 };
                 if hop.kind == HopKind::Https {
                     let res = tls::connect(&self.tls, stream, &hop.addr, &at).await;
-                    record(format!("tls {at}"), &res);
+                    record(&|| format!("tls {at}"), &res);
                     stream = res?;
                 }
                 if stop == Stop::LastHop && i + 1 == hops.len() {
@@ -335,7 +335,7 @@ impl Dialer {
                 let last = i + 1 == hops.len();
                 let policy = last.then_some(&*policy);
                 let res = self.handshake(stream, hop, &at, next, policy).await;
-                record(format!("{at}: connect to {next}"), &res);
+                record(&|| format!("{at}: connect to {next}"), &res);
                 stream = res?;
                 if let Some(t) = trace {
                     t.hop(started.elapsed());
