@@ -29,6 +29,10 @@
 //!   per-user caps and revocation at reload. Used by the session core for every listener.
 //! - [`access`]: pure policy: which clients may connect, which destinations they may reach
 //!   (safe defaults off loopback). The dialer applies it to the addresses it dials.
+//! - [`admin`]: the operators' listener (metrics, health, status page, PAC file); reads the
+//!   session core and admission, at the listener level.
+//! - [`metrics`]: the counters and histograms the data path records (labels from config only).
+//! - [`probe`]: `viaduct probe`, the route walked step by step.
 //! - [`failure`]: the one classifier: status, `Proxy-Status` token, retry, blame, SOCKS reply.
 //! - [`config`]: the file (located errors) and the runtime [`Config`] with its merge.
 //! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`].
