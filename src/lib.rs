@@ -63,6 +63,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socks;
 pub mod stream;
 pub mod target;
 pub mod upstream;

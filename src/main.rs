@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use viaduct::config::{self, runtime};
 use viaduct::routing::Router;
+use viaduct::server::Listen;
 use viaduct::upstream::SystemResolver;
 use viaduct::{Overrides, Proxy};
 
@@ -69,8 +70,8 @@ struct RunArgs {
 
     /// Address to accept clients on; repeatable. Default 127.0.0.1:8083 (loopback: pass
     /// 0.0.0.0:PORT deliberately).
-    #[arg(long, env = "VIADUCT_LISTEN")]
-    listen: Vec<SocketAddr>,
+    #[arg(long, env = "VIADUCT_LISTEN", value_parser = parse_listen)]
+    listen: Vec<Listen>,
 
     /// Send everything through this upstream proxy, or a chain of them separated by commas
     /// (first to last): http://, https://, socks5://, socks5h://, socks4a://, each
@@ -214,6 +215,10 @@ impl RunArgs {
     }
 }
 
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    s.parse()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
@@ -335,11 +340,11 @@ async fn run(args: RunArgs) -> ExitCode {
         }
     };
     let mut listeners = Vec::new();
-    for addr in &listen {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => listeners.push(l),
+    for l in &listen {
+        match tokio::net::TcpListener::bind(l.addr).await {
+            Ok(bound) => listeners.push((bound, l.kind)),
             Err(e) => {
-                eprintln!("viaduct: cannot listen on {addr}: {e}");
+                eprintln!("viaduct: cannot listen on {l}: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -356,6 +361,7 @@ async fn run(args: RunArgs) -> ExitCode {
             }
         }
     }
+    let listen: Vec<String> = listen.iter().map(ToString::to_string).collect();
     tracing::info!(listen = ?listen, default = %summary, rules, users, deny_internal, "viaduct listening");
     // systemd (Type=notify): ready once every listener is bound. Without systemd, a no-op.
     notify(&[sd_notify::NotifyState::Ready]);

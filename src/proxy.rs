@@ -6,18 +6,20 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::admin::{Admin, RunInfo};
 use crate::config::Config;
+use crate::failure::Failure;
 use crate::http::Http;
 use crate::http::headers::Via;
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::server::{self, Admission};
+use crate::server::{self, Admission, Admitted, ListenKind, Protocol};
 use crate::session::access_log::AccessLog;
 use crate::session::{Core, Observe, Policy};
 use crate::shutdown::Shutdown;
+use crate::socks::Socks;
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::tls::{self, TlsConfigError};
 use crate::upstream::{Dialer, Resolve, SystemResolver};
@@ -35,6 +37,7 @@ pub enum BuildError {
 pub struct Proxy {
     core: Arc<Core>,
     http: Arc<Http>,
+    socks: Arc<Socks>,
     admission: Arc<Admission>,
     shutdown: Shutdown,
     info: Arc<RunInfo>,
@@ -88,6 +91,10 @@ impl Proxy {
             config.access.clients,
             Arc::clone(&metrics),
         ));
+        let socks = Arc::new(Socks::new(
+            Arc::clone(&core),
+            config.limits.header_read_timeout,
+        ));
         let info = Arc::new(RunInfo::new(config.config_file.clone()));
         let admin = config.admin.map(|settings| {
             Arc::new(Admin::new(
@@ -107,6 +114,7 @@ impl Proxy {
         Ok(Arc::new(Self {
             core,
             http,
+            socks,
             admission,
             shutdown,
             info,
@@ -183,19 +191,21 @@ impl Proxy {
     }
 }
 
-/// Serves clients on `listener` until `shutdown` resolves, then drains.
+/// Serves clients on `listener` (HTTP and SOCKS on one port) until `shutdown` resolves, then
+/// drains.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: impl Future<Output = ()>) {
-    serve_all(vec![listener], proxy, shutdown).await;
+    serve_all(vec![(listener, ListenKind::Mixed)], proxy, shutdown).await;
 }
 
-/// Serves clients on every listener until `shutdown` resolves; then stops accepting, lets
-/// open connections and tunnels finish within the grace period, and cuts what is left.
+/// Serves clients on every listener, each speaking its kind, until `shutdown` resolves; then
+/// stops accepting, lets open connections and tunnels finish within the grace period, and
+/// cuts what is left.
 pub async fn serve_all(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, ListenKind)>,
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) {
-    for l in &listeners {
+    for (l, _) in &listeners {
         if let Ok(addr) = l.local_addr() {
             proxy.core.dialer().own_listeners().add(addr);
             if let Ok(mut bound) = proxy.info.listeners.lock() {
@@ -203,13 +213,74 @@ pub async fn serve_all(
             }
         }
     }
+    let listeners = listeners
+        .into_iter()
+        .map(|(l, kind)| {
+            let protocol = Arc::new(Listener {
+                kind,
+                http: Arc::clone(&proxy.http),
+                socks: Arc::clone(&proxy.socks),
+            });
+            (l, protocol)
+        })
+        .collect();
     server::accept_all(
         listeners,
-        Arc::clone(&proxy.http),
         Arc::clone(&proxy.admission),
         &proxy.shutdown,
         shutdown,
     )
     .await;
     proxy.shutdown.drain().await;
+}
+
+/// One listener's protocol: HTTP, SOCKS, or both on one port told apart by the first byte
+/// (0x05 and 0x04 are SOCKS versions; an HTTP request starts with a method's letter).
+struct Listener {
+    kind: ListenKind,
+    http: Arc<Http>,
+    socks: Arc<Socks>,
+}
+
+impl Protocol for Listener {
+    fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        admitted: Admitted,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let socks = match self.kind {
+                ListenKind::Http => false,
+                ListenKind::Socks => true,
+                ListenKind::Mixed => {
+                    // Peek, not read: whichever protocol it is reads the byte itself.
+                    let mut first = [0u8; 1];
+                    let wait = self.http.limits().header_read_timeout;
+                    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+                        Ok(Ok(1)) => matches!(first[0], 4 | 5),
+                        Ok(Ok(_)) | Ok(Err(_)) => false,
+                        Err(_) => {
+                            self.http.refuse(
+                                &stream,
+                                Failure::ClientTimeout,
+                                &format!("no request within {}", humantime::format_duration(wait)),
+                            );
+                            return;
+                        }
+                    }
+                }
+            };
+            if socks {
+                Arc::clone(&self.socks).serve(stream, peer, admitted).await;
+            } else {
+                Arc::clone(&self.http).serve(stream, peer, admitted).await;
+            }
+        })
+    }
+
+    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str) {
+        // Before the first byte nobody knows the protocol: HTTP's answer is the readable one.
+        self.http.refuse(stream, failure, details);
+    }
 }

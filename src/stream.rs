@@ -111,6 +111,15 @@ pub fn into_tcp(io: BoxIo) -> Result<TcpStream, BoxIo> {
     }
 }
 
+/// The local address of `io` when it is a plain TCP stream (what a SOCKS reply calls the
+/// bound address).
+pub fn local_addr(io: &BoxIo) -> Option<std::net::SocketAddr> {
+    (**io)
+        .as_any()
+        .downcast_ref::<TcpStream>()
+        .and_then(|t| t.local_addr().ok())
+}
+
 /// `io`, replaying `leftover` first when there is any (never boxed twice).
 pub fn with_leftover(leftover: Bytes, io: BoxIo) -> BoxIo {
     if leftover.is_empty() {

@@ -23,6 +23,7 @@ use toml::Spanned;
 
 use crate::pool::{HealthCheck, Pool, PoolSettings, Strategy};
 use crate::routing::{Action, DomainPattern, Matcher, Router, Rule, Upstream, parse_no_proxy};
+use crate::server::Listen;
 use crate::session::access_log::Format;
 use crate::target::Target;
 use crate::upstream::{Route, TlsOptions, redact};
@@ -56,7 +57,7 @@ pub struct FileConfig {
 /// The file's plain settings.
 #[derive(Debug, Default)]
 pub struct Settings {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     pub connect_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub response_timeout: Option<Duration>,
@@ -344,15 +345,11 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         .listen
         .iter()
         .map(|l| {
-            l.get_ref().parse().map_err(|_| {
-                at.error(
-                    l.span(),
-                    "listen",
-                    format!("not an address:port: \"{}\"", l.get_ref()),
-                )
-            })
+            l.get_ref()
+                .parse()
+                .map_err(|m: String| at.error(l.span(), "listen", m))
         })
-        .collect::<Result<Vec<SocketAddr>, _>>()?;
+        .collect::<Result<Vec<Listen>, _>>()?;
     let opt = |field: &str, d: &Option<Spanned<String>>| {
         d.as_ref().map(|d| duration(at, field, d)).transpose()
     };

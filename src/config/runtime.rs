@@ -13,14 +13,16 @@ use crate::access::{Access, Clients, Destinations};
 use crate::auth::{AuthSettings, Users};
 use crate::pool::{Pool, PoolSettings, Strategy};
 use crate::routing::{Action, Router, parse_no_proxy};
+use crate::server::Listen;
 use crate::session::access_log::Format;
 use crate::upstream::{Route, TlsOptions, redact};
 
 /// Everything viaduct needs to run. `Config::default()` is the safe default: loopback, direct.
 #[derive(Debug)]
 pub struct Config {
-    /// Where to accept clients. Default `127.0.0.1:8083` (loopback: nothing else can reach it).
-    pub listen: Vec<SocketAddr>,
+    /// Where to accept clients and what each address speaks. Default `127.0.0.1:8083`, HTTP
+    /// and SOCKS on one port (loopback: nothing else can reach it).
+    pub listen: Vec<Listen>,
     /// How to reach targets: bypass list, rules, pools, default. Default: everything direct.
     pub router: Router,
     /// Bound on a whole dial (DNS, TCP, every upstream handshake). Default 10 s.
@@ -113,7 +115,7 @@ impl Default for Limits {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: vec![SocketAddr::from(([127, 0, 0, 1], 8083))],
+            listen: vec![Listen::from(SocketAddr::from(([127, 0, 0, 1], 8083)))],
             router: Router::direct(),
             connect_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
@@ -136,7 +138,7 @@ impl Default for Config {
 /// or the default applies.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listen>,
     /// Upstream URLs (each one hop or a comma chain); several make a pool.
     pub upstream: Vec<String>,
     /// The strategy of a pool made of several `upstream`s. Default `failover`.
@@ -234,13 +236,14 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         defaults.listen
     };
     let auth = auth_settings(file_auth, o)?;
-    let admin = admin_settings(&settings, o, &listen)?;
+    let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
+    let admin = admin_settings(&settings, o, &addrs)?;
     let access_log = match &o.access_log {
         Some(f) => Format::parse(f)
             .ok_or_else(|| format!("invalid value for --access-log: \"{f}\" (text, json, off)"))?,
         None => settings.access_log.unwrap_or_default(),
     };
-    let access = access(&settings, &listen, o)?;
+    let access = access(&settings, &addrs, o)?;
     if let Some(n) = router.matches_users()
         && auth.is_none()
     {
@@ -248,7 +251,7 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
             "rules[{n}] matches users, but there is no [auth]: without it a user name is whatever a client claims. Add [auth] file = \"users.htpasswd\" (or --auth-file FILE)"
         ));
     }
-    if !crate::access::loopback_only(&listen)
+    if !crate::access::loopback_only(&addrs)
         && auth.is_none()
         && access.clients.allow.is_empty()
         && !(o.open || settings.open)
@@ -466,7 +469,7 @@ mod tests {
             ..Overrides::default()
         };
         let c = merge(Some(file), &o).unwrap();
-        assert_eq!(c.listen, ["127.0.0.1:9000".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.listen, ["127.0.0.1:9000".parse::<Listen>().unwrap()]);
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.connect_timeout, Duration::from_secs(7));
         assert_eq!(c.limits.max_headers, 50);

@@ -15,7 +15,7 @@ fn example_file_validates_and_routes() {
     let cfg = parse(include_str!("../../examples/viaduct.toml"), "viaduct.toml").unwrap();
     assert_eq!(
         cfg.settings.listen,
-        ["127.0.0.1:8083".parse::<SocketAddr>().unwrap()]
+        ["127.0.0.1:8083".parse::<crate::server::Listen>().unwrap()]
     );
     let r = &cfg.router;
     let decide = |t: &str| {

@@ -18,6 +18,66 @@ pub use self::admission::{Admission, Admitted};
 use crate::failure::Failure;
 use crate::shutdown::Shutdown;
 
+/// What a listen address speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ListenKind {
+    /// HTTP, SOCKS5 and SOCKS4/4a on one port, told apart by the first byte.
+    #[default]
+    Mixed,
+    Http,
+    Socks,
+}
+
+/// A listen address and what it speaks: `HOST:PORT` or `mixed://HOST:PORT` (HTTP and SOCKS),
+/// `http://HOST:PORT`, `socks5://HOST:PORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub kind: ListenKind,
+}
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, rest) = match s.split_once("://") {
+            Some(("mixed", rest)) => (ListenKind::Mixed, rest),
+            Some(("http", rest)) => (ListenKind::Http, rest),
+            Some(("socks5" | "socks", rest)) => (ListenKind::Socks, rest),
+            Some((scheme, _)) => {
+                return Err(format!(
+                    "\"{scheme}://\" is not a listener kind (mixed://, http://, socks5://)"
+                ));
+            }
+            None => (ListenKind::Mixed, s),
+        };
+        let addr = rest
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|_| format!("not an address:port: \"{rest}\""))?;
+        Ok(Self { addr, kind })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            ListenKind::Mixed => write!(f, "{}", self.addr),
+            ListenKind::Http => write!(f, "http://{}", self.addr),
+            ListenKind::Socks => write!(f, "socks5://{}", self.addr),
+        }
+    }
+}
+
+impl From<SocketAddr> for Listen {
+    fn from(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            kind: ListenKind::Mixed,
+        }
+    }
+}
+
 /// What a listener speaks on the connections it accepts.
 pub trait Protocol: Send + Sync + 'static {
     /// Serves one admitted connection until it ends; `admitted` holds its place under the
@@ -79,8 +139,7 @@ pub fn raise_descriptor_limit(max_connections: usize) -> Option<u64> {
 /// listeners are closed when this returns. Draining what is open is the caller's
 /// ([`Shutdown::drain`]).
 pub async fn accept_all<P: Protocol>(
-    listeners: Vec<TcpListener>,
-    protocol: Arc<P>,
+    listeners: Vec<(TcpListener, Arc<P>)>,
     admission: Arc<Admission>,
     shutdown: &Shutdown,
     stop: impl Future<Output = ()>,
@@ -88,10 +147,10 @@ pub async fn accept_all<P: Protocol>(
     let stop_accepting = CancellationToken::new();
     let loops: Vec<_> = listeners
         .into_iter()
-        .map(|l| {
+        .map(|(l, protocol)| {
             tokio::spawn(accept_loop(
                 l,
-                Arc::clone(&protocol),
+                protocol,
                 Arc::clone(&admission),
                 shutdown.clone(),
                 stop_accepting.clone(),

@@ -501,7 +501,12 @@ impl Core {
     {
         let core = Arc::clone(self);
         let grant = client.grant.clone();
-        let protocol = if kind == "CONNECT" { "connect" } else { "http" };
+        let protocol = match kind {
+            "CONNECT" => "connect",
+            "UPGRADE" => "http",
+            // SOCKS names its own protocol (`socks5`, `socks4`).
+            other => other,
+        };
         let route = client.trail.route();
         self.metrics.request(protocol, status, &route, None);
         self.count_route(&route, 1, 1);

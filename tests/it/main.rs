@@ -16,5 +16,6 @@ mod props;
 mod robust;
 mod shutdown;
 mod smuggling;
+mod socks;
 mod support;
 mod tls;

@@ -1,0 +1,323 @@
+//! The SOCKS listener protocol: SOCKS5 (RFC 1928, with RFC 1929 username/password) and
+//! SOCKS4/4a CONNECT, turned into the same session calls as HTTP CONNECT: the same users,
+//! rules, pools, limits, access line and counters. Failures are answered with the reply code
+//! the one classifier gives (`Verdict::socks_reply`).
+//!
+//! Not built yet: UDP ASSOCIATE and BIND are answered "command not supported" (0x07).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::failure::{Failure, verdict};
+use crate::relay::Peer;
+use crate::server::Admitted;
+use crate::session::{Client, Core, Ends, SessionError};
+use crate::target::Target;
+
+/// The SOCKS listener protocol and its settings.
+pub struct Socks {
+    core: Arc<Core>,
+    /// The whole handshake (greeting, authentication, request) must arrive within this.
+    handshake_timeout: Duration,
+}
+
+/// Why a handshake ended without a tunnel (answered already, or not answerable).
+#[derive(Debug)]
+enum Ended {
+    /// The client went away or sent something that is not SOCKS.
+    Client(std::io::Error),
+    /// Answered with a failure reply.
+    Answered,
+}
+
+impl From<std::io::Error> for Ended {
+    fn from(e: std::io::Error) -> Self {
+        Self::Client(e)
+    }
+}
+
+impl Socks {
+    pub fn new(core: Arc<Core>, handshake_timeout: Duration) -> Self {
+        Self {
+            core,
+            handshake_timeout,
+        }
+    }
+
+    /// Serves one connection whose first byte is 0x05 or 0x04 (not yet read).
+    pub async fn serve(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) {
+        let started = Instant::now();
+        let handshake = async {
+            match stream.read_u8().await? {
+                5 => self.socks5(&mut stream, peer).await,
+                4 => self.socks4(&mut stream, peer).await,
+                v => Err(Ended::Client(std::io::Error::other(format!(
+                    "not SOCKS (version byte {v})"
+                )))),
+            }
+        };
+        let opened = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(opened)) => opened,
+            Ok(Err(Ended::Answered)) => return,
+            Ok(Err(Ended::Client(e))) => {
+                tracing::debug!(error = %e, "SOCKS handshake ended");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no SOCKS handshake in time");
+                return;
+            }
+        };
+        let (client, target, reached, protocol) = opened;
+        tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "SOCKS tunnel open");
+        self.core.spawn_tunnel(
+            protocol,
+            200,
+            target.to_string(),
+            &client,
+            admitted,
+            async move {
+                Ok(Ends {
+                    client: Peer::Tcp(stream),
+                    early: Bytes::new(),
+                    target: reached.value,
+                    member: reached.member,
+                })
+            },
+        );
+    }
+
+    /// RFC 1928: greeting, method choice, RFC 1929 when `[auth]` is on, then the request.
+    async fn socks5(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Opened, Ended> {
+        let n = s.read_u8().await?;
+        let mut methods = vec![0u8; usize::from(n)];
+        s.read_exact(&mut methods).await?;
+        let auth = self.core.auth().enabled();
+        let wanted = if auth { 0x02 } else { 0x00 };
+        if !methods.contains(&wanted) {
+            // 0xFF: no acceptable method (with [auth], "no authentication" is not one).
+            s.write_all(&[5, 0xff]).await?;
+            return Err(Ended::Answered);
+        }
+        s.write_all(&[5, wanted]).await?;
+        let mut credentials = None;
+        if auth {
+            // RFC 1929: VER=1, ULEN, UNAME, PLEN, PASSWD.
+            if s.read_u8().await? != 1 {
+                return Err(Ended::Client(std::io::Error::other(
+                    "bad username/password subnegotiation version",
+                )));
+            }
+            let user = read_string(s).await?;
+            let pass = read_string(s).await?;
+            credentials = Some((user, pass));
+        }
+        let client = match self
+            .core
+            .admit(
+                peer,
+                credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            )
+            .await
+        {
+            Ok(c) => {
+                if auth {
+                    s.write_all(&[1, 0]).await?;
+                }
+                c
+            }
+            Err(e) => {
+                if auth {
+                    s.write_all(&[1, 1]).await?;
+                }
+                self.log_failure(&Client::new(peer, None), "socks5", "-", &e);
+                return Err(Ended::Answered);
+            }
+        };
+        // Request: VER CMD RSV ATYP DST.ADDR DST.PORT.
+        let mut head = [0u8; 4];
+        s.read_exact(&mut head).await?;
+        let [ver, cmd, _, atyp] = head;
+        if ver != 5 {
+            return Err(Ended::Client(std::io::Error::other("bad request version")));
+        }
+        let host = match atyp {
+            1 => {
+                let mut a = [0u8; 4];
+                s.read_exact(&mut a).await?;
+                IpAddr::from(a).to_string()
+            }
+            4 => {
+                let mut a = [0u8; 16];
+                s.read_exact(&mut a).await?;
+                IpAddr::from(a).to_string()
+            }
+            3 => {
+                let n = s.read_u8().await?;
+                let mut name = vec![0u8; usize::from(n)];
+                s.read_exact(&mut name).await?;
+                String::from_utf8(name).unwrap_or_default()
+            }
+            _ => {
+                reply5(s, 0x08, None).await?;
+                return Err(Ended::Answered);
+            }
+        };
+        let port = s.read_u16().await?;
+        if cmd != 1 {
+            // BIND (2) and UDP ASSOCIATE (3) are not built yet.
+            reply5(s, 0x07, None).await?;
+            return Err(Ended::Answered);
+        }
+        let target = match Target::new(&host, port) {
+            Ok(t) => t,
+            Err(e) => {
+                reply5(s, verdict(Failure::BadRequest).socks_reply, None).await?;
+                tracing::debug!(error = %e, "bad SOCKS target");
+                return Err(Ended::Answered);
+            }
+        };
+        match self.core.open_tunnel(&target, &client).await {
+            Ok(reached) => {
+                reply5(s, 0x00, bound(&reached.value)).await?;
+                Ok((client, target, reached, "socks5"))
+            }
+            Err(e) => {
+                reply5(s, verdict(e.failure()).socks_reply, None).await?;
+                self.log_failure(&client, "socks5", &target.to_string(), &e);
+                Err(Ended::Answered)
+            }
+        }
+    }
+
+    /// SOCKS4 and 4a CONNECT: VN=4 CD DSTPORT DSTIP USERID\0 [DOMAIN\0].
+    async fn socks4(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Opened, Ended> {
+        let cmd = s.read_u8().await?;
+        let port = s.read_u16().await?;
+        let mut ip = [0u8; 4];
+        s.read_exact(&mut ip).await?;
+        let _user_id = read_until_nul(s).await?;
+        // 0.0.0.x (x != 0): SOCKS4a, the name follows.
+        let host = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
+            read_until_nul(s).await?
+        } else {
+            Ipv4Addr::from(ip).to_string()
+        };
+        const GRANTED: u8 = 90;
+        const REJECTED: u8 = 91;
+        if cmd != 1 || self.core.auth().enabled() {
+            // BIND is not built; with [auth], SOCKS4 carries no password to check.
+            s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
+            if cmd == 1 {
+                tracing::debug!("SOCKS4 refused: [auth] is on and SOCKS4 has no password");
+            }
+            return Err(Ended::Answered);
+        }
+        let client = match self.core.admit(peer, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
+                self.log_failure(&Client::new(peer, None), "socks4", "-", &e);
+                return Err(Ended::Answered);
+            }
+        };
+        let target = match Target::new(&host, port) {
+            Ok(t) => t,
+            Err(_) => {
+                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
+                return Err(Ended::Answered);
+            }
+        };
+        match self.core.open_tunnel(&target, &client).await {
+            Ok(reached) => {
+                s.write_all(&[0, GRANTED, 0, 0, 0, 0, 0, 0]).await?;
+                Ok((client, target, reached, "socks4"))
+            }
+            Err(e) => {
+                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
+                self.log_failure(&client, "socks4", &target.to_string(), &e);
+                Err(Ended::Answered)
+            }
+        }
+    }
+
+    fn log_failure(&self, client: &Client, protocol: &'static str, target: &str, e: &SessionError) {
+        let v = verdict(e.failure());
+        let details = e.to_string();
+        tracing::debug!(error = %details, "SOCKS request failed");
+        self.core.log_request(
+            client,
+            protocol,
+            "CONNECT",
+            &target,
+            v.status.as_u16(),
+            Some((v.error, details.as_str())),
+            Instant::now(),
+        );
+    }
+}
+
+/// A handshake that opened a tunnel: who, where, the far end, and the protocol's name.
+type Opened = (
+    Client,
+    Target,
+    crate::session::Reached<crate::stream::BoxIo>,
+    &'static str,
+);
+
+/// The outgoing connection's local address, when it is a plain TCP socket (direct routes).
+fn bound(io: &crate::stream::BoxIo) -> Option<SocketAddr> {
+    crate::stream::local_addr(io)
+}
+
+/// A SOCKS5 reply: VER REP RSV ATYP BND.ADDR BND.PORT.
+async fn reply5(s: &mut TcpStream, code: u8, bound: Option<SocketAddr>) -> std::io::Result<()> {
+    let addr = bound.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut out = vec![5, code, 0];
+    match addr.ip() {
+        IpAddr::V4(v4) => {
+            out.push(1);
+            out.extend_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.push(4);
+            out.extend_from_slice(&v6.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+    s.write_all(&out).await
+}
+
+/// A length-prefixed string (RFC 1929).
+async fn read_string(s: &mut TcpStream) -> std::io::Result<String> {
+    let n = s.read_u8().await?;
+    let mut buf = vec![0u8; usize::from(n)];
+    s.read_exact(&mut buf).await?;
+    String::from_utf8(buf).map_err(|_| std::io::Error::other("not UTF-8"))
+}
+
+/// A NUL-terminated string (SOCKS4), at most 255 bytes.
+async fn read_until_nul(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut out = Vec::new();
+    loop {
+        let b = s.read_u8().await?;
+        if b == 0 {
+            break;
+        }
+        if out.len() == 255 {
+            return Err(std::io::Error::other("SOCKS4 field too long"));
+        }
+        out.push(b);
+    }
+    String::from_utf8(out).map_err(|_| std::io::Error::other("not UTF-8"))
+}

@@ -1,0 +1,346 @@
+//! The SOCKS listener, scripted byte by byte over loopback sockets: SOCKS5 with every address
+//! type, RFC 1929 authentication against the users file, every reply code from the one
+//! classifier, SOCKS4 and 4a, and the mixed port telling HTTP and SOCKS apart by the first
+//! byte.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use viaduct::Config;
+use viaduct::server::ListenKind;
+
+use crate::support::*;
+
+/// Greets with `methods`, returns the chosen method.
+async fn greet(s: &mut TcpStream, methods: &[u8]) -> u8 {
+    let mut hello = vec![5, methods.len() as u8];
+    hello.extend_from_slice(methods);
+    s.write_all(&hello).await.unwrap();
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice[0], 5);
+    choice[1]
+}
+
+/// Sends a request (`cmd`, `atyp`, address bytes, port) and returns the reply code and the
+/// bound address it carries.
+async fn request(s: &mut TcpStream, cmd: u8, atyp: u8, addr: &[u8], port: u16) -> (u8, SocketAddr) {
+    let mut req = vec![5, cmd, 0, atyp];
+    req.extend_from_slice(addr);
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await.unwrap();
+    let mut head = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    let ip: std::net::IpAddr = match head[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            s.read_exact(&mut a).await.unwrap();
+            a.into()
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            s.read_exact(&mut a).await.unwrap();
+            a.into()
+        }
+        t => panic!("reply address type {t}"),
+    };
+    let port = s.read_u16().await.unwrap();
+    (head[1], SocketAddr::new(ip, port))
+}
+
+fn name(host: &str) -> Vec<u8> {
+    let mut v = vec![host.len() as u8];
+    v.extend_from_slice(host.as_bytes());
+    v
+}
+
+async fn round_trip(s: &mut TcpStream) {
+    s.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+}
+
+/// CONNECT by IPv4, IPv6 and name; the reply carries the outgoing connection's bound address.
+#[tokio::test]
+async fn socks5_connects_by_every_address_type() {
+    let echo = echo_server().await;
+    let p = start_proxy_with(
+        config(),
+        Arc::new(TestResolver::default().with("echo.test", echo)),
+    )
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    assert_eq!(greet(&mut s, &[0]).await, 0);
+    let (code, bound) = request(&mut s, 1, 1, &[127, 0, 0, 1], echo.port()).await;
+    assert_eq!(code, 0);
+    assert!(bound.ip().is_loopback() && bound.port() != 0, "{bound}");
+    round_trip(&mut s).await;
+
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    greet(&mut s, &[0]).await;
+    let (code, _) = request(&mut s, 1, 3, &name("echo.test"), echo.port()).await;
+    assert_eq!(code, 0);
+    round_trip(&mut s).await;
+
+    if let Ok(v6) = TcpListener::bind("[::1]:0").await {
+        let port = v6.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut c, _) = v6.accept().await.unwrap();
+            let (mut r, mut w) = c.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        greet(&mut s, &[0]).await;
+        let (code, _) = request(&mut s, 1, 4, &std::net::Ipv6Addr::LOCALHOST.octets(), port).await;
+        assert_eq!(code, 0);
+        round_trip(&mut s).await;
+    }
+}
+
+/// Every reply code comes from the classifier: 0x02 blocked or denied, 0x03 network
+/// unreachable (an upstream's report), 0x04 DNS, 0x05 refused, 0x06 timeout, 0x07 BIND and UDP,
+/// 0x08 address type, 0x01 otherwise.
+#[tokio::test]
+async fn socks5_reply_codes() {
+    let echo = echo_server().await;
+    let text = "[[rules]]\nmatch = { domains = [\"blocked.test\"] }\nvia = \"block\"\n";
+    let p = start_proxy(Config {
+        router: viaduct::config::parse(text, "t.toml").unwrap().router,
+        ..config()
+    })
+    .await;
+    let code = |cmd: u8, atyp: u8, addr: Vec<u8>, port: u16, proxy: SocketAddr| async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        greet(&mut s, &[0]).await;
+        request(&mut s, cmd, atyp, &addr, port).await.0
+    };
+    assert_eq!(code(1, 3, name("blocked.test"), 443, p.addr).await, 0x02);
+    assert_eq!(code(1, 3, name("nowhere.test"), 443, p.addr).await, 0x04);
+    assert_eq!(
+        code(1, 1, vec![127, 0, 0, 1], free_addr().port(), p.addr).await,
+        0x05
+    );
+    assert_eq!(
+        code(2, 1, vec![127, 0, 0, 1], echo.port(), p.addr).await,
+        0x07
+    );
+    assert_eq!(
+        code(3, 1, vec![127, 0, 0, 1], echo.port(), p.addr).await,
+        0x07
+    );
+    {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        greet(&mut s, &[0]).await;
+        s.write_all(&[5, 1, 0, 9]).await.unwrap();
+        let mut reply = [0u8; 2];
+        s.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[1], 0x08);
+    }
+
+    // Denied by the destination policy.
+    let denied = start_proxy(Config {
+        access: viaduct::access::Access {
+            destinations: viaduct::access::Destinations {
+                deny_internal: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        ..config()
+    })
+    .await;
+    assert_eq!(
+        code(1, 1, vec![127, 0, 0, 1], echo.port(), denied.addr).await,
+        0x02
+    );
+
+    // Through upstreams: a SOCKS upstream that reports "network unreachable", one that never
+    // answers (timeout), and an HTTP upstream answering 403 (general failure).
+    let unreachable = serve_tcp(|mut s| async move {
+        let mut b = [0u8; 3];
+        let _ = s.read_exact(&mut b).await;
+        let _ = s.write_all(&[5, 0]).await;
+        let mut req = [0u8; 10];
+        let _ = s.read_exact(&mut req).await;
+        let _ = s.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+    })
+    .await;
+    let silent = serve_tcp(|mut s| async move {
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    let (forbidding, _) =
+        fake_upstream(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    for (up, want) in [
+        (format!("socks5://{unreachable}"), 0x03),
+        (format!("http://{silent}"), 0x06),
+        (format!("http://{forbidding}"), 0x01),
+    ] {
+        let q = start_proxy(Config {
+            router: via(&up),
+            connect_timeout: Duration::from_millis(300),
+            ..config()
+        })
+        .await;
+        assert_eq!(
+            code(1, 1, vec![127, 0, 0, 1], echo.port(), q.addr).await,
+            want,
+            "{up}"
+        );
+    }
+}
+
+/// With `[auth]`: only username/password is offered (no-auth gets 0xFF); the same users as
+/// HTTP, a session suffix included; wrong passwords get the RFC 1929 failure.
+#[tokio::test]
+async fn socks5_authenticates_the_same_users() {
+    let echo = echo_server().await;
+    let p = start_proxy(Config {
+        auth: Some(users(&[("alice", "pw")])),
+        ..config()
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    assert_eq!(greet(&mut s, &[0]).await, 0xff);
+
+    let login = |user: &'static str, pass: &'static str| async move {
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        assert_eq!(greet(&mut s, &[0, 2]).await, 2);
+        let mut sub = vec![1, user.len() as u8];
+        sub.extend_from_slice(user.as_bytes());
+        sub.push(pass.len() as u8);
+        sub.extend_from_slice(pass.as_bytes());
+        s.write_all(&sub).await.unwrap();
+        let mut status = [0u8; 2];
+        s.read_exact(&mut status).await.unwrap();
+        (s, status[1])
+    };
+    let (_, status) = login("alice", "nope").await;
+    assert_eq!(status, 1);
+    for user in ["alice", "alice-session-7"] {
+        let (mut s, status) = login(user, "pw").await;
+        assert_eq!(status, 0, "{user}");
+        let (code, _) = request(&mut s, 1, 1, &[127, 0, 0, 1], echo.port()).await;
+        assert_eq!(code, 0);
+        round_trip(&mut s).await;
+    }
+}
+
+/// SOCKS4 and 4a CONNECT; with `[auth]` SOCKS4 is refused (it carries no password).
+#[tokio::test]
+async fn socks4_and_4a() {
+    let echo = echo_server().await;
+    let p = start_proxy_with(
+        config(),
+        Arc::new(TestResolver::default().with("echo.test", echo)),
+    )
+    .await;
+    let socks4 = |proxy: SocketAddr, ip: [u8; 4], host: Option<&'static str>| async move {
+        let mut s = TcpStream::connect(proxy).await.unwrap();
+        let mut req = vec![4, 1];
+        req.extend_from_slice(&echo.port().to_be_bytes());
+        req.extend_from_slice(&ip);
+        req.extend_from_slice(b"someone\0");
+        if let Some(h) = host {
+            req.extend_from_slice(h.as_bytes());
+            req.push(0);
+        }
+        s.write_all(&req).await.unwrap();
+        let mut reply = [0u8; 8];
+        s.read_exact(&mut reply).await.unwrap();
+        (s, reply[1])
+    };
+    let (mut s, code) = socks4(p.addr, [127, 0, 0, 1], None).await;
+    assert_eq!(code, 90);
+    round_trip(&mut s).await;
+    let (mut s, code) = socks4(p.addr, [0, 0, 0, 1], Some("echo.test")).await;
+    assert_eq!(code, 90);
+    round_trip(&mut s).await;
+    let (_, code) = socks4(p.addr, [0, 0, 0, 1], Some("nowhere.test")).await;
+    assert_eq!(code, 91);
+
+    let authed = start_proxy(Config {
+        auth: Some(users(&[("alice", "pw")])),
+        ..config()
+    })
+    .await;
+    let (_, code) = socks4(authed.addr, [127, 0, 0, 1], None).await;
+    assert_eq!(code, 91);
+}
+
+async fn start_kind(kind: ListenKind, config: Config) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = viaduct::Proxy::new(config).unwrap();
+    tokio::spawn(viaduct::serve_all(
+        vec![(listener, kind)],
+        proxy,
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// The mixed port serves SOCKS5, SOCKS4 and HTTP by their first byte; a client that sends
+/// nothing gets HTTP's 408. `http://` and `socks5://` listeners speak only theirs.
+#[tokio::test]
+async fn first_byte_picks_the_protocol() {
+    let echo = echo_server().await;
+    let o = origin().await;
+    let p = start_proxy(Config {
+        limits: viaduct::Limits {
+            header_read_timeout: Duration::from_millis(300),
+            ..viaduct::Limits::default()
+        },
+        ..config()
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    assert_eq!(greet(&mut s, &[0]).await, 0);
+    assert_eq!(
+        request(&mut s, 1, 1, &[127, 0, 0, 1], echo.port()).await.0,
+        0
+    );
+    round_trip(&mut s).await;
+    let (head, body) = send(
+        p.addr,
+        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
+    )
+    .await;
+    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+    let (mut t, head) = connect(p.addr, &echo.to_string()).await;
+    assert_eq!(head.status, 200);
+    round_trip(&mut t).await;
+    let mut quiet = TcpStream::connect(p.addr).await.unwrap();
+    let head = read_head(&mut quiet).await;
+    assert_eq!(head.status, 408);
+
+    let http_only = start_kind(ListenKind::Http, config()).await;
+    let mut s = TcpStream::connect(http_only).await.unwrap();
+    s.write_all(&[5, 1, 0]).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(
+        head.status, 400,
+        "SOCKS bytes on an HTTP-only port are a bad request"
+    );
+
+    let socks_only = start_kind(ListenKind::Socks, config()).await;
+    let mut s = TcpStream::connect(socks_only).await.unwrap();
+    s.write_all(b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "closed without an answer: {rest:?}"
+    );
+    let mut s = TcpStream::connect(socks_only).await.unwrap();
+    assert_eq!(greet(&mut s, &[0]).await, 0);
+}
