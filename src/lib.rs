@@ -6,7 +6,7 @@
 //! Requests flow one way, and the modules follow them:
 //!
 //! ```text
-//! server (accept, admission) -> http (the HTTP listener protocol)
+//! server (accept, admission) -> http | socks (listener protocols; one port sniffed)
 //!     -> session (who, decide, reach, tunnel, accounting)
 //!         -> routing (pure)  -> pool + upstream (dialing, kept-alive connections)  -> relay
 //! ```
@@ -15,6 +15,7 @@
 //! - [`http`]: HTTP/1 on a connection: CONNECT, forwarding, `Upgrade`, header rules, and the one
 //!   place errors become HTTP answers ([`http::respond`]). The only module that knows hyper's
 //!   server types.
+//! - [`socks`]: SOCKS5 (RFC 1928/1929) and SOCKS4/4a CONNECT on the same session calls.
 //! - [`session`]: protocol-neutral: the client, the routing decision, reaching the target
 //!   through the [`session::Connector`] seam (pool failover included), tunnels and accounting.
 //! - [`routing`]: bypass list, rules by destination and user, default. Pure, apart from an

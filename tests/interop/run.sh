@@ -399,6 +399,26 @@ check "bound to 0.0.0.0: a name resolving to 127.0.0.1 is refused (403 destinati
     bash -c "out=\$(curl -sS --noproxy '' -x http://127.0.0.1:$V_WIDE --proxy-user bob:b0b-pw -D - -o /dev/null http://localhost:$HTTP_PORT/hello.txt); echo \"\$out\"; echo \"\$out\" | grep -q '^HTTP/1.1 403' && echo \"\$out\" | grep -qi '^proxy-status: viaduct; error=destination_ip_prohibited'
              [ \"\$(code_via $V_WIDE bob:b0b-pw https://localhost:$HTTPS_PORT/hello.txt)\" = '403 000' ]"
 
+# --- SOCKS on the same port as HTTP ---
+check "curl --socks5-hostname to viaduct's port -> nginx (https)" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem --socks5-hostname 127.0.0.1:$V_DIRECT https://localhost:$HTTPS_PORT/hello.txt)\" = 'hello from nginx' ]"
+check "curl --socks4a and --socks5 (local DNS) -> nginx" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --socks4a 127.0.0.1:$V_DIRECT http://localhost:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ] && [ \"\$(curl -fsS --noproxy '' --socks5 127.0.0.1:$V_DIRECT http://127.0.0.1:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ]"
+check "curl --socks5 with --proxy-user against --auth-file (right, wrong)" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --socks5-hostname 127.0.0.1:$V_AUTHED --proxy-user bob:b0b-pw http://127.0.0.1:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ] && ! curl -fsS --noproxy '' --socks5-hostname 127.0.0.1:$V_AUTHED --proxy-user bob:wrong http://127.0.0.1:$HTTP_PORT/hello.txt"
+check "a SOCKS client through viaduct chained to squid (squid logs the CONNECT)" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --cacert $work/ca.pem --socks5-hostname 127.0.0.1:$V_CHAIN https://localhost:$HTTPS_PORT/hello.txt?via=socks)\" = 'hello from nginx' ] && for _ in \$(seq 1 50); do grep -q 'CONNECT localhost:$HTTPS_PORT' $work/squid/access.log && exit 0; sleep 0.1; done; exit 1"
+cat > "$work/requests_socks.py" <<PY
+import requests
+s = requests.Session()
+s.trust_env = False
+p = {"http": "socks5h://bob:b0b-pw@127.0.0.1:$V_AUTHED", "https": "socks5h://bob:b0b-pw@127.0.0.1:$V_AUTHED"}
+r = s.get("https://localhost:$HTTPS_PORT/hello.txt", proxies=p, verify="$work/ca.pem", timeout=30)
+assert r.status_code == 200 and r.text == "hello from nginx\n", (r.status_code, r.text)
+print("requests socks5h ok")
+PY
+check "python requests with socks5h://user:pass@ (PySocks)" python3 "$work/requests_socks.py"
+
 # --- observability ---
 for _ in 1 2 3 4 5; do curl -fsS -o /dev/null --noproxy '' -x "http://127.0.0.1:$V_OBS" "http://127.0.0.1:$HTTP_PORT/hello.txt"; done
 for _ in 1 2 3; do curl -fsS -o /dev/null --noproxy '' --cacert "$work/ca.pem" -x "http://127.0.0.1:$V_OBS" "https://localhost:$HTTPS_PORT/hello.txt"; done
@@ -474,6 +494,12 @@ if command -v chromium >/dev/null 2>&1; then
     check "chromium plain http via viaduct -> squid -> nginx" \
         bash -c "chromium_get http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
     check "viaduct logged chromium's tunnel" eventually grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
+    check "chromium with --proxy-server=socks5:// (viaduct's port) -> squid -> nginx over HTTPS" \
+        bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+                   --user-data-dir=$work/chromium-socks --proxy-server=socks5://127.0.0.1:$V_CHAIN \
+                   --proxy-bypass-list='<-loopback>' --ignore-certificate-errors-spki-list=$spki \
+                   --dump-dom https://localhost:$HTTPS_PORT/hello.txt 2>/dev/null | grep -q 'hello from nginx' \
+                 && grep -q 'method=\"socks5\"' $work/chain.log"
     # puppeteer-core (npm; 22.x runs on Debian's Node 18 too) drives the same Chromium and
     # answers viaduct's 407 challenge.
     node_dir="$root/target/interop-node"
