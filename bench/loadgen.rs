@@ -7,7 +7,8 @@
 //! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
 //! viaduct-loadgen soak         --proxy ADDR --origin HOST:PORT --path /small --count 2000 --seconds 600
 //! ```
-//! Every mode also takes `--proxy-user USER:PASS` (sent as `Proxy-Authorization: Basic` on
+//! Every mode also takes `--socks 5` (SOCKS5 CONNECT instead of HTTP CONNECT) and
+//! `--proxy-user USER:PASS` (sent as `Proxy-Authorization: Basic` on
 //! every CONNECT). Every mode prints one `key=value` line that `bench/run` parses.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark tool: failing loudly is right
@@ -22,6 +23,9 @@ use tokio::net::TcpStream;
 
 /// The `Proxy-Authorization` header line sent on every CONNECT (`--proxy-user`), or "".
 static PROXY_AUTH: OnceLock<String> = OnceLock::new();
+
+/// `--socks`: open tunnels with SOCKS5 CONNECT instead of HTTP CONNECT.
+static SOCKS: OnceLock<bool> = OnceLock::new();
 
 struct Args {
     mode: String,
@@ -61,6 +65,9 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().unwrap(),
             "--count" => a.count = v.parse().unwrap(),
             "--hold" => a.hold = v.parse().unwrap(),
+            "--socks" => {
+                SOCKS.set(v == "5").unwrap();
+            }
             "--proxy-user" => {
                 use base64::Engine;
                 let b64 = base64::engine::general_purpose::STANDARD.encode(v);
@@ -83,6 +90,9 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
     };
     let mut s = TcpStream::connect(proxy).await?;
     s.set_nodelay(true)?;
+    if SOCKS.get().copied().unwrap_or(false) {
+        return socks5(s, origin).await;
+    }
     let auth = PROXY_AUTH.get().map_or("", String::as_str);
     s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n{auth}\r\n").as_bytes())
         .await?;
@@ -101,6 +111,32 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
             "CONNECT refused: {}",
             line.lines().next().unwrap_or("")
         )));
+    }
+    Ok(s)
+}
+
+/// SOCKS5 CONNECT (no authentication) to `origin` (an IPv4 `host:port`).
+async fn socks5(mut s: TcpStream, origin: &str) -> std::io::Result<TcpStream> {
+    let addr: SocketAddr = origin.parse().map_err(std::io::Error::other)?;
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        return Err(std::io::Error::other("--socks 5 takes an IPv4 origin"));
+    };
+    // Greeting, then the request: two round trips, as clients do (not every server takes
+    // them pipelined).
+    s.write_all(&[5, 1, 0]).await?;
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await?;
+    if choice != [5, 0] {
+        return Err(std::io::Error::other(format!("SOCKS method refused: {choice:?}")));
+    }
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&ip.octets());
+    req.extend_from_slice(&addr.port().to_be_bytes());
+    s.write_all(&req).await?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).await?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!("SOCKS reply {}", reply[1])));
     }
     Ok(s)
 }
