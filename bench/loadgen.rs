@@ -127,7 +127,9 @@ async fn socks5(mut s: TcpStream, origin: &str) -> std::io::Result<TcpStream> {
     let mut choice = [0u8; 2];
     s.read_exact(&mut choice).await?;
     if choice != [5, 0] {
-        return Err(std::io::Error::other(format!("SOCKS method refused: {choice:?}")));
+        return Err(std::io::Error::other(format!(
+            "SOCKS method refused: {choice:?}"
+        )));
     }
     let mut req = vec![5, 1, 0, 1];
     req.extend_from_slice(&ip.octets());

@@ -182,6 +182,11 @@ struct RunArgs {
     /// Write JSON access records to this file (reopened on SIGHUP) instead of stdout.
     #[arg(long, value_name = "PATH")]
     access_log_file: Option<PathBuf>,
+
+    /// Listeners expect a PROXY protocol (v1/v2) header from a load balancer
+    /// (proxy_protocol_from in the config; default: this host's loopback).
+    #[arg(long)]
+    proxy_protocol: bool,
 }
 
 impl RunArgs {
@@ -211,6 +216,7 @@ impl RunArgs {
             access_log: self.access_log.clone(),
             access_log_file: self.access_log_file.clone(),
             admin: self.admin,
+            proxy_protocol: self.proxy_protocol,
         }
     }
 }

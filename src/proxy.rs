@@ -15,7 +15,7 @@ use crate::http::Http;
 use crate::http::headers::Via;
 use crate::metrics::Metrics;
 use crate::routing::Router;
-use crate::server::{self, Admission, Admitted, ListenKind, Protocol};
+use crate::server::{self, Admission, Admitted, ListenKind, Protocol, ProxyProtocol};
 use crate::session::access_log::AccessLog;
 use crate::session::{Core, Observe, Policy};
 use crate::shutdown::Shutdown;
@@ -42,6 +42,7 @@ pub struct Proxy {
     shutdown: Shutdown,
     info: Arc<RunInfo>,
     admin: Option<Arc<Admin>>,
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
 }
 
 impl Proxy {
@@ -119,6 +120,7 @@ impl Proxy {
             shutdown,
             info,
             admin,
+            proxy_protocol: config.proxy_protocol.map(Arc::new),
         }))
     }
 
@@ -227,6 +229,7 @@ pub async fn serve_all(
     server::accept_all(
         listeners,
         Arc::clone(&proxy.admission),
+        proxy.proxy_protocol.clone(),
         &proxy.shutdown,
         shutdown,
     )

@@ -73,6 +73,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub admin_allow: Vec<IpNet>,
     pub pac_proxy: Option<String>,
+    pub proxy_protocol: bool,
+    pub proxy_protocol_from: Vec<IpNet>,
 }
 
 /// The `[auth]` table.
@@ -148,6 +150,10 @@ struct Raw {
     #[serde(default)]
     admin_allow: Vec<Spanned<String>>,
     pac_proxy: Option<String>,
+    #[serde(default)]
+    proxy_protocol: bool,
+    #[serde(default)]
+    proxy_protocol_from: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -632,6 +638,8 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                 .transpose()?,
             admin_allow: cidrs("admin_allow", &raw.admin_allow)?,
             pac_proxy: raw.pac_proxy.clone(),
+            proxy_protocol: raw.proxy_protocol,
+            proxy_protocol_from: cidrs("proxy_protocol_from", &raw.proxy_protocol_from)?,
             listen,
             connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
             idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,

@@ -13,7 +13,7 @@ use crate::access::{Access, Clients, Destinations};
 use crate::auth::{AuthSettings, Users};
 use crate::pool::{Pool, PoolSettings, Strategy};
 use crate::routing::{Action, Router, parse_no_proxy};
-use crate::server::Listen;
+use crate::server::{Listen, ProxyProtocol};
 use crate::session::access_log::Format;
 use crate::upstream::{Route, TlsOptions, redact};
 
@@ -54,6 +54,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// The configuration file this came from, for the status page.
     pub config_file: Option<String>,
+    /// Listeners expect a PROXY protocol header from these balancers; off by default.
+    pub proxy_protocol: Option<ProxyProtocol>,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, `/proxy.pac`.
@@ -130,6 +132,7 @@ impl Default for Config {
             access_log_file: None,
             admin: None,
             config_file: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -167,6 +170,8 @@ pub struct Overrides {
     pub access_log: Option<String>,
     pub access_log_file: Option<PathBuf>,
     pub admin: Option<SocketAddr>,
+    /// `--proxy-protocol`: listeners expect a PROXY header.
+    pub proxy_protocol: bool,
 }
 
 /// Reads the file (when given) and merges: defaults, then the file, then `overrides`.
@@ -238,6 +243,26 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     let auth = auth_settings(file_auth, o)?;
     let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
     let admin = admin_settings(&settings, o, &addrs)?;
+    let proxy_protocol = (o.proxy_protocol || settings.proxy_protocol).then(|| ProxyProtocol {
+        from: if settings.proxy_protocol_from.is_empty() {
+            // A balancer on this host: the usual sidecar.
+            vec![
+                "127.0.0.0/8"
+                    .parse()
+                    .unwrap_or_else(|_| ipnet::IpNet::default()),
+                "::1/128"
+                    .parse()
+                    .unwrap_or_else(|_| ipnet::IpNet::default()),
+            ]
+        } else {
+            settings.proxy_protocol_from.clone()
+        },
+        timeout: pick(
+            o.header_read_timeout,
+            settings.limits.header_read_timeout,
+            defaults.limits.header_read_timeout,
+        ),
+    });
     let access_log = match &o.access_log {
         Some(f) => Format::parse(f)
             .ok_or_else(|| format!("invalid value for --access-log: \"{f}\" (text, json, off)"))?,
@@ -334,6 +359,7 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
             .or(settings.access_log_file.clone()),
         admin,
         config_file: None,
+        proxy_protocol,
     })
 }
 

@@ -4,6 +4,7 @@
 //! blocks on a client and backs off when accepting fails.
 
 pub mod admission;
+pub mod proxy_protocol;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 pub use self::admission::{Admission, Admitted};
+pub use self::proxy_protocol::ProxyProtocol;
 use crate::failure::Failure;
 use crate::shutdown::Shutdown;
 
@@ -141,6 +143,7 @@ pub fn raise_descriptor_limit(max_connections: usize) -> Option<u64> {
 pub async fn accept_all<P: Protocol>(
     listeners: Vec<(TcpListener, Arc<P>)>,
     admission: Arc<Admission>,
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
     shutdown: &Shutdown,
     stop: impl Future<Output = ()>,
 ) {
@@ -152,6 +155,7 @@ pub async fn accept_all<P: Protocol>(
                 l,
                 protocol,
                 Arc::clone(&admission),
+                proxy_protocol.clone(),
                 shutdown.clone(),
                 stop_accepting.clone(),
             ))
@@ -162,6 +166,58 @@ pub async fn accept_all<P: Protocol>(
     for l in loops {
         let _ = l.await;
     }
+}
+
+/// A connection from a load balancer: the PROXY header first, then admission for the client
+/// it names, then the protocol, which sees the client's address as the peer.
+async fn behind_balancer<P: Protocol>(
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+    pp: Arc<ProxyProtocol>,
+    protocol: Arc<P>,
+    admission: Arc<Admission>,
+    shutdown: Shutdown,
+) {
+    let peer =
+        match tokio::time::timeout(pp.timeout, proxy_protocol::read_header(&mut stream)).await {
+            Ok(Ok(Some(client))) => client,
+            // The balancer's own connection (a health check).
+            Ok(Ok(None)) => balancer,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "refused: no valid PROXY header");
+                admission.note_refused("proxy_protocol_header");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("refused: no PROXY header in time");
+                admission.note_refused("proxy_protocol_header");
+                return;
+            }
+        };
+    tracing::debug!(client = %peer, "PROXY header");
+    if !admission.permits_client(peer.ip()) {
+        protocol.refuse(
+            &stream,
+            Failure::ClientDenied,
+            &format!("client {} is not among the allowed clients", peer.ip()),
+        );
+        admission.note_refused("allow_clients");
+        shutdown.tracker().spawn(linger_close(stream));
+        return;
+    }
+    let admitted = match admission.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(limit) => {
+            protocol.refuse(
+                &stream,
+                Failure::LimitReached,
+                &format!("connection limit reached ({limit})"),
+            );
+            admission.note_refused(limit);
+            return;
+        }
+    };
+    protocol.serve(stream, peer, admitted).await;
 }
 
 /// Closes a refused connection without resetting it under its answer: our write side ends
@@ -190,6 +246,7 @@ async fn accept_loop<P: Protocol>(
     listener: TcpListener,
     protocol: Arc<P>,
     admission: Arc<Admission>,
+    proxy_protocol: Option<Arc<ProxyProtocol>>,
     shutdown: Shutdown,
     stop: CancellationToken,
 ) {
@@ -199,6 +256,26 @@ async fn accept_loop<P: Protocol>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    if let Some(pp) = &proxy_protocol {
+                        // Admission waits for the header: it is about the real client.
+                        if !pp.trusts(peer.ip()) {
+                            admission.note_refused("proxy_protocol_from");
+                            continue;
+                        }
+                        let _ = stream.set_nodelay(true);
+                        let id = admission.next_conn_id();
+                        let span = tracing::info_span!("conn", id, %peer);
+                        let task = behind_balancer(
+                            stream,
+                            peer,
+                            Arc::clone(pp),
+                            Arc::clone(&protocol),
+                            Arc::clone(&admission),
+                            shutdown.clone(),
+                        );
+                        shutdown.tracker().spawn(task.instrument(span));
+                        continue;
+                    }
                     if !admission.permits_client(peer.ip()) {
                         // Answered before anything is read: no request is acted on.
                         protocol.refuse(
