@@ -270,6 +270,44 @@ via = "mixed"
 CONF
 "$VIADUCT" --config "$work/obs.toml" > "$work/obs.log" 2>&1 &
 pids+=($!)
+# Behind haproxy (send-proxy-v2): two viaducts with the same sticky pool, each trusting the
+# PROXY header from loopback; clients come from 127.0.0.2/127.0.0.3, haproxy from 127.0.0.1.
+cat > "$work/lb.toml" <<CONF
+proxy_protocol = true
+proxy_protocol_from = ["127.0.0.1/32"]
+access_log = "json"
+[limits]
+max_connections_per_ip = 2
+[upstreams]
+squid = "http://127.0.0.1:$SQUID_PORT"
+microsocks = "socks5h://sockuser:sock%3Apass@127.0.0.1:$MS_PORT"
+[pools.sticky]
+members = ["squid", "microsocks"]
+strategy = "sticky"
+[default]
+via = "sticky"
+CONF
+V_LB1=$(free_port); V_LB2=$(free_port); LB_PORT=$(free_port)
+"$VIADUCT" --config "$work/lb.toml" --listen "127.0.0.1:$V_LB1" --access-log-file "$work/lb1.json" > "$work/lb1.log" 2>&1 &
+pids+=($!)
+"$VIADUCT" --config "$work/lb.toml" --listen "127.0.0.1:$V_LB2" --access-log-file "$work/lb2.json" > "$work/lb2.log" 2>&1 &
+pids+=($!)
+cat > "$work/haproxy.cfg" <<CONF
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend proxies
+    bind 127.0.0.1:$LB_PORT
+    default_backend viaducts
+backend viaducts
+    balance roundrobin
+    server v1 127.0.0.1:$V_LB1 send-proxy-v2 source 127.0.0.1
+    server v2 127.0.0.1:$V_LB2 send-proxy-v2 source 127.0.0.1
+CONF
+haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.log" 2>&1 &
+pids+=($!)
 # Bound to every address: internal destinations are denied by default.
 V_WIDE=$(free_port)
 "$VIADUCT" --listen "0.0.0.0:$V_WIDE" --auth-file "$work/users.htpasswd" > "$work/wide.log" 2>&1 &
@@ -278,7 +316,7 @@ pids+=($!)
 for p in "$HTTPS_PORT" "$HTTP_PORT" "$SQUID_PORT" "$AUTH_SQUID_PORT" "$MS_PORT" "$DANTE_PORT" \
     "$STUNNEL_PORT" "$SINK_PORT" "$V_DIRECT" "$V_CHAIN" "$V_SOCKS" "$DANTE_PORT" "$V_TLS" \
     "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH" "$HEADERS_PORT" "$V_AUTHED" "$V_AUTHSQUID" \
-    "$V_WIDE" "$V_OBS" "$ADMIN_PORT"; do
+    "$V_WIDE" "$V_OBS" "$ADMIN_PORT" "$V_LB1" "$V_LB2" "$LB_PORT"; do
     wait_port "$p" || exit 1
 done
 
@@ -418,6 +456,40 @@ assert r.status_code == 200 and r.text == "hello from nginx\n", (r.status_code, 
 print("requests socks5h ok")
 PY
 check "python requests with socks5h://user:pass@ (PySocks)" python3 "$work/requests_socks.py"
+
+# --- behind haproxy ---
+check "haproxy -> viaduct x2 (PROXY v2): logs name the real client, one session sticks to one member" \
+    bash -c "for i in 1 2 3 4; do curl -fsS -o /dev/null --noproxy '' --interface 127.0.0.2 --cacert $work/ca.pem \
+               -x http://127.0.0.1:$LB_PORT --proxy-user team-session-42:x https://localhost:$HTTPS_PORT/hello.txt || exit 1; done
+             for _ in \$(seq 1 50); do [ \$(cat $work/lb1.json $work/lb2.json 2>/dev/null | wc -l) -ge 4 ] && break; sleep 0.1; done
+             cat $work/lb1.json $work/lb2.json
+             [ -s $work/lb1.json ] && [ -s $work/lb2.json ] || { echo 'both instances should have carried requests'; exit 1; }
+             ! grep -v '\"client\":\"127.0.0.2:' $work/lb1.json $work/lb2.json | grep -q .
+             [ \$(cat $work/lb1.json $work/lb2.json | grep -o '\"member\":\"[a-z]*\"' | sort -u | wc -l) -eq 1 ]"
+cat > "$work/per_ip.py" <<PY
+# Per-IP limits apply to the client the PROXY header names: 127.0.0.2 holds a tunnel on each
+# instance (limit 2 per IP, per instance), more from it are refused somewhere, 127.0.0.3 is not.
+import socket, sys
+def tunnel(src):
+    s = socket.create_connection(("127.0.0.1", $LB_PORT), source_address=(src, 0), timeout=10)
+    s.sendall(b"CONNECT 127.0.0.1:$HTTP_PORT HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(1)
+        if not chunk:
+            break
+        head += chunk
+    return s, int(head.split(b" ")[1]) if head else 0
+held = [tunnel("127.0.0.2") for _ in range(4)]
+codes = [c for _, c in held]
+assert codes == [200, 200, 200, 200], codes
+extra = [tunnel("127.0.0.2")[1] for _ in range(2)]
+assert 503 in extra, extra
+other = tunnel("127.0.0.3")[1]
+assert other == 200, other
+print("per-ip ok", codes, extra, other)
+PY
+check "per-IP limits count the client named by the PROXY header, not haproxy" python3 "$work/per_ip.py"
 
 # --- observability ---
 for _ in 1 2 3 4 5; do curl -fsS -o /dev/null --noproxy '' -x "http://127.0.0.1:$V_OBS" "http://127.0.0.1:$HTTP_PORT/hello.txt"; done
