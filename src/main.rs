@@ -187,6 +187,14 @@ struct RunArgs {
     /// (proxy_protocol_from in the config; default: this host's loopback).
     #[arg(long)]
     proxy_protocol: bool,
+
+    /// Certificate chain (PEM, leaf first) for https:// listeners; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) for https:// listeners; re-read on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -217,6 +225,8 @@ impl RunArgs {
             access_log_file: self.access_log_file.clone(),
             admin: self.admin,
             proxy_protocol: self.proxy_protocol,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }
@@ -372,7 +382,7 @@ async fn run(args: RunArgs) -> ExitCode {
     // systemd (Type=notify): ready once every listener is bound. Without systemd, a no-op.
     notify(&[sd_notify::NotifyState::Ready]);
     #[cfg(unix)]
-    if args.config.is_some() || args.auth_file.is_some() {
+    if args.config.is_some() || args.auth_file.is_some() || args.tls_cert.is_some() {
         spawn_reloader(Arc::clone(&proxy), args.config.clone(), overrides);
     }
     viaduct::serve_all(listeners, proxy, async {

@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{Admin, RunInfo};
 use crate::config::Config;
@@ -43,6 +45,8 @@ pub struct Proxy {
     info: Arc<RunInfo>,
     admin: Option<Arc<Admin>>,
     proxy_protocol: Option<Arc<ProxyProtocol>>,
+    /// The `https://` listeners' certificate, swapped at a reload.
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
 impl Proxy {
@@ -121,6 +125,9 @@ impl Proxy {
             info,
             admin,
             proxy_protocol: config.proxy_protocol.map(Arc::new),
+            tls: Arc::new(ArcSwapOption::from(
+                config.tls_listener.map(|c| Arc::new(TlsAcceptor::from(c))),
+            )),
         }))
     }
 
@@ -151,6 +158,9 @@ impl Proxy {
         self.info.reloaded(Ok(()));
         self.core.reopen_access_log();
         self.admission.set_clients(config.access.clients);
+        if let Some(tls) = config.tls_listener {
+            self.tls.store(Some(Arc::new(TlsAcceptor::from(tls))));
+        }
         self.core.reload(
             config.router,
             Policy {
@@ -222,6 +232,7 @@ pub async fn serve_all(
                 kind,
                 http: Arc::clone(&proxy.http),
                 socks: Arc::clone(&proxy.socks),
+                tls: Arc::clone(&proxy.tls),
             });
             (l, protocol)
         })
@@ -243,6 +254,7 @@ struct Listener {
     kind: ListenKind,
     http: Arc<Http>,
     socks: Arc<Socks>,
+    tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
 impl Protocol for Listener {
@@ -254,6 +266,20 @@ impl Protocol for Listener {
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
             let socks = match self.kind {
+                ListenKind::Https => {
+                    let Some(acceptor) = self.tls.load_full() else {
+                        return;
+                    };
+                    let wait = self.http.limits().header_read_timeout;
+                    match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => Arc::clone(&self.http).serve_tls(tls, peer, admitted).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake with the client failed")
+                        }
+                        Err(_) => tracing::debug!("no TLS handshake in time"),
+                    }
+                    return;
+                }
                 ListenKind::Http => false,
                 ListenKind::Socks => true,
                 ListenKind::Mixed => {

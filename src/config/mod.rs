@@ -75,6 +75,10 @@ pub struct Settings {
     pub pac_proxy: Option<String>,
     pub proxy_protocol: bool,
     pub proxy_protocol_from: Vec<IpNet>,
+    /// `[tls] cert`, `key`: the `https://` listeners' certificate chain and key, relative
+    /// paths taken from the config file's directory.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The `[auth]` table.
@@ -154,6 +158,14 @@ struct Raw {
     proxy_protocol: bool,
     #[serde(default)]
     proxy_protocol_from: Vec<Spanned<String>>,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Deserialize)]
@@ -640,6 +652,8 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             pac_proxy: raw.pac_proxy.clone(),
             proxy_protocol: raw.proxy_protocol,
             proxy_protocol_from: cidrs("proxy_protocol_from", &raw.proxy_protocol_from)?,
+            tls_cert: raw.tls.as_ref().map(|t| beside(at.file, &t.cert)),
+            tls_key: raw.tls.as_ref().map(|t| beside(at.file, &t.key)),
             listen,
             connect_timeout: opt("connect_timeout", &raw.connect_timeout)?,
             idle_timeout: opt("idle_timeout", &raw.idle_timeout)?,
@@ -690,6 +704,14 @@ fn check_name(
         return Err(at.error(span, field, format!("\"{name}\" is reserved")));
     }
     Ok(())
+}
+
+/// `path` as written in `file`: relative paths are taken from the file's directory.
+fn beside(file: &str, path: &Path) -> PathBuf {
+    match Path::new(file).parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Parses a CIDR; a bare address is its own /32 or /128.

@@ -56,6 +56,8 @@ pub struct Config {
     pub config_file: Option<String>,
     /// Listeners expect a PROXY protocol header from these balancers; off by default.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// The `https://` listeners' TLS (certificate chain and key, loaded).
+    pub tls_listener: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The admin listener: `/metrics`, `/healthz`, `/readyz`, `/status`, `/proxy.pac`.
@@ -133,6 +135,7 @@ impl Default for Config {
             admin: None,
             config_file: None,
             proxy_protocol: None,
+            tls_listener: None,
         }
     }
 }
@@ -172,6 +175,8 @@ pub struct Overrides {
     pub admin: Option<SocketAddr>,
     /// `--proxy-protocol`: listeners expect a PROXY header.
     pub proxy_protocol: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Reads the file (when given) and merges: defaults, then the file, then `overrides`.
@@ -243,6 +248,23 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     let auth = auth_settings(file_auth, o)?;
     let addrs: Vec<SocketAddr> = listen.iter().map(|l| l.addr).collect();
     let admin = admin_settings(&settings, o, &addrs)?;
+    let tls_listener = match (
+        o.tls_cert.clone().or(settings.tls_cert.clone()),
+        o.tls_key.clone().or(settings.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some(crate::server::tls::server_config(&cert, &key)?),
+        (None, None) => None,
+        _ => return Err("a TLS listener needs both a certificate chain and a key (--tls-cert and --tls-key, or [tls] cert and key)".into()),
+    };
+    if tls_listener.is_none()
+        && let Some(l) = listen
+            .iter()
+            .find(|l| l.kind == crate::server::ListenKind::Https)
+    {
+        return Err(format!(
+            "{l} needs a certificate: --tls-cert FILE --tls-key FILE (config [tls] cert, key)"
+        ));
+    }
     let proxy_protocol = (o.proxy_protocol || settings.proxy_protocol).then(|| ProxyProtocol {
         from: if settings.proxy_protocol_from.is_empty() {
             // A balancer on this host: the usual sidecar.
@@ -360,6 +382,7 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         admin,
         config_file: None,
         proxy_protocol,
+        tls_listener,
     })
 }
 

@@ -49,10 +49,11 @@ impl ConnState {
     }
 }
 
-/// A client socket that can answer a header-read timeout on drop, and that puts our answer
-/// (with `Proxy-Status`) in place of hyper's own bare answers to malformed heads.
-pub struct ClientIo {
-    tcp: Option<TcpStream>,
+/// A client stream that can (when it is plain TCP) answer a header-read timeout on drop, and
+/// that puts our answer (with `Proxy-Status`) in place of hyper's own bare answers to
+/// malformed heads. `S` is the plain socket, or TLS over it for an `https://` listener.
+pub struct ClientIo<S: Socket = TcpStream> {
+    tcp: Option<S>,
     state: Arc<ConnState>,
     timeout_response: Arc<[u8]>,
     pseudonym: Arc<str>,
@@ -60,9 +61,26 @@ pub struct ClientIo {
     pending: Option<(Vec<u8>, usize)>,
 }
 
-impl ClientIo {
+/// What a client stream can do beyond reading and writing.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// One non-blocking write of `buf` if that can be done right now (plain TCP), else nothing
+    /// (TLS: a record cannot be written from a destructor).
+    fn write_now(&self, buf: &[u8]);
+}
+
+impl Socket for TcpStream {
+    fn write_now(&self, buf: &[u8]) {
+        let _ = self.try_write(buf);
+    }
+}
+
+impl Socket for tokio_rustls::server::TlsStream<TcpStream> {
+    fn write_now(&self, _: &[u8]) {}
+}
+
+impl<S: Socket> ClientIo<S> {
     pub fn new(
-        tcp: TcpStream,
+        tcp: S,
         state: Arc<ConnState>,
         timeout_response: Arc<[u8]>,
         pseudonym: Arc<str>,
@@ -111,29 +129,29 @@ impl ClientIo {
     }
 
     /// The socket, for the relay after an upgrade.
-    pub fn into_tcp(mut self) -> Option<TcpStream> {
+    pub fn into_tcp(mut self) -> Option<S> {
         self.tcp.take()
     }
 
-    fn tcp(&mut self) -> io::Result<&mut TcpStream> {
+    fn tcp(&mut self) -> io::Result<&mut S> {
         self.tcp
             .as_mut()
             .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
-impl Drop for ClientIo {
+impl<S: Socket> Drop for ClientIo<S> {
     fn drop(&mut self) {
         if self.state.timed_out.load(Ordering::Relaxed)
             && let Some(tcp) = &self.tcp
         {
             // Best effort: one non-blocking write into an empty send buffer.
-            let _ = tcp.try_write(&self.timeout_response);
+            tcp.write_now(&self.timeout_response);
         }
     }
 }
 
-impl AsyncRead for ClientIo {
+impl<S: Socket> AsyncRead for ClientIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -146,7 +164,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: Socket> AsyncWrite for ClientIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

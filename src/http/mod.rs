@@ -29,7 +29,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use self::client_io::{ClientIo, ConnState};
+use self::client_io::{ClientIo, ConnState, Socket};
 use self::headers::Via;
 use crate::config::Limits;
 use crate::failure::Failure;
@@ -92,6 +92,18 @@ impl Http {
     }
 }
 
+impl Http {
+    /// Serves HTTP/1 inside an accepted TLS connection (an `https://` listener).
+    pub async fn serve_tls(
+        self: Arc<Self>,
+        stream: tokio_rustls::server::TlsStream<TcpStream>,
+        peer: SocketAddr,
+        admitted: Admitted,
+    ) {
+        serve_connection(self, stream, peer, admitted).await;
+    }
+}
+
 impl Protocol for Http {
     fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str) {
         let answer = respond::raw_error(self.via.pseudonym(), failure, details);
@@ -111,9 +123,9 @@ impl Protocol for Http {
 }
 
 /// Serves HTTP/1 (with upgrades) on one client connection until it closes or shutdown cuts it.
-async fn serve_connection(
+async fn serve_connection<S: Socket>(
     http: Arc<Http>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     admitted: Admitted,
 ) {

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod proxy_protocol;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -28,6 +29,8 @@ pub enum ListenKind {
     Mixed,
     Http,
     Socks,
+    /// HTTP/1.1 inside TLS (an "HTTPS proxy").
+    Https,
 }
 
 /// A listen address and what it speaks: `HOST:PORT` or `mixed://HOST:PORT` (HTTP and SOCKS),
@@ -46,9 +49,10 @@ impl std::str::FromStr for Listen {
             Some(("mixed", rest)) => (ListenKind::Mixed, rest),
             Some(("http", rest)) => (ListenKind::Http, rest),
             Some(("socks5" | "socks", rest)) => (ListenKind::Socks, rest),
+            Some(("https", rest)) => (ListenKind::Https, rest),
             Some((scheme, _)) => {
                 return Err(format!(
-                    "\"{scheme}://\" is not a listener kind (mixed://, http://, socks5://)"
+                    "\"{scheme}://\" is not a listener kind (mixed://, http://, https://, socks5://)"
                 ));
             }
             None => (ListenKind::Mixed, s),
@@ -67,6 +71,7 @@ impl std::fmt::Display for Listen {
             ListenKind::Mixed => write!(f, "{}", self.addr),
             ListenKind::Http => write!(f, "http://{}", self.addr),
             ListenKind::Socks => write!(f, "socks5://{}", self.addr),
+            ListenKind::Https => write!(f, "https://{}", self.addr),
         }
     }
 }

@@ -308,6 +308,11 @@ backend viaducts
 CONF
 haproxy -db -f "$work/haproxy.cfg" > "$work/haproxy.log" 2>&1 &
 pids+=($!)
+# An HTTPS proxy: TLS between the client and viaduct (HTTP/1.1 inside), chained to squid.
+V_TLSL=$(free_port)
+"$VIADUCT" --listen "https://127.0.0.1:$V_TLSL" --tls-cert "$work/server.pem" --tls-key "$work/server.key" \
+    --upstream "http://127.0.0.1:$SQUID_PORT" > "$work/tlsl.log" 2>&1 &
+pids+=($!)
 # Bound to every address: internal destinations are denied by default.
 V_WIDE=$(free_port)
 "$VIADUCT" --listen "0.0.0.0:$V_WIDE" --auth-file "$work/users.htpasswd" > "$work/wide.log" 2>&1 &
@@ -316,7 +321,7 @@ pids+=($!)
 for p in "$HTTPS_PORT" "$HTTP_PORT" "$SQUID_PORT" "$AUTH_SQUID_PORT" "$MS_PORT" "$DANTE_PORT" \
     "$STUNNEL_PORT" "$SINK_PORT" "$V_DIRECT" "$V_CHAIN" "$V_SOCKS" "$DANTE_PORT" "$V_TLS" \
     "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH" "$HEADERS_PORT" "$V_AUTHED" "$V_AUTHSQUID" \
-    "$V_WIDE" "$V_OBS" "$ADMIN_PORT" "$V_LB1" "$V_LB2" "$LB_PORT"; do
+    "$V_WIDE" "$V_OBS" "$ADMIN_PORT" "$V_LB1" "$V_LB2" "$LB_PORT" "$V_TLSL"; do
     wait_port "$p" || exit 1
 done
 
@@ -457,6 +462,12 @@ print("requests socks5h ok")
 PY
 check "python requests with socks5h://user:pass@ (PySocks)" python3 "$work/requests_socks.py"
 
+# --- HTTPS proxy ---
+check "curl --proxy https://localhost (--proxy-cacert) -> squid -> nginx, https and http" \
+    bash -c "[ \"\$(curl -fsS --noproxy '' --proxy https://localhost:$V_TLSL --proxy-cacert $work/ca.pem --cacert $work/ca.pem https://localhost:$HTTPS_PORT/hello.txt)\" = 'hello from nginx' ] && [ \"\$(curl -fsS --noproxy '' --proxy https://localhost:$V_TLSL --proxy-cacert $work/ca.pem http://127.0.0.1:$HTTP_PORT/hello.txt)\" = 'hello from nginx' ]"
+check "curl --proxy https:// without trusting viaduct's certificate fails (no silent plaintext)" \
+    bash -c "! curl -sS --noproxy '' --proxy https://localhost:$V_TLSL http://127.0.0.1:$HTTP_PORT/hello.txt"
+
 # --- behind haproxy ---
 check "haproxy -> viaduct x2 (PROXY v2): logs name the real client, one session sticks to one member" \
     bash -c "for i in 1 2 3 4; do curl -fsS -o /dev/null --noproxy '' --interface 127.0.0.2 --cacert $work/ca.pem \
@@ -566,6 +577,11 @@ if command -v chromium >/dev/null 2>&1; then
     check "chromium plain http via viaduct -> squid -> nginx" \
         bash -c "chromium_get http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
     check "viaduct logged chromium's tunnel" eventually grep -q "CONNECT.*localhost:$HTTPS_PORT" "$work/chain.log"
+    check "chromium with --proxy-server=https:// (viaduct's TLS listener) -> squid -> nginx" \
+        bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+                   --user-data-dir=$work/chromium-https --proxy-server=https://localhost:$V_TLSL \
+                   --proxy-bypass-list='<-loopback>' --ignore-certificate-errors-spki-list=$spki \
+                   --dump-dom https://localhost:$HTTPS_PORT/hello.txt 2>/dev/null | grep -q 'hello from nginx'"
     check "chromium with --proxy-server=socks5:// (viaduct's port) -> squid -> nginx over HTTPS" \
         bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
                    --user-data-dir=$work/chromium-socks --proxy-server=socks5://127.0.0.1:$V_CHAIN \

@@ -11,6 +11,7 @@ mod cli;
 mod connect;
 mod forward;
 mod hardening;
+mod https_listener;
 mod observe;
 mod pools;
 mod props;

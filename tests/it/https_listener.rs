@@ -1,0 +1,124 @@
+//! The `https://` listener: TLS between the client and viaduct, HTTP/1.1 inside, behaving as
+//! on the plain port (CONNECT tunnels, plain forwarding); certificates checked at load.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use viaduct::Config;
+use viaduct::server::ListenKind;
+
+use crate::support::*;
+
+struct Files {
+    _dir: tempfile::TempDir,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    der: rustls::pki_types::CertificateDer<'static>,
+}
+
+fn files() -> Files {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    Files {
+        _dir: dir,
+        cert,
+        key,
+        der: c.cert.der().clone(),
+    }
+}
+
+async fn tls_client(
+    proxy: std::net::SocketAddr,
+    der: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn tunnels_and_forwards_inside_tls() {
+    let f = files();
+    let echo = echo_server().await;
+    let o = origin().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = viaduct::Proxy::new(Config {
+        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
+        ..config()
+    })
+    .unwrap();
+    tokio::spawn(viaduct::serve_all(
+        vec![(listener, ListenKind::Https)],
+        proxy,
+        std::future::pending(),
+    ));
+
+    let mut s = tls_client(addr, &f.der).await;
+    s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(head.status, 200);
+    s.write_all(b"inside tls").await.unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"inside tls");
+
+    let mut s = tls_client(addr, &f.der).await;
+    s.write_all(format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    let body = read_body(&mut s, &head).await;
+    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+
+    // Plain bytes on the TLS port get no HTTP answer.
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        plain.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(!rest.starts_with(b"HTTP/"), "{rest:?}");
+}
+
+/// A key that is not the certificate's, or an https:// listener without either, is refused
+/// at load with the file named.
+#[test]
+fn bad_pairs_are_refused() {
+    let (a, b) = (files(), files());
+    let e = viaduct::server::tls::server_config(&a.cert, &b.key).unwrap_err();
+    assert!(
+        e.contains("do not make a pair") && e.contains("cert.pem"),
+        "{e}"
+    );
+    let e = viaduct::server::tls::server_config(&a.key, &a.key).unwrap_err();
+    assert!(e.contains("no certificate"), "{e}");
+    let o = viaduct::Overrides {
+        listen: vec!["https://127.0.0.1:0".parse().unwrap()],
+        ..viaduct::Overrides::default()
+    };
+    let e = viaduct::config::runtime::merge(None, &o).unwrap_err();
+    assert!(e.contains("--tls-cert"), "{e}");
+}
