@@ -641,3 +641,121 @@ async fn systemd_notifications() {
         .unwrap();
     assert_eq!(next().await.trim(), "STOPPING=1");
 }
+
+/// The https:// listener re-reads its certificate on SIGHUP: a new pair serves new
+/// connections; a broken pair is rejected and the old one keeps serving.
+#[tokio::test]
+async fn tls_listener_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let write = |name: &str| {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        c.cert.der().clone()
+    };
+    let first = write("localhost");
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--listen", &format!("https://127.0.0.1:{port}")])
+        .args([
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+        .stderr(log.reopen().unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(local(port)).await;
+    // The certificate the listener presents now.
+    let presented = || async {
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(local(port)).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    assert_eq!(presented().await, first);
+    let second = write("localhost");
+    sighup(&child);
+    let mut now = presented().await;
+    for _ in 0..100 {
+        if now == second {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        now = presented().await;
+    }
+    assert_eq!(now, second, "the new pair serves new connections");
+    std::fs::write(&key, "not a key").unwrap();
+    sighup(&child);
+    for _ in 0..100 {
+        if std::fs::read_to_string(log.path())
+            .unwrap()
+            .contains("reload rejected")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        std::fs::read_to_string(log.path())
+            .unwrap()
+            .contains("reload rejected")
+    );
+    assert_eq!(
+        presented().await,
+        second,
+        "a broken pair leaves the old one serving"
+    );
+}
+
+/// Accepts any server certificate: the test looks at which one was presented.
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
