@@ -173,6 +173,24 @@ fn connect(kind: ConnectErrorKind) -> Verdict {
     }
 }
 
+/// Appends `s` double-quoted, printable ASCII only (others become `?`), `"` and `\` escaped:
+/// both an RFC 8941 sf-string (the `details` of `Proxy-Status`) and a JavaScript string
+/// literal (the PAC file).
+pub fn push_quoted(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            ' '..='~' => out.push(c),
+            _ => out.push('?'),
+        }
+    }
+    out.push('"');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

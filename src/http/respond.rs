@@ -235,18 +235,7 @@ pub fn replace_hyper_error(pseudonym: &str, out: &[u8]) -> Option<Vec<u8>> {
 
 /// Appends `s` as an RFC 8941 sf-string: printable ASCII only, `"` and `\` escaped.
 fn push_sf_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
-    }
-    out.push('"');
+    crate::failure::push_quoted(out, s);
 }
 
 #[cfg(test)]

@@ -153,18 +153,7 @@ fn domain(d: &DomainPattern) -> String {
 /// A JavaScript string literal (names and addresses are plain ASCII; quotes escaped anyway).
 fn js_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' | '\\' => {
-                out.push('\\');
-                out.push(c);
-            }
-            ' '..='~' => out.push(c),
-            _ => out.push('?'),
-        }
-    }
-    out.push('"');
+    crate::failure::push_quoted(&mut out, s);
     out
 }
 

@@ -200,7 +200,23 @@ async fn behind_balancer<P: Protocol>(
             }
         };
     tracing::debug!(client = %peer, "PROXY header");
+    let Some((stream, admitted)) = admit(stream, peer, &*protocol, &admission, &shutdown) else {
+        return;
+    };
+    protocol.serve(stream, peer, admitted).await;
+}
+
+/// Admits a connection from `peer` (allowed clients, then the connection caps), or answers
+/// the refusal and lets it go.
+fn admit<P: Protocol>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    protocol: &P,
+    admission: &Arc<Admission>,
+    shutdown: &Shutdown,
+) -> Option<(TcpStream, Admitted)> {
     if !admission.permits_client(peer.ip()) {
+        // Answered before anything is read: no request is acted on.
         protocol.refuse(
             &stream,
             Failure::ClientDenied,
@@ -208,10 +224,10 @@ async fn behind_balancer<P: Protocol>(
         );
         admission.note_refused("allow_clients");
         shutdown.tracker().spawn(linger_close(stream));
-        return;
+        return None;
     }
-    let admitted = match admission.admit(peer.ip()) {
-        Ok(a) => a,
+    match admission.admit(peer.ip()) {
+        Ok(admitted) => Some((stream, admitted)),
         Err(limit) => {
             protocol.refuse(
                 &stream,
@@ -219,10 +235,9 @@ async fn behind_balancer<P: Protocol>(
                 &format!("connection limit reached ({limit})"),
             );
             admission.note_refused(limit);
-            return;
+            None
         }
-    };
-    protocol.serve(stream, peer, admitted).await;
+    }
 }
 
 /// Closes a refused connection without resetting it under its answer: our write side ends
@@ -281,28 +296,10 @@ async fn accept_loop<P: Protocol>(
                         shutdown.tracker().spawn(task.instrument(span));
                         continue;
                     }
-                    if !admission.permits_client(peer.ip()) {
-                        // Answered before anything is read: no request is acted on.
-                        protocol.refuse(
-                            &stream,
-                            Failure::ClientDenied,
-                            &format!("client {} is not among the allowed clients", peer.ip()),
-                        );
-                        admission.note_refused("allow_clients");
-                        shutdown.tracker().spawn(linger_close(stream));
+                    let Some((stream, admitted)) =
+                        admit(stream, peer, &*protocol, &admission, &shutdown)
+                    else {
                         continue;
-                    }
-                    let admitted = match admission.admit(peer.ip()) {
-                        Ok(a) => a,
-                        Err(limit) => {
-                            protocol.refuse(
-                                &stream,
-                                Failure::LimitReached,
-                                &format!("connection limit reached ({limit})"),
-                            );
-                            admission.note_refused(limit);
-                            continue;
-                        }
                     };
                     let _ = stream.set_nodelay(true);
                     let id = admission.next_conn_id();
