@@ -356,6 +356,59 @@ impl Core {
         Ok(client)
     }
 
+    /// Where a datagram for `target` goes when relayed for `client` (SOCKS5 UDP ASSOCIATE):
+    /// only routes that go direct carry datagrams; the name is resolved once and the address
+    /// checked against the destination policy, as a direct dial's would be.
+    ///
+    /// # Errors
+    /// A non-direct route or block ([`SessionError::Blocked`]), a name that does not resolve,
+    /// or a denied address.
+    pub async fn udp_destination(
+        &self,
+        target: &Target,
+        client: &Client,
+    ) -> Result<SocketAddr, SessionError> {
+        let action = self.decide(target, client).await?;
+        if !matches!(action, Action::Direct) {
+            return Err(SessionError::Blocked(format!(
+                "UDP goes direct only ({target} routes via {})",
+                action.label()
+            )));
+        }
+        let peer = format!("target {target}");
+        let addr = match &target.host {
+            crate::target::Host::Ip(ip) => SocketAddr::new(*ip, target.port),
+            crate::target::Host::Name(name) => {
+                let dns = |source| ConnectError::Dns {
+                    host: name.clone(),
+                    source,
+                    target: true,
+                };
+                match self.resolver.resolve(name, target.port).await {
+                    Ok(addrs) => *addrs
+                        .first()
+                        .ok_or_else(|| dns(std::io::Error::other("no addresses")))?,
+                    Err(e) => return Err(dns(e).into()),
+                }
+            }
+        };
+        check_destination(&self.dialer.policy(), &peer, addr.ip())?;
+        Ok(addr)
+    }
+
+    /// What ends `client`'s long-lived work: its access being revoked, or the hard stop.
+    pub fn stop_for(&self, client: &Client) -> tokio_util::sync::CancellationToken {
+        client.grant.as_ref().map_or_else(
+            || self.shutdown.hard_stop().clone(),
+            |g| g.revoked().clone(),
+        )
+    }
+
+    /// Whether datagrams can be relayed at all: the default route goes direct.
+    pub fn udp_possible(&self) -> bool {
+        matches!(self.router().default, Action::Direct)
+    }
+
     /// Client authentication (users in force, its counters).
     pub fn auth(&self) -> &Auth {
         &self.auth

@@ -3,7 +3,10 @@
 //! rules, pools, limits, access line and counters. Failures are answered with the reply code
 //! the one classifier gives (`Verdict::socks_reply`).
 //!
-//! Not built yet: UDP ASSOCIATE and BIND are answered "command not supported" (0x07).
+//! UDP ASSOCIATE relays datagrams on direct routes ([`udp`]); through upstreams, and for
+//! BIND, the answer is "command not supported" (0x07).
+
+pub mod udp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -78,7 +81,35 @@ impl Socks {
                 return;
             }
         };
-        let (client, target, reached, protocol) = opened;
+        let (client, target, reached, protocol) = match opened {
+            Next::Tunnel(t) => t,
+            Next::Udp(client, socket, expected) => {
+                self.core.log_request(
+                    &client,
+                    "socks5",
+                    "UDP ASSOCIATE",
+                    &socket
+                        .local_addr()
+                        .map_or_else(|_| "-".into(), |a| a.to_string()),
+                    200,
+                    None,
+                    started,
+                );
+                let stop = self.core.stop_for(&client);
+                let _admitted = admitted;
+                udp::relay(
+                    &self.core,
+                    stream,
+                    socket,
+                    &client,
+                    expected,
+                    self.core.idle_timeout(),
+                    &stop,
+                )
+                .await;
+                return;
+            }
+        };
         tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "SOCKS tunnel open");
         self.core.spawn_tunnel(
             protocol,
@@ -98,7 +129,7 @@ impl Socks {
     }
 
     /// RFC 1928: greeting, method choice, RFC 1929 when `[auth]` is on, then the request.
-    async fn socks5(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Opened, Ended> {
+    async fn socks5(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Next, Ended> {
         let n = s.read_u8().await?;
         let mut methods = vec![0u8; usize::from(n)];
         s.read_exact(&mut methods).await?;
@@ -174,8 +205,11 @@ impl Socks {
             }
         };
         let port = s.read_u16().await?;
+        if cmd == 3 {
+            return self.associate(s, client, &host, port).await;
+        }
         if cmd != 1 {
-            // BIND (2) and UDP ASSOCIATE (3) are not built yet.
+            // BIND (2) is not built.
             reply5(s, 0x07, None).await?;
             return Err(Ended::Answered);
         }
@@ -190,7 +224,7 @@ impl Socks {
         match self.core.open_tunnel(&target, &client).await {
             Ok(reached) => {
                 reply5(s, 0x00, bound(&reached.value)).await?;
-                Ok((client, target, reached, "socks5"))
+                Ok(Next::Tunnel((client, target, reached, "socks5")))
             }
             Err(e) => {
                 reply5(s, verdict(e.failure()).socks_reply, None).await?;
@@ -200,8 +234,32 @@ impl Socks {
         }
     }
 
+    /// UDP ASSOCIATE: a UDP socket on the address the client reached us at, for direct routes.
+    async fn associate(
+        &self,
+        s: &mut TcpStream,
+        client: Client,
+        host: &str,
+        port: u16,
+    ) -> Result<Next, Ended> {
+        if !self.core.udp_possible() {
+            // Upstream proxies carry TCP; datagrams would have to leave from here.
+            reply5(s, 0x07, None).await?;
+            tracing::debug!("UDP ASSOCIATE refused: the default route is not direct");
+            return Err(Ended::Answered);
+        }
+        let local = s.local_addr()?;
+        let socket = tokio::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
+        reply5(s, 0x00, socket.local_addr().ok()).await?;
+        let expected = host.parse::<IpAddr>().map_or_else(
+            |_| SocketAddr::from(([0, 0, 0, 0], 0)),
+            |ip| SocketAddr::new(ip, port),
+        );
+        Ok(Next::Udp(client, socket, expected))
+    }
+
     /// SOCKS4 and 4a CONNECT: VN=4 CD DSTPORT DSTIP USERID\0 [DOMAIN\0].
-    async fn socks4(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Opened, Ended> {
+    async fn socks4(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Next, Ended> {
         let cmd = s.read_u8().await?;
         let port = s.read_u16().await?;
         let mut ip = [0u8; 4];
@@ -241,7 +299,7 @@ impl Socks {
         match self.core.open_tunnel(&target, &client).await {
             Ok(reached) => {
                 s.write_all(&[0, GRANTED, 0, 0, 0, 0, 0, 0]).await?;
-                Ok((client, target, reached, "socks4"))
+                Ok(Next::Tunnel((client, target, reached, "socks4")))
             }
             Err(e) => {
                 s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
@@ -265,6 +323,13 @@ impl Socks {
             Instant::now(),
         );
     }
+}
+
+/// What a handshake leads to: a tunnel, or a UDP association (the socket and the address the
+/// client said it would send from).
+enum Next {
+    Tunnel(Opened),
+    Udp(Client, tokio::net::UdpSocket, SocketAddr),
 }
 
 /// A handshake that opened a tunnel: who, where, the far end, and the protocol's name.
