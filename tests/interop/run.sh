@@ -461,6 +461,23 @@ assert r.status_code == 200 and r.text == "hello from nginx\n", (r.status_code, 
 print("requests socks5h ok")
 PY
 check "python requests with socks5h://user:pass@ (PySocks)" python3 "$work/requests_socks.py"
+cat > "$work/udp_check.py" <<PY
+# PySocks UDP ASSOCIATE through viaduct's port to a UDP echo server.
+import socket, threading, socks
+echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); echo.bind(("127.0.0.1", 0))
+def serve():
+    while True:
+        data, peer = echo.recvfrom(2048); echo.sendto(data, peer)
+threading.Thread(target=serve, daemon=True).start()
+s = socks.socksocket(socket.AF_INET, socket.SOCK_DGRAM)
+s.set_proxy(socks.SOCKS5, "127.0.0.1", $V_DIRECT)
+s.settimeout(10)
+s.sendto(b"datagram through viaduct", echo.getsockname())
+data, _ = s.recvfrom(2048)
+assert data == b"datagram through viaduct", data
+print("udp ok")
+PY
+check "PySocks UDP ASSOCIATE through viaduct to a UDP echo server" python3 "$work/udp_check.py"
 
 # --- HTTPS proxy ---
 check "curl --proxy https://localhost (--proxy-cacert) -> squid -> nginx, https and http" \
