@@ -116,6 +116,7 @@ pub struct FileLimits {
     pub request_body_min_rate: Option<u64>,
     pub max_idle_upstream: Option<usize>,
     pub upstream_idle_timeout: Option<Duration>,
+    pub max_concurrent_streams: Option<u32>,
 }
 
 // === raw model ===
@@ -203,6 +204,7 @@ struct RawLimits {
     request_body_min_rate: Option<u64>,
     max_idle_upstream: Option<usize>,
     upstream_idle_timeout: Option<Spanned<String>>,
+    max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -678,6 +680,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                         "limits.upstream_idle_timeout",
                         &l.upstream_idle_timeout,
                     )?,
+                    max_concurrent_streams: l.max_concurrent_streams,
                 },
                 None => FileLimits::default(),
             },

@@ -98,6 +98,8 @@ pub struct Limits {
     pub max_idle_upstream: usize,
     /// An idle kept-alive upstream connection is closed after this. Default 90 s.
     pub upstream_idle_timeout: Duration,
+    /// HTTP/2: streams (requests and tunnels) open at once on one client connection. 100.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -112,6 +114,7 @@ impl Default for Limits {
             request_body_min_rate: Some((Duration::from_secs(20), 500)),
             max_idle_upstream: 256,
             upstream_idle_timeout: Duration::from_secs(90),
+            max_concurrent_streams: 100,
         }
     }
 }
@@ -349,6 +352,7 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         request_body_min_rate: min_rate,
         max_idle_upstream: pick(None, file.max_idle_upstream, d.max_idle_upstream),
         upstream_idle_timeout: pick(None, file.upstream_idle_timeout, d.upstream_idle_timeout),
+        max_concurrent_streams: pick(None, file.max_concurrent_streams, d.max_concurrent_streams),
     };
     Ok(Config {
         listen,

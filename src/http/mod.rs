@@ -93,14 +93,60 @@ impl Http {
 }
 
 impl Http {
-    /// Serves HTTP/1 inside an accepted TLS connection (an `https://` listener).
+    /// Serves an accepted TLS connection (an `https://` listener): HTTP/2 when the client
+    /// chose `h2` by ALPN, HTTP/1.1 otherwise.
     pub async fn serve_tls(
         self: Arc<Self>,
         stream: tokio_rustls::server::TlsStream<TcpStream>,
         peer: SocketAddr,
         admitted: Admitted,
     ) {
-        serve_connection(self, stream, peer, admitted).await;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            serve_h2(self, stream, peer, admitted).await;
+        } else {
+            serve_connection(self, stream, peer, admitted).await;
+        }
+    }
+}
+
+/// Serves HTTP/2 (RFC 9113) on one TLS connection: every stream is a request (CONNECT
+/// streams become tunnels, RFC 9113 8.5), each with its own flow control, at most
+/// `max_concurrent_streams` at once; on graceful shutdown a GOAWAY lets open streams finish
+/// within the grace period.
+async fn serve_h2(
+    http: Arc<Http>,
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    admitted: Admitted,
+) {
+    tracing::debug!("accepted (HTTP/2)");
+    let state = Arc::new(ConnState::new(admitted));
+    let (svc_http, svc_state) = (Arc::clone(&http), Arc::clone(&state));
+    let svc = service_fn(move |req| {
+        svc_state.served.store(true, Ordering::Relaxed);
+        service::handle(Arc::clone(&svc_http), req, peer, Arc::clone(&svc_state))
+    });
+    let conn = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(http.limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(http.limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Flow control per stream: a slow tunnel's window fills, the others keep moving.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let res = tokio::select! {
+        res = conn.as_mut() => res,
+        () = http.shutdown.graceful().cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                res = conn.as_mut() => res,
+                () = http.shutdown.hard_stop().cancelled() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }
 }
 

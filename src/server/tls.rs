@@ -33,7 +33,7 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
                 cert.display()
             )
         })?;
-    // HTTP/1.1 inside TLS (HTTP/2 is not offered yet).
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 for clients that offer it (many tunnels on one connection), HTTP/1.1 otherwise.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
