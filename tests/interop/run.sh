@@ -598,7 +598,11 @@ if command -v chromium >/dev/null 2>&1; then
         bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
                    --user-data-dir=$work/chromium-https --proxy-server=https://localhost:$V_TLSL \
                    --proxy-bypass-list='<-loopback>' --ignore-certificate-errors-spki-list=$spki \
+                   --log-net-log=$work/chromium-https-netlog.json \
                    --dump-dom https://localhost:$HTTPS_PORT/hello.txt 2>/dev/null | grep -q 'hello from nginx'"
+    # nginx here offers only http/1.1, so an h2 in the net log is the proxy connection's.
+    check "chromium's net log: it spoke HTTP/2 to viaduct's TLS listener" \
+        grep -q '"negotiated_protocol":"h2"' "$work/chromium-https-netlog.json"
     check "chromium with --proxy-server=socks5:// (viaduct's port) -> squid -> nginx over HTTPS" \
         bash -c "timeout 60 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
                    --user-data-dir=$work/chromium-socks --proxy-server=socks5://127.0.0.1:$V_CHAIN \

@@ -231,3 +231,81 @@ async fn http2_streams_are_independent_tunnels() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body.as_ref(), b"hello\n");
 }
+
+/// Graceful shutdown over HTTP/2: GOAWAY refuses new streams while an open tunnel keeps
+/// working within the grace period, and is cut when it ends.
+#[tokio::test]
+async fn http2_goaway_lets_open_streams_finish() {
+    use http_body_util::Empty;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let f = files();
+    let echo = echo_server().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = viaduct::Proxy::new(Config {
+        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
+        shutdown_grace: std::time::Duration::from_millis(800),
+        ..config()
+    })
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(viaduct::serve_all(
+        vec![(listener, ListenKind::Https)],
+        proxy,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(f.der.clone()).unwrap();
+    let mut tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls_config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = || {
+        http::Request::connect(echo.to_string())
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let resp = sender.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+
+    stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The open stream still carries bytes during the grace period.
+    tunnel.write_all(b"still open").await.unwrap();
+    let mut buf = [0u8; 10];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still open");
+    // New streams are refused after GOAWAY.
+    let refused = sender.send_request(connect()).await;
+    assert!(refused.is_err() || refused.is_ok_and(|r| r.status() != 200));
+    // The grace period ends: serve_all returns and the tunnel is cut.
+    tokio::time::timeout(std::time::Duration::from_secs(5), served)
+        .await
+        .expect("shutdown completes after the grace period")
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tunnel.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(matches!(ended, Ok(Ok(_)) | Ok(Err(_))), "the tunnel ended");
+}
