@@ -7,7 +7,8 @@
 //! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
 //! viaduct-loadgen soak         --proxy ADDR --origin HOST:PORT --path /small --count 2000 --seconds 600
 //! ```
-//! Every mode also takes `--socks 5` (SOCKS5 CONNECT instead of HTTP CONNECT) and
+//! Every mode also takes `--socks 5` (SOCKS5 CONNECT instead of HTTP CONNECT), `--tls 1`
+//! (TLS to the proxy, for throughput and connect-rate) and
 //! `--proxy-user USER:PASS` (sent as `Proxy-Authorization: Basic` on
 //! every CONNECT). Every mode prints one `key=value` line that `bench/run` parses.
 
@@ -26,6 +27,10 @@ static PROXY_AUTH: OnceLock<String> = OnceLock::new();
 
 /// `--socks`: open tunnels with SOCKS5 CONNECT instead of HTTP CONNECT.
 static SOCKS: OnceLock<bool> = OnceLock::new();
+
+/// `--tls`: speak TLS to the proxy (an HTTPS proxy), without verifying its certificate (the
+/// benchmark's own throwaway one).
+static TLS: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
 
 struct Args {
     mode: String,
@@ -65,6 +70,10 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = v.parse().unwrap(),
             "--count" => a.count = v.parse().unwrap(),
             "--hold" => a.hold = v.parse().unwrap(),
+            "--tls" if v == "1" => {
+                TLS.set(insecure_tls()).map_err(|_| ()).unwrap();
+            }
+            "--tls" => {}
             "--socks" => {
                 SOCKS.set(v == "5").unwrap();
             }
@@ -115,6 +124,91 @@ async fn open(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<TcpStr
     Ok(s)
 }
 
+/// Any stream a tunnel runs over.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A tunnel to the origin through the proxy, over TLS to the proxy when `--tls 1`.
+async fn open_any(proxy: Option<SocketAddr>, origin: &str) -> std::io::Result<Box<dyn Stream>> {
+    let (Some(tls), Some(proxy)) = (TLS.get(), proxy) else {
+        return Ok(Box::new(open(proxy, origin).await?));
+    };
+    let tcp = TcpStream::connect(proxy).await?;
+    tcp.set_nodelay(true)?;
+    let mut s = tls
+        .connect("localhost".try_into().map_err(std::io::Error::other)?, tcp)
+        .await?;
+    s.write_all(format!("CONNECT {origin} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+        .await?;
+    let mut head = Vec::with_capacity(128);
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await?);
+        if head.len() > 8192 {
+            return Err(std::io::Error::other("CONNECT answer too long"));
+        }
+    }
+    if !head.starts_with(b"HTTP/1.1 200") && !head.starts_with(b"HTTP/1.0 200") {
+        return Err(std::io::Error::other("CONNECT refused"));
+    }
+    Ok(Box::new(s))
+}
+
+/// A TLS client that accepts any certificate: the benchmark's proxies use throwaway ones.
+fn insecure_tls() -> tokio_rustls::TlsConnector {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    #[derive(Debug)]
+    struct Any(Arc<rustls::crypto::CryptoProvider>);
+    impl ServerCertVerifier for Any {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &rustls::pki_types::CertificateDer<'_>,
+            d: &rustls::DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Any(provider)))
+        .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// SOCKS5 CONNECT (no authentication) to `origin` (an IPv4 `host:port`).
 async fn socks5(mut s: TcpStream, origin: &str) -> std::io::Result<TcpStream> {
     let addr: SocketAddr = origin.parse().map_err(std::io::Error::other)?;
@@ -144,7 +238,12 @@ async fn socks5(mut s: TcpStream, origin: &str) -> std::io::Result<TcpStream> {
 }
 
 /// One GET with `Connection: close`, reading to EOF; returns the bytes received.
-async fn get(s: &mut TcpStream, origin: &str, path: &str, buf: &mut [u8]) -> std::io::Result<u64> {
+async fn get<S: Stream + ?Sized>(
+    s: &mut S,
+    origin: &str,
+    path: &str,
+    buf: &mut [u8],
+) -> std::io::Result<u64> {
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: {origin}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
@@ -164,8 +263,8 @@ async fn throughput(a: &Args) {
     let mut buf = vec![0u8; 256 * 1024];
     for _ in 0..a.runs {
         let started = Instant::now();
-        let mut s = open(a.proxy, &a.origin).await.expect("open");
-        let bytes = get(&mut s, &a.origin, &a.path, &mut buf)
+        let mut s = open_any(a.proxy, &a.origin).await.expect("open");
+        let bytes = get(&mut *s, &a.origin, &a.path, &mut buf)
             .await
             .expect("get");
         rates.push(bytes as f64 / 1e6 / started.elapsed().as_secs_f64());
@@ -192,8 +291,8 @@ async fn connect_rate(a: &Args) {
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
             while Instant::now() < deadline {
-                let ok = match open(proxy, &origin).await {
-                    Ok(mut s) => get(&mut s, &origin, &path, &mut buf)
+                let ok = match open_any(proxy, &origin).await {
+                    Ok(mut s) => get(&mut *s, &origin, &path, &mut buf)
                         .await
                         .is_ok_and(|n| n > 0),
                     Err(_) => false,

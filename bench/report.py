@@ -77,6 +77,7 @@ table(peers, "client -> proxy -> origin (nginx)")
 table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], "client -> proxy -> squid -> origin")
 
 table(["viaduct-socks", "microsocks", "dante"], "SOCKS5: client -> proxy -> origin (nginx)")
+table(["viaduct-tls", "stunnel-squid"], "TLS to the proxy: client -> proxy (https://) -> origin (nginx)")
 
 print("\nratios (viaduct / peer)")
 for peer in ["direct", "squid", "tinyproxy", "proxy-chain"]:
@@ -96,14 +97,14 @@ for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/
         auth_parts.append(f"{label} {r:.2f}x")
 if auth_parts:
     print(f"  auth on / off   " + ", ".join(auth_parts))
-for peer in ["microsocks", "dante"]:
+for mine, peer in [("viaduct-socks", "microsocks"), ("viaduct-socks", "dante"), ("viaduct-tls", "stunnel-squid")]:
     parts = []
     for label, key in [("tunnel", "tunnel_mbps"), ("tunnels/s", "tunnels_per_s")]:
-        r = ratio("viaduct-socks", peer, key)
+        r = ratio(mine, peer, key)
         if r is not None:
             parts.append(f"{label} {r:.2f}x")
     if parts:
-        print(f"  socks vs {peer:10} " + ", ".join(parts))
+        print(f"  {mine} vs {peer:13} " + ", ".join(parts))
 obs_parts = []
 for label, key in [("tunnel", "tunnel_mbps"), ("req/s", "plain_rps"), ("tunnels/s", "tunnels_per_s"), ("KiB/idle", "idle_kib_per_tunnel")]:
     r = ratio("viaduct-obs", "viaduct", key)
