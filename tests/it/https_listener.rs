@@ -31,24 +31,50 @@ fn files() -> Files {
     }
 }
 
-async fn tls_client(
+/// A TLS connection to the listener, trusting `der`, offering `alpn`.
+async fn tls_client_alpn(
     proxy: std::net::SocketAddr,
     der: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = TcpStream::connect(proxy).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap()
+}
+
+async fn tls_client(
+    proxy: std::net::SocketAddr,
+    der: &rustls::pki_types::CertificateDer<'static>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_client_alpn(proxy, der, &[]).await
+}
+
+/// An HTTP/2 connection to the listener (ALPN h2), driven in the background.
+async fn h2_client(
+    proxy: std::net::SocketAddr,
+    der: &rustls::pki_types::CertificateDer<'static>,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tls = tls_client_alpn(proxy, der, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
 }
 
 #[tokio::test]
@@ -129,7 +155,7 @@ fn bad_pairs_are_refused() {
 #[tokio::test]
 async fn http2_streams_are_independent_tunnels() {
     use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
 
     let f = files();
     let echo = echo_server().await;
@@ -158,27 +184,7 @@ async fn http2_streams_are_independent_tunnels() {
         std::future::pending(),
     ));
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(f.der.clone()).unwrap();
-    let mut tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls_config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let sender = h2_client(addr, &f.der).await;
 
     let open = |target: String| {
         let mut sender = sender.clone();
@@ -237,7 +243,7 @@ async fn http2_streams_are_independent_tunnels() {
 #[tokio::test]
 async fn http2_goaway_lets_open_streams_finish() {
     use http_body_util::Empty;
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
 
     let f = files();
     let echo = echo_server().await;
@@ -257,26 +263,7 @@ async fn http2_goaway_lets_open_streams_finish() {
             let _ = stopped.await;
         },
     ));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(f.der.clone()).unwrap();
-    let mut tls_config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tls_config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_client(addr, &f.der).await;
     let connect = || {
         http::Request::connect(echo.to_string())
             .body(Empty::<bytes::Bytes>::new())
