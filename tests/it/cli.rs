@@ -671,17 +671,17 @@ async fn tls_listener_certificate_reload() {
         .unwrap();
     wait_listening(local(port)).await;
     // The certificate the listener presents now.
+    // viaduct's own `--upstream-insecure` connector: it accepts any certificate, and the test
+    // looks at which one was presented.
+    let insecure = viaduct::upstream::tls::connector(&viaduct::upstream::TlsOptions {
+        ca_files: Vec::new(),
+        insecure: true,
+    })
+    .unwrap();
     let presented = || async {
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
-        .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(local(port)).await.unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        let tls = insecure
+            .clone()
             .connect("localhost".try_into().unwrap(), tcp)
             .await
             .unwrap();
@@ -720,42 +720,4 @@ async fn tls_listener_certificate_reload() {
         second,
         "a broken pair leaves the old one serving"
     );
-}
-
-/// Accepts any server certificate: the test looks at which one was presented.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
