@@ -109,6 +109,29 @@ impl Http {
     }
 }
 
+/// Drives a hyper connection to its end; when shutdown begins, asks it to finish gracefully
+/// (HTTP/1: after the request in flight; HTTP/2: GOAWAY, open streams go on), and drops it
+/// at the hard stop.
+async fn until_shutdown<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    shutdown: &Shutdown,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>>,
+{
+    tokio::select! {
+        res = conn.as_mut() => res,
+        () = shutdown.graceful().cancelled() => {
+            graceful(conn.as_mut());
+            tokio::select! {
+                res = conn.as_mut() => res,
+                () = shutdown.hard_stop().cancelled() => Ok(()),
+            }
+        }
+    }
+}
+
 /// Serves HTTP/2 (RFC 9113) on one TLS connection: every stream is a request (CONNECT
 /// streams become tunnels, RFC 9113 8.5), each with its own flow control, at most
 /// `max_concurrent_streams` at once; on graceful shutdown a GOAWAY lets open streams finish
@@ -135,16 +158,7 @@ async fn serve_h2(
         .initial_connection_window_size(16 << 20)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        () = http.shutdown.graceful().cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                res = conn.as_mut() => res,
-                () = http.shutdown.hard_stop().cancelled() => Ok(()),
-            }
-        }
-    };
+    let res = until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &http.shutdown).await;
     if let Err(e) = res {
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }
@@ -202,16 +216,7 @@ async fn serve_connection<S: Socket>(
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        () = http.shutdown.graceful().cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::select! {
-                res = conn.as_mut() => res,
-                () = http.shutdown.hard_stop().cancelled() => Ok(()),
-            }
-        }
-    };
+    let res = until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &http.shutdown).await;
     match res {
         Ok(()) => tracing::debug!("connection closed"),
         Err(e) if e.is_timeout() && !state.served.load(Ordering::Relaxed) => {
