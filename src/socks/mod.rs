@@ -38,6 +38,14 @@ enum Ended {
     Answered,
 }
 
+impl Ended {
+    fn log(self) {
+        if let Self::Client(e) = self {
+            tracing::debug!(error = %e, "SOCKS handshake ended");
+        }
+    }
+}
+
 impl From<std::io::Error> for Ended {
     fn from(e: std::io::Error) -> Self {
         Self::Client(e)
@@ -60,26 +68,28 @@ impl Socks {
         admitted: Admitted,
     ) {
         let started = Instant::now();
+        // Only the client's part is timed here; reaching the target has its own bound
+        // (connect_timeout) and always ends in a reply.
         let handshake = async {
             match stream.read_u8().await? {
-                5 => self.socks5(&mut stream, peer).await,
-                4 => self.socks4(&mut stream, peer).await,
+                5 => self.read5(&mut stream, peer).await,
+                4 => self.read4(&mut stream, peer).await,
                 v => Err(Ended::Client(std::io::Error::other(format!(
                     "not SOCKS (version byte {v})"
                 )))),
             }
         };
-        let opened = match tokio::time::timeout(self.handshake_timeout, handshake).await {
-            Ok(Ok(opened)) => opened,
-            Ok(Err(Ended::Answered)) => return,
-            Ok(Err(Ended::Client(e))) => {
-                tracing::debug!(error = %e, "SOCKS handshake ended");
-                return;
-            }
+        let asked = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(asked)) => asked,
+            Ok(Err(e)) => return e.log(),
             Err(_) => {
                 tracing::debug!("no SOCKS handshake in time");
                 return;
             }
+        };
+        let opened = match self.act(&mut stream, asked, started).await {
+            Ok(opened) => opened,
+            Err(e) => return e.log(),
         };
         let (client, target, reached, protocol) = match opened {
             Next::Tunnel(t) => t,
@@ -129,7 +139,7 @@ impl Socks {
     }
 
     /// RFC 1928: greeting, method choice, RFC 1929 when `[auth]` is on, then the request.
-    async fn socks5(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Next, Ended> {
+    async fn read5(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Asked, Ended> {
         let n = s.read_u8().await?;
         let mut methods = vec![0u8; usize::from(n)];
         s.read_exact(&mut methods).await?;
@@ -153,25 +163,20 @@ impl Socks {
             let pass = read_string(s).await?;
             credentials = Some((user, pass));
         }
-        let client = match self
+        let admitted = self
             .core
             .admit(
                 peer,
                 credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
             )
-            .await
-        {
-            Ok(c) => {
-                if auth {
-                    s.write_all(&[1, 0]).await?;
-                }
-                c
-            }
+            .await;
+        if auth {
+            s.write_all(&[1, u8::from(admitted.is_err())]).await?;
+        }
+        let client = match admitted {
+            Ok(c) => c,
             Err(e) => {
-                if auth {
-                    s.write_all(&[1, 1]).await?;
-                }
-                self.log_failure(&Client::new(peer, None), "socks5", "-", &e);
+                self.log_failure(&Client::new(peer, None), "socks5", "-", &e, Instant::now());
                 return Err(Ended::Answered);
             }
         };
@@ -205,30 +210,87 @@ impl Socks {
             }
         };
         let port = s.read_u16().await?;
-        if cmd == 3 {
-            return self.associate(s, client, &host, port).await;
-        }
-        if cmd != 1 {
-            // BIND (2) is not built.
-            reply5(s, 0x07, None).await?;
+        Ok(Asked {
+            version: Version::Five,
+            client,
+            cmd,
+            host,
+            port,
+        })
+    }
+
+    /// SOCKS4 and 4a: VN=4 CD DSTPORT DSTIP USERID\0 [DOMAIN\0]. With `[auth]` SOCKS4 is
+    /// refused: it carries no password to check.
+    async fn read4(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Asked, Ended> {
+        let cmd = s.read_u8().await?;
+        let port = s.read_u16().await?;
+        let mut ip = [0u8; 4];
+        s.read_exact(&mut ip).await?;
+        let _user_id = read_until_nul(s).await?;
+        // 0.0.0.x (x != 0): SOCKS4a, the name follows.
+        let host = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
+            read_until_nul(s).await?
+        } else {
+            Ipv4Addr::from(ip).to_string()
+        };
+        if self.core.auth().enabled() {
+            reply(s, Version::Four, Err(0x02)).await?;
+            tracing::debug!("SOCKS4 refused: [auth] is on and SOCKS4 has no password");
             return Err(Ended::Answered);
+        }
+        let client = match self.core.admit(peer, None).await {
+            Ok(c) => c,
+            Err(e) => {
+                reply(s, Version::Four, Err(0x02)).await?;
+                self.log_failure(&Client::new(peer, None), "socks4", "-", &e, Instant::now());
+                return Err(Ended::Answered);
+            }
+        };
+        Ok(Asked {
+            version: Version::Four,
+            client,
+            cmd,
+            host,
+            port,
+        })
+    }
+
+    /// Carries out what the client asked: CONNECT, or (SOCKS5) UDP ASSOCIATE; anything else
+    /// is "command not supported".
+    async fn act(&self, s: &mut TcpStream, asked: Asked, started: Instant) -> Result<Next, Ended> {
+        let Asked {
+            version,
+            client,
+            cmd,
+            host,
+            port,
+        } = asked;
+        let protocol = version.protocol();
+        match (version, cmd) {
+            (_, 1) => {}
+            (Version::Five, 3) => return self.associate(s, client, &host, port).await,
+            // BIND (2) is not built.
+            _ => {
+                reply(s, version, Err(0x07)).await?;
+                return Err(Ended::Answered);
+            }
         }
         let target = match Target::new(&host, port) {
             Ok(t) => t,
             Err(e) => {
-                reply5(s, verdict(Failure::BadRequest).socks_reply, None).await?;
+                reply(s, version, Err(verdict(Failure::BadRequest).socks_reply)).await?;
                 tracing::debug!(error = %e, "bad SOCKS target");
                 return Err(Ended::Answered);
             }
         };
         match self.core.open_tunnel(&target, &client).await {
             Ok(reached) => {
-                reply5(s, 0x00, bound(&reached.value)).await?;
-                Ok(Next::Tunnel((client, target, reached, "socks5")))
+                reply(s, version, Ok(bound(&reached.value))).await?;
+                Ok(Next::Tunnel((client, target, reached, protocol)))
             }
             Err(e) => {
-                reply5(s, verdict(e.failure()).socks_reply, None).await?;
-                self.log_failure(&client, "socks5", &target.to_string(), &e);
+                reply(s, version, Err(verdict(e.failure()).socks_reply)).await?;
+                self.log_failure(&client, protocol, &target.to_string(), &e, started);
                 Err(Ended::Answered)
             }
         }
@@ -258,58 +320,14 @@ impl Socks {
         Ok(Next::Udp(client, socket, expected))
     }
 
-    /// SOCKS4 and 4a CONNECT: VN=4 CD DSTPORT DSTIP USERID\0 [DOMAIN\0].
-    async fn socks4(&self, s: &mut TcpStream, peer: SocketAddr) -> Result<Next, Ended> {
-        let cmd = s.read_u8().await?;
-        let port = s.read_u16().await?;
-        let mut ip = [0u8; 4];
-        s.read_exact(&mut ip).await?;
-        let _user_id = read_until_nul(s).await?;
-        // 0.0.0.x (x != 0): SOCKS4a, the name follows.
-        let host = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
-            read_until_nul(s).await?
-        } else {
-            Ipv4Addr::from(ip).to_string()
-        };
-        const GRANTED: u8 = 90;
-        const REJECTED: u8 = 91;
-        if cmd != 1 || self.core.auth().enabled() {
-            // BIND is not built; with [auth], SOCKS4 carries no password to check.
-            s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
-            if cmd == 1 {
-                tracing::debug!("SOCKS4 refused: [auth] is on and SOCKS4 has no password");
-            }
-            return Err(Ended::Answered);
-        }
-        let client = match self.core.admit(peer, None).await {
-            Ok(c) => c,
-            Err(e) => {
-                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
-                self.log_failure(&Client::new(peer, None), "socks4", "-", &e);
-                return Err(Ended::Answered);
-            }
-        };
-        let target = match Target::new(&host, port) {
-            Ok(t) => t,
-            Err(_) => {
-                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
-                return Err(Ended::Answered);
-            }
-        };
-        match self.core.open_tunnel(&target, &client).await {
-            Ok(reached) => {
-                s.write_all(&[0, GRANTED, 0, 0, 0, 0, 0, 0]).await?;
-                Ok(Next::Tunnel((client, target, reached, "socks4")))
-            }
-            Err(e) => {
-                s.write_all(&[0, REJECTED, 0, 0, 0, 0, 0, 0]).await?;
-                self.log_failure(&client, "socks4", &target.to_string(), &e);
-                Err(Ended::Answered)
-            }
-        }
-    }
-
-    fn log_failure(&self, client: &Client, protocol: &'static str, target: &str, e: &SessionError) {
+    fn log_failure(
+        &self,
+        client: &Client,
+        protocol: &'static str,
+        target: &str,
+        e: &SessionError,
+        started: Instant,
+    ) {
         let v = verdict(e.failure());
         let details = e.to_string();
         tracing::debug!(error = %details, "SOCKS request failed");
@@ -320,8 +338,48 @@ impl Socks {
             &target,
             v.status.as_u16(),
             Some((v.error, details.as_str())),
-            Instant::now(),
+            started,
         );
+    }
+}
+
+/// The SOCKS version a client spoke: it decides how replies look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    Four,
+    Five,
+}
+
+impl Version {
+    fn protocol(self) -> &'static str {
+        match self {
+            Self::Four => "socks4",
+            Self::Five => "socks5",
+        }
+    }
+}
+
+/// What a client asked for, once authenticated.
+struct Asked {
+    version: Version,
+    client: Client,
+    cmd: u8,
+    host: String,
+    port: u16,
+}
+
+/// A reply in the client's version: `Ok(bound address)` granted, `Err(SOCKS5 reply code)`
+/// refused (SOCKS4 has one code for every refusal, 91).
+async fn reply(
+    s: &mut TcpStream,
+    version: Version,
+    outcome: Result<Option<SocketAddr>, u8>,
+) -> std::io::Result<()> {
+    match (version, outcome) {
+        (Version::Five, Ok(bound)) => reply5(s, 0x00, bound).await,
+        (Version::Five, Err(code)) => reply5(s, code, None).await,
+        (Version::Four, Ok(_)) => s.write_all(&[0, 90, 0, 0, 0, 0, 0, 0]).await,
+        (Version::Four, Err(_)) => s.write_all(&[0, 91, 0, 0, 0, 0, 0, 0]).await,
     }
 }
 

@@ -420,3 +420,27 @@ async fn udp_associate_relays_datagrams() {
     let none = tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await;
     assert!(none.is_err(), "a denied destination gets no datagram");
 }
+
+/// The handshake timeout bounds the client's part only: a dial slower than it still ends in
+/// its reply (here the connect timeout's 0x06), never in a silent close.
+#[tokio::test]
+async fn a_slow_dial_is_answered_not_cut() {
+    let silent = serve_tcp(|mut s| async move {
+        let _ = s.read_to_end(&mut Vec::new()).await;
+    })
+    .await;
+    let p = start_proxy(Config {
+        router: via(&format!("http://{silent}")),
+        connect_timeout: Duration::from_millis(600),
+        limits: viaduct::Limits {
+            header_read_timeout: Duration::from_millis(200),
+            ..viaduct::Limits::default()
+        },
+        ..config()
+    })
+    .await;
+    let mut s = TcpStream::connect(p.addr).await.unwrap();
+    greet(&mut s, &[0]).await;
+    let (code, _) = request(&mut s, 1, 1, &[127, 0, 0, 1], 443).await;
+    assert_eq!(code, 0x06);
+}
