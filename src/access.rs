@@ -11,6 +11,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+// `::ffff:a.b.c.d` reaches a.b.c.d and `0.0.0.0` / `::` reach this host: they must meet the
+// same rules as the addresses they stand for.
+use crate::target::normalize;
+
 /// The whole access policy: who may connect, where they may go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Access {
@@ -26,7 +30,7 @@ pub struct Clients {
 
 impl Clients {
     pub fn permits(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        let ip = normalize(ip);
         self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&ip))
     }
 }
@@ -56,7 +60,7 @@ pub enum Refusal {
 impl Destinations {
     /// Whether a connection to `ip` is allowed; an `allow` entry wins over any deny.
     pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let ip = canonical(ip);
+        let ip = normalize(ip);
         if self.allow.iter().any(|n| n.contains(&ip)) {
             return Ok(());
         }
@@ -84,23 +88,11 @@ impl Destinations {
     }
 }
 
-/// An IPv4-mapped or IPv4-compatible-looking IPv6 address (`::ffff:a.b.c.d`) is the IPv4
-/// address it carries: it reaches the same host, and must meet the same rules.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(v6),
-        },
-        v4 => v4,
-    }
-}
-
 /// The addresses a proxy on a public address must not reach by default: this host, private
 /// networks, link-local (cloud metadata at 169.254.169.254 and fd00:ec2::254), carrier-grade
 /// NAT, "this network", multicast and broadcast, in IPv4, IPv6 and IPv4-mapped forms.
 pub fn is_internal(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    match normalize(ip) {
         IpAddr::V4(v4) => is_internal_v4(v4),
         IpAddr::V6(v6) => is_internal_v6(v6),
     }
@@ -142,7 +134,11 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// True when every listen address is loopback: the zero-config local case.
 pub fn loopback_only(listen: &[std::net::SocketAddr]) -> bool {
-    listen.iter().all(|a| canonical(a.ip()).is_loopback())
+    // A wildcard listener (0.0.0.0, ::) is reached from everywhere, although a *destination*
+    // 0.0.0.0 means this host.
+    listen
+        .iter()
+        .all(|a| !a.ip().is_unspecified() && normalize(a.ip()).is_loopback())
 }
 
 #[cfg(test)]

@@ -577,13 +577,10 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
     };
     let auth = match &raw.auth {
         Some(a) => Some(FileAuth {
-            file: a.file.as_ref().map(|f| {
-                let path = Path::new(f.get_ref());
-                match Path::new(at.file).parent() {
-                    Some(dir) if path.is_relative() => dir.join(path),
-                    _ => path.to_path_buf(),
-                }
-            }),
+            file: a
+                .file
+                .as_ref()
+                .map(|f| beside(at.file, Path::new(f.get_ref()))),
             realm: a
                 .realm
                 .as_ref()

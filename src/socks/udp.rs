@@ -6,7 +6,7 @@
 //! [`MAX_PEERS`]), and the association ends with its TCP control connection, after
 //! `idle` without a datagram, or at shutdown's hard stop.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub async fn relay(
     let mut client_addr: Option<SocketAddr> =
         (expected.port() != 0 && !expected.ip().is_unspecified()).then_some(expected);
     let mut peers: HashSet<SocketAddr> = HashSet::new();
+    // Each target is routed, resolved and checked once per association (as a tunnel is once
+    // per connection), not once per datagram.
+    let mut routed: HashMap<Target, SocketAddr> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
     let mut ctl = [0u8; 64];
     let (mut sent, mut received) = (0u64, 0u64);
@@ -66,16 +69,26 @@ pub async fn relay(
             let Some((target, data)) = parse(&buf[..n]) else {
                 continue;
             };
-            match core.udp_destination(&target, client).await {
-                Ok(addr) => {
-                    if peers.len() < MAX_PEERS || peers.contains(&addr) {
-                        peers.insert(addr);
-                        if udp.send_to(data, addr).await.is_ok() {
-                            sent += data.len() as u64;
-                        }
+            let addr = match routed.get(&target) {
+                Some(addr) => *addr,
+                None => match core.udp_destination(&target, client).await {
+                    Ok(addr) if routed.len() < MAX_PEERS => {
+                        routed.insert(target, addr);
+                        addr
                     }
-                }
-                Err(e) => tracing::debug!(%target, error = %e, "UDP datagram dropped"),
+                    Ok(_) => {
+                        tracing::debug!(%target, "UDP datagram dropped: too many targets");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%target, error = %e, "UDP datagram dropped");
+                        continue;
+                    }
+                },
+            };
+            peers.insert(addr);
+            if udp.send_to(data, addr).await.is_ok() {
+                sent += data.len() as u64;
             }
         } else if peers.contains(&from)
             && let Some(to) = client_addr
