@@ -31,6 +31,14 @@ fn files() -> Files {
     }
 }
 
+/// The test configuration with `f` as the https:// listeners' certificate.
+fn https_config(f: &Files) -> Config {
+    Config {
+        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
+        ..config()
+    }
+}
+
 /// A TLS connection to the listener, trusting `der`, offering `alpn`.
 async fn tls_client_alpn(
     proxy: std::net::SocketAddr,
@@ -82,18 +90,7 @@ async fn tunnels_and_forwards_inside_tls() {
     let f = files();
     let echo = echo_server().await;
     let o = origin().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let proxy = viaduct::Proxy::new(Config {
-        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
-        ..config()
-    })
-    .unwrap();
-    tokio::spawn(viaduct::serve_all(
-        vec![(listener, ListenKind::Https)],
-        proxy,
-        std::future::pending(),
-    ));
+    let addr = start_proxy_kind(ListenKind::Https, https_config(&f)).await;
 
     let mut s = tls_client(addr, &f.der).await;
     s.write_all(format!("CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\n\r\n").as_bytes())
@@ -171,18 +168,7 @@ async fn http2_streams_are_independent_tunnels() {
         let _ = s.shutdown().await;
     })
     .await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let proxy = viaduct::Proxy::new(Config {
-        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
-        ..config()
-    })
-    .unwrap();
-    tokio::spawn(viaduct::serve_all(
-        vec![(listener, ListenKind::Https)],
-        proxy,
-        std::future::pending(),
-    ));
+    let addr = start_proxy_kind(ListenKind::Https, https_config(&f)).await;
 
     let sender = h2_client(addr, &f.der).await;
 
@@ -250,9 +236,8 @@ async fn http2_goaway_lets_open_streams_finish() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = viaduct::Proxy::new(Config {
-        tls_listener: Some(viaduct::server::tls::server_config(&f.cert, &f.key).unwrap()),
         shutdown_grace: std::time::Duration::from_millis(800),
-        ..config()
+        ..https_config(&f)
     })
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

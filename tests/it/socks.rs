@@ -273,18 +273,6 @@ async fn socks4_and_4a() {
     assert_eq!(code, 91);
 }
 
-async fn start_kind(kind: ListenKind, config: Config) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let proxy = viaduct::Proxy::new(config).unwrap();
-    tokio::spawn(viaduct::serve_all(
-        vec![(listener, kind)],
-        proxy,
-        std::future::pending(),
-    ));
-    addr
-}
-
 /// The mixed port serves SOCKS5, SOCKS4 and HTTP by their first byte; a client that sends
 /// nothing gets HTTP's 408. `http://` and `socks5://` listeners speak only theirs.
 #[tokio::test]
@@ -319,7 +307,7 @@ async fn first_byte_picks_the_protocol() {
     let head = read_head(&mut quiet).await;
     assert_eq!(head.status, 408);
 
-    let http_only = start_kind(ListenKind::Http, config()).await;
+    let http_only = start_proxy_kind(ListenKind::Http, config()).await;
     let mut s = TcpStream::connect(http_only).await.unwrap();
     s.write_all(&[5, 1, 0]).await.unwrap();
     let head = read_head(&mut s).await;
@@ -328,7 +316,7 @@ async fn first_byte_picks_the_protocol() {
         "SOCKS bytes on an HTTP-only port are a bad request"
     );
 
-    let socks_only = start_kind(ListenKind::Socks, config()).await;
+    let socks_only = start_proxy_kind(ListenKind::Socks, config()).await;
     let mut s = TcpStream::connect(socks_only).await.unwrap();
     s.write_all(b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

@@ -96,6 +96,19 @@ pub async fn start_proxy_on(
     }
 }
 
+/// A viaduct whose one listener (on `127.0.0.1:0`) speaks `kind`; runs until the test ends.
+pub async fn start_proxy_kind(kind: viaduct::server::ListenKind, config: Config) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let proxy = Proxy::new(config).unwrap();
+    tokio::spawn(viaduct::serve_all(
+        vec![(listener, kind)],
+        proxy,
+        std::future::pending(),
+    ));
+    addr
+}
+
 /// Resolves names from a fixed map (all loopback); anything else fails like NXDOMAIN.
 #[derive(Default, Clone)]
 pub struct TestResolver(pub HashMap<String, SocketAddr>);
