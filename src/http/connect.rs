@@ -38,7 +38,7 @@ pub async fn handle(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let admission = conn_state.take_admission();
     http.core().spawn_tunnel(
-        "CONNECT",
+        crate::session::TunnelKind::Connect,
         200,
         target.to_string(),
         client,

@@ -139,7 +139,7 @@ pub async fn handle(
             let admission = conn_state.take_admission();
             let member = member.take();
             core.spawn_tunnel(
-                "UPGRADE",
+                crate::session::TunnelKind::Upgrade,
                 101,
                 target.to_string(),
                 client,

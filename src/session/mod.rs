@@ -52,6 +52,39 @@ pub struct RecentError {
     pub details: String,
 }
 
+/// What opened a tunnel: how the access line and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelKind {
+    /// HTTP CONNECT (on HTTP/1.1 or an HTTP/2 stream).
+    Connect,
+    /// A forwarded request the origin switched to another protocol (WebSocket).
+    Upgrade,
+    Socks5,
+    Socks4,
+}
+
+impl TunnelKind {
+    /// The `protocol` label of `viaduct_requests_total` and the JSON record.
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Upgrade => "http",
+            Self::Socks5 => "socks5",
+            Self::Socks4 => "socks4",
+        }
+    }
+
+    /// The `method` of the access line.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Connect => "CONNECT",
+            Self::Upgrade => "UPGRADE",
+            Self::Socks5 => "socks5",
+            Self::Socks4 => "socks4",
+        }
+    }
+}
+
 /// A route's traffic, as the status page shows it.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RouteCount {
@@ -542,7 +575,7 @@ impl Core {
     /// revoked.
     pub fn spawn_tunnel<F, H>(
         self: &Arc<Self>,
-        kind: &'static str,
+        kind: TunnelKind,
         status: u16,
         target: String,
         client: &Client,
@@ -554,12 +587,7 @@ impl Core {
     {
         let core = Arc::clone(self);
         let grant = client.grant.clone();
-        let protocol = match kind {
-            "CONNECT" => "connect",
-            "UPGRADE" => "http",
-            // SOCKS names its own protocol (`socks5`, `socks4`).
-            other => other,
-        };
+        let (protocol, kind) = (kind.protocol(), kind.method());
         let route = client.trail.route();
         self.metrics.request(protocol, status, &route, None);
         self.count_route(&route, 1, 1);

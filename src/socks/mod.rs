@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::failure::{Failure, verdict};
 use crate::relay::Peer;
 use crate::server::Admitted;
-use crate::session::{Client, Core, Ends, SessionError};
+use crate::session::{Client, Core, Ends, SessionError, TunnelKind};
 use crate::target::Target;
 
 /// The SOCKS listener protocol and its settings.
@@ -286,7 +286,7 @@ impl Socks {
         match self.core.open_tunnel(&target, &client).await {
             Ok(reached) => {
                 reply(s, version, Ok(bound(&reached.value))).await?;
-                Ok(Next::Tunnel((client, target, reached, protocol)))
+                Ok(Next::Tunnel((client, target, reached, version.tunnel())))
             }
             Err(e) => {
                 reply(s, version, Err(verdict(e.failure()).socks_reply)).await?;
@@ -352,9 +352,13 @@ enum Version {
 
 impl Version {
     fn protocol(self) -> &'static str {
+        self.tunnel().protocol()
+    }
+
+    fn tunnel(self) -> TunnelKind {
         match self {
-            Self::Four => "socks4",
-            Self::Five => "socks5",
+            Self::Four => TunnelKind::Socks4,
+            Self::Five => TunnelKind::Socks5,
         }
     }
 }
@@ -390,12 +394,12 @@ enum Next {
     Udp(Client, tokio::net::UdpSocket, SocketAddr),
 }
 
-/// A handshake that opened a tunnel: who, where, the far end, and the protocol's name.
+/// A handshake that opened a tunnel: who, where, the far end, and which SOCKS it was.
 type Opened = (
     Client,
     Target,
     crate::session::Reached<crate::stream::BoxIo>,
-    &'static str,
+    TunnelKind,
 );
 
 /// The outgoing connection's local address, when it is a plain TCP socket (direct routes).
