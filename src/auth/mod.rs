@@ -94,7 +94,9 @@ struct Directory {
     settings: AuthSettings,
     realm: Arc<str>,
     /// Per process and per reload: a cached tag means nothing outside this directory.
-    key: hmac::Key,
+    /// `None` when the system's random source failed: then nothing is cached (a guessable
+    /// key would make cached tags forgeable), every request is verified.
+    key: Option<hmac::Key>,
     /// user -> (tag of the verified `user:password`, when verified).
     verified: Mutex<HashMap<String, (hmac::Tag, Instant)>>,
     /// One verification per distinct credentials at a time; others wait for its answer.
@@ -354,8 +356,12 @@ impl Auth {
 impl Directory {
     fn new(settings: AuthSettings) -> Self {
         let rng = ring::rand::SystemRandom::new();
-        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng)
-            .unwrap_or_else(|_| hmac::Key::new(hmac::HMAC_SHA256, &fastrand_key()));
+        let key = hmac::Key::generate(hmac::HMAC_SHA256, &rng).ok();
+        if key.is_none() {
+            tracing::warn!(
+                "no system randomness for the credentials cache: every request will verify its password"
+            );
+        }
         Self {
             realm: settings.realm.as_str().into(),
             settings,
@@ -372,6 +378,13 @@ impl Directory {
         let Some(hash) = self.settings.users.get(user) else {
             return false;
         };
+        let Some(key) = &self.key else {
+            computed.fetch_add(1, Ordering::Relaxed);
+            let (hash, pass) = (hash.clone(), password.to_owned());
+            return tokio::task::spawn_blocking(move || hash.verify(&pass))
+                .await
+                .unwrap_or(false);
+        };
         let mut message = Vec::with_capacity(user.len() + password.len() + 1);
         message.extend_from_slice(user.as_bytes());
         message.push(0);
@@ -379,11 +392,11 @@ impl Directory {
         if let Ok(verified) = self.verified.lock()
             && let Some((tag, at)) = verified.get(user)
             && at.elapsed() < CACHE_TTL
-            && hmac::verify(&self.key, &message, tag.as_ref()).is_ok()
+            && hmac::verify(key, &message, tag.as_ref()).is_ok()
         {
             return true;
         }
-        let tag = hmac::sign(&self.key, &message);
+        let tag = hmac::sign(key, &message);
         let cell = match self.verifying.lock() {
             Ok(mut v) => Arc::clone(v.entry(tag.as_ref().to_vec()).or_default()),
             Err(_) => Arc::new(OnceCell::new()),
@@ -430,12 +443,6 @@ impl Drop for Pending<'_> {
             v.remove(self.tag);
         }
     }
-}
-
-/// A key for the cache when the system's random source fails (it does not on Linux): unknown
-/// outside the process, which is all the cache needs.
-fn fastrand_key() -> [u8; 32] {
-    std::array::from_fn(|_| fastrand::u8(..))
 }
 
 #[cfg(test)]

@@ -136,7 +136,8 @@ fn parts(pseudonym: &str, failure: Failure, details: &str) -> (StatusCode, Strin
         status_value.push_str(&format!("; received-status={}", received.as_u16()));
     }
     status_value.push_str("; details=");
-    push_sf_string(&mut status_value, details);
+    // An RFC 8941 sf-string: printable ASCII only, `"` and `\` escaped.
+    crate::failure::push_quoted(&mut status_value, details);
     let body = format!(
         "{} {}: {details}\n",
         v.status.as_u16(),
@@ -233,11 +234,6 @@ pub fn replace_hyper_error(pseudonym: &str, out: &[u8]) -> Option<Vec<u8>> {
     Some(raw_error(pseudonym, failure, details))
 }
 
-/// Appends `s` as an RFC 8941 sf-string: printable ASCII only, `"` and `\` escaped.
-fn push_sf_string(out: &mut String, s: &str) {
-    crate::failure::push_quoted(out, s);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,7 +289,7 @@ mod tests {
         );
         assert!(replace_hyper_error("viaduct", b"HTTP/1.1 200 OK\r\n\r\n").is_none());
         let mut s = String::new();
-        push_sf_string(&mut s, "a \"b\" \\ é");
+        crate::failure::push_quoted(&mut s, "a \"b\" \\ é");
         assert_eq!(s, r#""a \"b\" \\ ?""#);
     }
 }
