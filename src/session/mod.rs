@@ -412,17 +412,7 @@ impl Core {
         let addr = match &target.host {
             crate::target::Host::Ip(ip) => SocketAddr::new(*ip, target.port),
             crate::target::Host::Name(name) => {
-                let dns = |source| ConnectError::Dns {
-                    host: name.clone(),
-                    source,
-                    target: true,
-                };
-                match self.resolver.resolve(name, target.port).await {
-                    Ok(addrs) => *addrs
-                        .first()
-                        .ok_or_else(|| dns(std::io::Error::other("no addresses")))?,
-                    Err(e) => return Err(dns(e).into()),
-                }
+                self.dialer.resolve_one(name, target.port, true).await?
             }
         };
         check_destination(&self.dialer.policy(), &peer, addr.ip())?;

@@ -401,8 +401,9 @@ impl Dialer {
         }
     }
 
-    /// Local resolution for `socks5://` (the proxy gets an address, not a name).
-    async fn resolve_one(
+    /// One address for `name` (local resolution for `socks5://` hops, where the proxy gets an
+    /// address, and for SOCKS UDP datagrams). `of_target`: it is the target's own name.
+    pub(crate) async fn resolve_one(
         &self,
         name: &str,
         port: u16,
