@@ -18,7 +18,7 @@ use crate::stream::BoxIo;
 use crate::target::{Host, Target};
 use crate::upstream::tls::{TlsOptions, connector};
 use crate::upstream::trace::Tracer;
-use crate::upstream::{Dialer, Resolve, Route};
+use crate::upstream::{Resolve, Route};
 
 /// Probes `url` under `config`; writes the steps to `out`. True when the GET got a 2xx or 3xx.
 pub async fn run(
@@ -44,19 +44,13 @@ pub async fn run(
         Some(q) => format!("{}?{q}", parsed.path()),
         None => parsed.path().to_owned(),
     };
-    let via = match http::HeaderValue::from_str(&format!("1.1 {}", config.via_name)) {
-        Ok(v) => v,
-        Err(_) => http::HeaderValue::from_static("1.1 viaduct"),
-    };
-    let tls = match connector(&config.tls) {
-        Ok(t) => t,
+    let dialer = match crate::proxy::dialer(&config, Arc::clone(&resolver)) {
+        Ok((_, d)) => d,
         Err(e) => {
-            let _ = writeln!(out, "FAILED  TLS settings: {e}");
+            let _ = writeln!(out, "FAILED  {e}");
             return false;
         }
     };
-    let dialer = Dialer::new(Arc::clone(&resolver), tls, config.connect_timeout, via);
-    dialer.set_policy(config.access.destinations.clone());
     let decision = config.router.decide(&target, None, &*resolver).await;
     line(
         out,

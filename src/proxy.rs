@@ -35,6 +35,21 @@ pub enum BuildError {
     Tls(#[from] TlsConfigError),
 }
 
+/// Our `Via` and the dialer `config` asks for (routes' TLS trust, connect timeout,
+/// destination policy): what the proxy dials with, and what `viaduct probe` dials with.
+pub fn dialer(config: &Config, resolver: Arc<dyn Resolve>) -> Result<(Via, Dialer), BuildError> {
+    let via =
+        Via::new(&config.via_name).ok_or_else(|| BuildError::ViaName(config.via_name.clone()))?;
+    let dialer = Dialer::new(
+        resolver,
+        tls::connector(&config.tls)?,
+        config.connect_timeout,
+        via.value(http::Version::HTTP_11).clone(),
+    );
+    dialer.set_policy(config.access.destinations.clone());
+    Ok((via, dialer))
+}
+
 /// A running proxy's parts.
 pub struct Proxy {
     core: Arc<Core>,
@@ -60,14 +75,7 @@ impl Proxy {
         config: Config,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Arc<Self>, BuildError> {
-        let via = Via::new(&config.via_name)
-            .ok_or_else(|| BuildError::ViaName(config.via_name.clone()))?;
-        let dialer = Dialer::new(
-            Arc::clone(&resolver),
-            tls::connector(&config.tls)?,
-            config.connect_timeout,
-            via.value(http::Version::HTTP_11).clone(),
-        );
+        let (via, dialer) = dialer(&config, Arc::clone(&resolver))?;
         let shutdown = Shutdown::new(config.shutdown_grace);
         let metrics = Arc::new(Metrics::default());
         let keepalive = KeepAlive::new(
