@@ -170,6 +170,8 @@ fn connect(kind: ConnectErrorKind) -> Verdict {
         ConnectErrorKind::Tls { certificate: false } => hop(v(GW, "tls_protocol_error", 0x01)),
         ConnectErrorKind::Loop => v(StatusCode::LOOP_DETECTED, "proxy_loop_detected", 0x02),
         ConnectErrorKind::Prohibited => v(StatusCode::FORBIDDEN, "destination_ip_prohibited", 0x02),
+        // No address of the family the route binds: another member may leave from another.
+        ConnectErrorKind::Unroutable => v(GW, "destination_ip_unroutable", 0x03),
     }
 }
 

@@ -14,7 +14,7 @@ use tracing_subscriber::EnvFilter;
 use viaduct::config::{self, runtime};
 use viaduct::routing::Router;
 use viaduct::server::Listen;
-use viaduct::upstream::SystemResolver;
+use viaduct::upstream::DnsResolver;
 use viaduct::{Overrides, Proxy};
 
 /// Exit code for a usage or configuration error (sysexits' EX_USAGE).
@@ -92,6 +92,18 @@ struct RunArgs {
     /// Hosts that always go direct, in NO_PROXY syntax: "localhost,.internal,10.0.0.0/8".
     #[arg(long)]
     bypass: Option<String>,
+
+    /// Where direct connections (or those to the first upstream) of the default route leave
+    /// from: an address, or a prefix (IPv4 or IPv6) to pick one from per session. The prefix
+    /// need only be routed to this host (IP_FREEBIND).
+    #[arg(long, value_name = "ADDR|CIDR")]
+    bind: Option<String>,
+
+    /// With a --bind prefix: `sticky` (one address per session, or per client without a
+    /// -session-ID suffix) or `random` (a fresh address per connection unless the client
+    /// names a session).
+    #[arg(long, value_name = "MODE")]
+    bind_mode: Option<String>,
 
     /// Extra CA certificates (PEM) to trust for https:// upstreams, on top of the webpki
     /// roots. Repeatable.
@@ -204,6 +216,8 @@ impl RunArgs {
             upstream: self.upstream.clone(),
             strategy: Some(self.strategy.clone()),
             bypass: self.bypass.clone(),
+            bind: self.bind.clone(),
+            bind_mode: self.bind_mode.clone(),
             upstream_ca: self.upstream_ca.clone(),
             upstream_insecure: self.upstream_insecure,
             connect_timeout: self.connect_timeout,
@@ -299,7 +313,9 @@ async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode
             return ExitCode::from(EX_USAGE);
         }
     };
-    let decision = router.decide(&target, user, &SystemResolver).await;
+    let decision = router
+        .decide(&target, user, &*DnsResolver::system_or_fallback())
+        .await;
     println!("target:  {target}");
     println!("matched: {}", decision.reason);
     println!("via:     {}", decision.action);
@@ -325,7 +341,15 @@ async fn probe(
     };
     println!("probe {url}");
     let mut out = std::io::stdout();
-    if viaduct::probe::run(config, Arc::new(SystemResolver), url, cacert, &mut out).await {
+    if viaduct::probe::run(
+        config,
+        DnsResolver::system_or_fallback(),
+        url,
+        cacert,
+        &mut out,
+    )
+    .await
+    {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

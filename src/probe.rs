@@ -67,7 +67,7 @@ pub async fn run(
             );
             return false;
         }
-        Action::Direct => vec![(None, Route::direct())],
+        Action::Direct(r) => vec![(None, r.clone())],
         Action::Upstream(u) => vec![(None, u.route.clone())],
         Action::Pool(p) => {
             let order = p.candidates(None);
@@ -96,7 +96,7 @@ pub async fn run(
         let res = if https {
             d.tunnel(&route, &target).await.map(|s| (s, false))
         } else {
-            d.forward(&route, &target).await
+            d.forward(&route, &target, d.source_for(&route)).await
         };
         for step in tracer.get().steps {
             line(out, &step.what, &step.outcome, Some(step.took));

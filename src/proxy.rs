@@ -24,7 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::socks::Socks;
 use crate::upstream::keepalive::KeepAlive;
 use crate::upstream::tls::{self, TlsConfigError};
-use crate::upstream::{Dialer, Resolve, SystemResolver};
+use crate::upstream::{Dialer, DnsResolver, Resolve};
 
 /// Why a [`Config`] cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,9 +65,10 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Builds a proxy that resolves names with the system resolver.
+    /// Builds a proxy that resolves names with the system's DNS configuration, through a
+    /// cache that honours TTLs.
     pub fn new(config: Config) -> Result<Arc<Self>, BuildError> {
-        Self::with_resolver(config, Arc::new(SystemResolver))
+        Self::with_resolver(config, DnsResolver::system_or_fallback())
     }
 
     /// Builds a proxy with an injected resolver (tests, custom DNS).

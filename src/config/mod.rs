@@ -26,7 +26,7 @@ use crate::routing::{Action, DomainPattern, Matcher, Router, Rule, Upstream, par
 use crate::server::Listen;
 use crate::session::access_log::Format;
 use crate::target::Target;
-use crate::upstream::{Route, TlsOptions, redact};
+use crate::upstream::{Bind, BindMode, Route, TlsOptions, redact};
 
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -136,8 +136,10 @@ struct Raw {
     #[serde(default)]
     upstream_insecure: bool,
     bypass: Option<Spanned<String>>,
+    /// Each a URL (one hop or a comma chain), or a table `{ via, bind, bind_mode, sticky_ttl }`
+    /// (`via = "direct"` with a `bind` makes a direct pool member).
     #[serde(default)]
-    upstreams: BTreeMap<String, Spanned<String>>,
+    upstreams: BTreeMap<String, Spanned<toml::Value>>,
     #[serde(default)]
     pools: BTreeMap<String, RawPool>,
     #[serde(default)]
@@ -234,6 +236,9 @@ struct RawRule {
     via: Spanned<String>,
     #[serde(default)]
     resolve: bool,
+    bind: Option<Spanned<String>>,
+    bind_mode: Option<Spanned<String>>,
+    sticky_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -253,6 +258,9 @@ struct RawMatch {
 #[serde(deny_unknown_fields)]
 struct RawDefault {
     via: Spanned<String>,
+    bind: Option<Spanned<String>>,
+    bind_mode: Option<Spanned<String>>,
+    sticky_ttl: Option<Spanned<String>>,
 }
 
 // === loading ===
@@ -360,6 +368,100 @@ fn duration(at: &Locator, field: &str, s: &Spanned<String>) -> Result<Duration, 
     })
 }
 
+/// `bind`, `bind_mode` and `sticky_ttl` as written (with where), on a rule, `[default]` or
+/// an upstream table.
+#[derive(Default)]
+struct BindSpec<'a> {
+    bind: Option<(&'a str, Range<usize>)>,
+    mode: Option<(&'a str, Range<usize>)>,
+    ttl: Option<(&'a str, Range<usize>)>,
+}
+
+impl<'a> BindSpec<'a> {
+    fn of(
+        bind: &'a Option<Spanned<String>>,
+        mode: &'a Option<Spanned<String>>,
+        ttl: &'a Option<Spanned<String>>,
+    ) -> Self {
+        let f =
+            |v: &'a Option<Spanned<String>>| v.as_ref().map(|v| (v.get_ref().as_str(), v.span()));
+        Self {
+            bind: f(bind),
+            mode: f(mode),
+            ttl: f(ttl),
+        }
+    }
+
+    /// The bind, when one is set; `bind_mode` or `sticky_ttl` without it is an error.
+    /// `field` is where `bind` sits (`rules[2]`, `upstreams.a`, `default`).
+    fn build(&self, at: &Locator, field: &str) -> Result<Option<Arc<Bind>>, ConfigError> {
+        let base = field.strip_suffix(".bind").unwrap_or(field);
+        let Some((bind, span)) = &self.bind else {
+            if let Some((_, span)) = self.mode.as_ref().or(self.ttl.as_ref()) {
+                return Err(at.error(
+                    span.clone(),
+                    &format!("{base}.bind"),
+                    "bind_mode and sticky_ttl need a bind = \"ADDR\" or \"CIDR\"",
+                ));
+            }
+            return Ok(None);
+        };
+        let net = crate::upstream::bind::parse(bind)
+            .map_err(|m| at.error(span.clone(), &format!("{base}.bind"), m))?;
+        let mode = match &self.mode {
+            Some((m, span)) => BindMode::parse(m).ok_or_else(|| {
+                at.error(
+                    span.clone(),
+                    &format!("{base}.bind_mode"),
+                    format!("unknown bind_mode \"{m}\" (sticky, random)"),
+                )
+            })?,
+            None => BindMode::default(),
+        };
+        let ttl = match &self.ttl {
+            Some((t, span)) => humantime::parse_duration(t).map_err(|e| {
+                at.error(
+                    span.clone(),
+                    &format!("{base}.sticky_ttl"),
+                    format!("invalid duration \"{t}\": {e} (write 30s, 10m, 1h)"),
+                )
+            })?,
+            None => DEFAULT_BIND_TTL,
+        };
+        Ok(Some(Arc::new(Bind::new(net, mode, ttl))))
+    }
+}
+
+/// How long a session keeps its source address by default (as pools' sticky pins).
+pub const DEFAULT_BIND_TTL: Duration = Duration::from_secs(600);
+
+/// `action` leaving from the addresses `spec` names (when it names some).
+fn bound(at: &Locator, field: &str, action: Action, spec: BindSpec) -> Result<Action, ConfigError> {
+    let Some(bind) = spec.build(at, field)? else {
+        return Ok(action);
+    };
+    bind_action(action, bind).map_err(|m| {
+        let span = spec.bind.map(|(_, s)| s).unwrap_or(0..0);
+        at.error(span, field, m)
+    })
+}
+
+/// `action` with its connections leaving from `bind`.
+pub fn bind_action(action: Action, bind: Arc<Bind>) -> Result<Action, String> {
+    match action {
+        Action::Direct(r) => Ok(Action::Direct(r.with_bind(bind))),
+        Action::Upstream(u) => Ok(Action::Upstream(Arc::new(Upstream {
+            name: u.name.clone(),
+            route: u.route.with_bind(bind),
+        }))),
+        Action::Pool(p) => Err(format!(
+            "pool {} picks among its members: set bind on them (upstream tables with via and bind)",
+            p.name
+        )),
+        Action::Block => Err("a block connects nowhere: bind has no meaning here".into()),
+    }
+}
+
 fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
     let listen = raw
         .listen
@@ -375,12 +477,73 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
     };
 
     let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
-    for (name, url) in &raw.upstreams {
+    for (name, value) in &raw.upstreams {
         let field = format!("upstreams.{name}");
-        check_name(at, &field, name, url.span())?;
-        let expanded = expand_env(url.get_ref()).map_err(|m| at.error(url.span(), &field, m))?;
-        let route =
-            Route::parse(&expanded).map_err(|e| at.error(url.span(), &field, e.to_string()))?;
+        let span = value.span();
+        check_name(at, &field, name, span.clone())?;
+        let (url, spec) = match value.get_ref() {
+            toml::Value::String(url) => (url.as_str(), BindSpec::default()),
+            toml::Value::Table(t) => {
+                let text = |key: &str| -> Result<Option<(&str, Range<usize>)>, ConfigError> {
+                    match t.get(key) {
+                        None => Ok(None),
+                        Some(toml::Value::String(v)) => Ok(Some((v.as_str(), span.clone()))),
+                        Some(_) => Err(at.error(
+                            span.clone(),
+                            &format!("{field}.{key}"),
+                            "must be a string",
+                        )),
+                    }
+                };
+                if let Some(unknown) = t
+                    .keys()
+                    .find(|k| !["via", "bind", "bind_mode", "sticky_ttl"].contains(&k.as_str()))
+                {
+                    return Err(at.error(
+                        span.clone(),
+                        &format!("{field}.{unknown}"),
+                        format!("unknown field `{unknown}` (via, bind, bind_mode, sticky_ttl)"),
+                    ));
+                }
+                let via = text("via")?.ok_or_else(|| {
+                    at.error(
+                        span.clone(),
+                        &format!("{field}.via"),
+                        "an upstream table needs via = \"URL\" or \"direct\"",
+                    )
+                })?;
+                let spec = BindSpec {
+                    bind: text("bind")?,
+                    mode: text("bind_mode")?,
+                    ttl: text("sticky_ttl")?,
+                };
+                (via.0, spec)
+            }
+            _ => {
+                return Err(at.error(
+                    span,
+                    &field,
+                    "an upstream is a URL or a table { via = ..., bind = ... }",
+                ));
+            }
+        };
+        let route = if url == "direct" {
+            Route::direct()
+        } else {
+            let expanded = expand_env(url).map_err(|m| at.error(span.clone(), &field, m))?;
+            Route::parse(&expanded).map_err(|e| at.error(span.clone(), &field, e.to_string()))?
+        };
+        let route = match spec.build(at, &field)? {
+            Some(bind) => route.with_bind(bind),
+            None if url == "direct" => {
+                return Err(at.error(
+                    span,
+                    &field,
+                    "a direct upstream needs a bind (else use via = \"direct\" in the rule)",
+                ));
+            }
+            None => route,
+        };
         upstreams.insert(
             name,
             Arc::new(Upstream {
@@ -473,7 +636,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
     let action = |field: &str, via: &Spanned<String>| -> Result<Action, ConfigError> {
         let v = via.get_ref().as_str();
         Ok(match v {
-            "direct" => Action::Direct,
+            "direct" => Action::direct(),
             "block" => Action::Block,
             _ if v.contains("://") => Action::Upstream(Arc::new(Upstream {
                 name: "inline".into(),
@@ -530,15 +693,20 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             ports: m.ports.clone(),
             users: m.users.clone(),
         };
+        let spec = BindSpec::of(&r.bind, &r.bind_mode, &r.sticky_ttl);
+        let action = bound(at, &field("bind"), action(&field("via"), &r.via)?, spec)?;
         rules.push(Rule {
             matcher,
             resolve: r.resolve,
-            action: action(&field("via"), &r.via)?,
+            action,
         });
     }
     let default = match &raw.default {
-        Some(d) => action("default.via", &d.via)?,
-        None => Action::Direct,
+        Some(d) => {
+            let spec = BindSpec::of(&d.bind, &d.bind_mode, &d.sticky_ttl);
+            bound(at, "default.bind", action("default.via", &d.via)?, spec)?
+        }
+        None => Action::direct(),
     };
     let bypass = match &raw.bypass {
         Some(b) => parse_no_proxy(b.get_ref()).map_err(|entry| {

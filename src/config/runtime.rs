@@ -153,6 +153,10 @@ pub struct Overrides {
     /// The strategy of a pool made of several `upstream`s. Default `failover`.
     pub strategy: Option<String>,
     pub bypass: Option<String>,
+    /// `--bind ADDR|CIDR`: where the default route's connections leave from.
+    pub bind: Option<String>,
+    /// `--bind-mode sticky|random`.
+    pub bind_mode: Option<String>,
     pub upstream_ca: Vec<std::path::PathBuf>,
     pub upstream_insecure: bool,
     pub connect_timeout: Option<Duration>,
@@ -240,6 +244,26 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     };
     if let Some(bypass) = bypass {
         router.bypass = bypass;
+    }
+    if let Some(b) = &o.bind {
+        let net = crate::upstream::bind::parse(b)
+            .map_err(|m| format!("invalid value for --bind: {m}"))?;
+        let mode = match o.bind_mode.as_deref() {
+            None => crate::upstream::BindMode::default(),
+            Some(m) => crate::upstream::BindMode::parse(m).ok_or_else(|| {
+                format!("invalid value for --bind-mode: \"{m}\" (sticky, random)")
+            })?,
+        };
+        let bind = Arc::new(crate::upstream::Bind::new(
+            net,
+            mode,
+            super::DEFAULT_BIND_TTL,
+        ));
+        let default = std::mem::replace(&mut router.default, crate::routing::Action::Block);
+        router.default = super::bind_action(default, bind)
+            .map_err(|m| format!("invalid value for --bind: {m}"))?;
+    } else if o.bind_mode.is_some() {
+        return Err("--bind-mode needs --bind".into());
     }
     let listen = if !o.listen.is_empty() {
         o.listen.clone()

@@ -97,6 +97,7 @@ pub async fn handle(
     // can be sent again (no body, or one small enough to keep).
     let (attempt_http, to) = (Arc::clone(http), target.clone());
     let tracer = client.trail.tracer().clone();
+    let (session, named) = (Arc::clone(&client.session), client.session_named);
     let dial_started = std::time::Instant::now();
     let reached = reach(
         &action,
@@ -108,6 +109,7 @@ pub async fn handle(
                 .core()
                 .dialer()
                 .traced(tracer.clone())
+                .for_session(Arc::clone(&session), named)
                 .with_timeout(left);
             Box::pin(attempt(
                 Arc::clone(&attempt_http),

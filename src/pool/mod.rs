@@ -489,7 +489,8 @@ where
             }
             Err(e) => {
                 let v = verdict(Failure::Connect(e.kind()));
-                let outcome = if v.blame_hop {
+                // A direct member has no hop of its own to blame: the target failed.
+                let outcome = if v.blame_hop && !member.route.hops().is_empty() {
                     Outcome::HopFault
                 } else {
                     Outcome::TargetFault

@@ -27,8 +27,9 @@ pub struct Upstream {
 /// What to do with a request.
 #[derive(Debug, Clone)]
 pub enum Action {
-    /// Connect to the target ourselves.
-    Direct,
+    /// Connect to the target ourselves, along a route with no hops (which may say where
+    /// connections leave from: `bind`).
+    Direct(Route),
     /// Refuse with 403.
     Block,
     /// Through a named upstream (or chain).
@@ -38,11 +39,21 @@ pub enum Action {
 }
 
 impl Action {
+    /// Direct, leaving from the host's default address.
+    pub fn direct() -> Self {
+        Action::Direct(Route::direct())
+    }
+
+    /// Direct from the host's default address: what a client could do without the proxy.
+    pub fn is_plain_direct(&self) -> bool {
+        matches!(self, Action::Direct(r) if r.bind().is_none())
+    }
+
     /// The route's short name for metrics and logs: `direct`, `block`, or the upstream's or
     /// pool's configured name.
     pub fn label(&self) -> &str {
         match self {
-            Action::Direct => "direct",
+            Action::Direct(_) => "direct",
             Action::Block => "block",
             Action::Upstream(u) => &u.name,
             Action::Pool(p) => &p.name,
@@ -53,7 +64,7 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::Direct => f.write_str("direct"),
+            Action::Direct(r) => f.write_str(r.name()),
             Action::Block => f.write_str("block"),
             Action::Upstream(u) => write!(f, "upstream {} ({})", u.name, u.route),
             Action::Pool(p) => write!(f, "pool {}", p.describe()),
@@ -113,14 +124,14 @@ impl Router {
         Self {
             bypass: None,
             rules: Vec::new(),
-            default: Action::Direct,
+            default: Action::direct(),
         }
     }
 
     /// Everything through `route` (direct when it has no hops).
     pub fn single(route: Route) -> Self {
         let default = if route.hops().is_empty() {
-            Action::Direct
+            Action::direct()
         } else {
             Action::Upstream(Arc::new(Upstream {
                 name: "upstream".into(),
@@ -142,14 +153,14 @@ impl Router {
         user: Option<&str>,
         resolved: &[IpAddr],
     ) -> Decision<'_> {
-        const DIRECT: &Action = &Action::Direct;
+        static DIRECT: std::sync::LazyLock<Action> = std::sync::LazyLock::new(Action::direct);
         if self
             .bypass
             .as_ref()
             .is_some_and(|b| b.matches(target, None, &[]))
         {
             return Decision {
-                action: DIRECT,
+                action: &DIRECT,
                 reason: Reason::Bypass,
                 resolved: Vec::new(),
             };
@@ -226,7 +237,10 @@ impl Router {
                     ids.insert(u.route.id());
                 }
                 Action::Pool(p) => ids.extend(p.members.iter().map(|m| m.route.id())),
-                Action::Direct | Action::Block => {}
+                Action::Direct(r) => {
+                    ids.insert(r.id());
+                }
+                Action::Block => {}
             }
         }
         ids
@@ -266,14 +280,14 @@ mod tests {
             bypass: parse_no_proxy("localhost").unwrap(),
             rules: vec![
                 rule(&["*.ads.example"], Action::Block),
-                rule(&["*.example"], Action::Direct),
+                rule(&["*.example"], Action::direct()),
             ],
             default: corp,
         };
         let d = router.decide_with(&t("x.ads.example:443"), None, &[]);
         assert!(matches!(d.action, Action::Block) && d.reason == Reason::Rule(1));
         let d = router.decide_with(&t("www.example:443"), None, &[]);
-        assert!(matches!(d.action, Action::Direct) && d.reason == Reason::Rule(2));
+        assert!(matches!(d.action, Action::Direct(_)) && d.reason == Reason::Rule(2));
         let d = router.decide_with(&t("other.org:443"), None, &[]);
         assert!(matches!(d.action, Action::Upstream(_)) && d.reason == Reason::Default);
         assert_eq!(
@@ -295,7 +309,7 @@ mod tests {
                 resolve: false,
                 action: Action::Block,
             }],
-            default: Action::Direct,
+            default: Action::direct(),
         };
         let ten = ["10.1.1.1".parse().unwrap()];
         assert_eq!(

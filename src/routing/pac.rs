@@ -11,7 +11,7 @@ use std::fmt::Write;
 
 use ipnet::IpNet;
 
-use super::{Action, DomainPattern, Matcher, Router};
+use super::{DomainPattern, Matcher, Router};
 
 /// The PAC file for `router`, sending proxied requests to `proxy` (`host:port`).
 pub fn pac(router: &Router, proxy: &str) -> String {
@@ -36,7 +36,7 @@ pub fn pac(router: &Router, proxy: &str) -> String {
     }
     for (i, rule) in router.rules.iter().enumerate() {
         let n = i + 1;
-        let direct = matches!(rule.action, Action::Direct);
+        let direct = rule.action.is_plain_direct();
         let resolving = rule.resolve && !rule.matcher.cidrs.is_empty();
         if direct
             && !resolving
@@ -58,7 +58,7 @@ pub fn pac(router: &Router, proxy: &str) -> String {
             );
         }
     }
-    let last = if matches!(router.default, Action::Direct) {
+    let last = if router.default.is_plain_direct() {
         "\"DIRECT\""
     } else {
         "proxy"
@@ -159,6 +159,7 @@ fn js_string(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Action;
     use super::*;
     use crate::routing::{Rule, parse_no_proxy};
 
@@ -192,14 +193,14 @@ mod tests {
                         cidrs: vec!["10.0.0.0/8".parse().unwrap()],
                         ..Default::default()
                     },
-                    Action::Direct,
+                    Action::direct(),
                 ),
                 rule(
                     Matcher {
                         users: vec!["bob".into()],
                         ..Default::default()
                     },
-                    Action::Direct,
+                    Action::direct(),
                 ),
             ],
             default: up,

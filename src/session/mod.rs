@@ -119,7 +119,9 @@ pub struct Client {
     /// access line. `None` without `[auth]`.
     pub user: Option<String>,
     /// The sticky-session key: the `-session-ID` suffix of the user name, else the client IP.
-    pub session: String,
+    pub session: Arc<str>,
+    /// The client named its session (a `-session-ID` suffix), rather than it being its IP.
+    pub session_named: bool,
     /// The authenticated user's place (cap, revocation), held by the request and its tunnel.
     pub grant: Option<Arc<Grant>>,
     /// What routing and dialing did for this request.
@@ -200,13 +202,13 @@ impl Client {
     /// name's `-session-ID` suffix picks the sticky key (a sticky key grants nothing); the name
     /// itself selects nothing.
     pub fn new(addr: SocketAddr, claimed: Option<&str>) -> Self {
-        let session = claimed
-            .and_then(|name| split_session(name).1)
-            .map_or_else(|| addr.ip().to_string(), str::to_owned);
+        let named = claimed.and_then(|name| split_session(name).1);
+        let session = named.map_or_else(|| addr.ip().to_string().into(), Arc::from);
         Self {
             addr,
             user: None,
             session,
+            session_named: named.is_some(),
             grant: None,
             trail: Arc::default(),
         }
@@ -402,10 +404,10 @@ impl Core {
         client: &Client,
     ) -> Result<SocketAddr, SessionError> {
         let action = self.decide(target, client).await?;
-        if !matches!(action, Action::Direct) {
+        if !action.is_plain_direct() {
             return Err(SessionError::Blocked(format!(
-                "UDP goes direct only ({target} routes via {})",
-                action.label()
+                "UDP goes direct only, from the host's own address ({target} routes via {})",
+                action
             )));
         }
         let peer = format!("target {target}");
@@ -429,7 +431,7 @@ impl Core {
 
     /// Whether datagrams can be relayed at all: the default route goes direct.
     pub fn udp_possible(&self) -> bool {
-        matches!(self.router().default, Action::Direct)
+        self.router().default.is_plain_direct()
     }
 
     /// Client authentication (users in force, its counters).
@@ -449,7 +451,7 @@ impl Core {
         client.trail.set_route(decision.action.label());
         match decision.action {
             Action::Block => Err(SessionError::Blocked(decision.reason.to_string())),
-            Action::Direct => Ok(Action::Direct),
+            action @ Action::Direct(_) => Ok(action.clone()),
             action => {
                 let policy = self.dialer.policy();
                 for ip in &decision.resolved {
@@ -475,7 +477,11 @@ impl Core {
         }
         let action = self.decide(target, client).await?;
         let tracer = client.trail.tracer().clone();
-        let (dialer, to) = (self.dialer.traced(tracer.clone()), target.clone());
+        let dialer = self
+            .dialer
+            .traced(tracer.clone())
+            .for_session(Arc::clone(&client.session), client.session_named);
+        let to = target.clone();
         let started = Instant::now();
         let reached = reach(
             &action,
@@ -754,11 +760,12 @@ mod tests {
         let addr: SocketAddr = "192.0.2.9:5000".parse().unwrap();
         let c = Client::new(addr, Some("alice-session-42"));
         // A claimed name selects nothing; only its suffix picks the sticky key.
-        assert_eq!((c.user.as_deref(), c.session.as_str()), (None, "42"));
+        assert_eq!((c.user.as_deref(), &*c.session), (None, "42"));
+        assert!(c.session_named);
         let c = Client::new(addr, Some("bob"));
-        assert_eq!(c.session, "192.0.2.9");
+        assert_eq!((&*c.session, c.session_named), ("192.0.2.9", false));
         let c = Client::new(addr, None);
-        assert_eq!(c.session, "192.0.2.9");
+        assert_eq!((&*c.session, c.session_named), ("192.0.2.9", false));
         assert_eq!(split_session("alice-session-42"), ("alice", Some("42")));
         assert_eq!(split_session("alice-session-"), ("alice-session-", None));
         assert_eq!(split_session("-session-7"), ("-session-7", None));

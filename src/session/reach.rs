@@ -6,15 +6,12 @@
 //! target, or a reusable HTTP connection for forwarding.
 
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use super::SessionError;
 use crate::pool::{self, MemberGuard};
 use crate::routing::Action;
 use crate::upstream::{ConnectError, Route};
-
-static DIRECT: LazyLock<Route> = LazyLock::new(Route::direct);
 
 /// What was opened, and the pool member it counts against (least-connections) while alive.
 pub struct Reached<T> {
@@ -59,8 +56,8 @@ pub async fn reach<T>(
 ) -> Result<Reached<T>, SessionError> {
     match action {
         Action::Block => Err(SessionError::Blocked("a block rule".into())),
-        Action::Direct => Ok(Reached {
-            value: connector.open(&DIRECT, budget).await?,
+        Action::Direct(route) => Ok(Reached {
+            value: connector.open(route, budget).await?,
             member: None,
         }),
         Action::Upstream(up) => Ok(Reached {

@@ -102,17 +102,85 @@ pub fn check_destination(
     })
 }
 
-/// Opens TCP to `target` (resolving names with `resolver` once), trying each address in turn.
-/// `peer` names the target in errors (`target host:port` or `upstream host:port`). With
-/// `checks`, an address of one of our own listeners is refused, and only addresses the
-/// destination policy permits are dialed: the very addresses checked, never a second lookup.
+/// Opens TCP to `target` (resolving names with `resolver` once), racing its addresses (Happy
+/// Eyeballs, see [`super::eyeballs`]). `peer` names the target in errors (`target host:port` or
+/// `upstream host:port`). With `checks`, an address of one of our own listeners is refused,
+/// and only addresses the destination policy permits are dialed: the very addresses checked,
+/// never a second lookup. With `source`, the connection leaves from that address, and only
+/// addresses of its family are dialed.
 pub async fn connect_tcp(
     resolver: &dyn Resolve,
     target: &Target,
     peer: &str,
     checks: Option<TargetChecks<'_>>,
+    source: Option<IpAddr>,
     trace: Option<&Tracer>,
 ) -> Result<TcpStream, ConnectError> {
+    let addrs = addresses(resolver, target, peer, checks, trace).await?;
+    let addrs = match source {
+        Some(src) => {
+            let same: Vec<SocketAddr> = addrs
+                .into_iter()
+                .filter(|a| a.is_ipv4() == src.is_ipv4())
+                .collect();
+            if same.is_empty() {
+                return Err(ConnectError::FamilyMismatch {
+                    peer: peer.to_owned(),
+                    from: src,
+                });
+            }
+            same
+        }
+        None => addrs,
+    };
+    let addrs = super::eyeballs::interleave(addrs);
+    let attempt = |addr: SocketAddr| async move {
+        let started = std::time::Instant::now();
+        let connected = match source {
+            Some(src) => super::bind::connect_from(addr, src).await,
+            None => TcpStream::connect(addr).await,
+        };
+        if let Some(t) = trace {
+            let outcome = match &connected {
+                Ok(_) => "connected".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            t.step(format!("tcp {peer} ({addr})"), started.elapsed(), outcome);
+        }
+        if let Err(e) = &connected {
+            tracing::debug!(%addr, error = %e, "tcp connect failed");
+        }
+        connected
+    };
+    match super::eyeballs::race(&addrs, super::eyeballs::ATTEMPT_DELAY, attempt).await {
+        Ok((addr, stream)) => {
+            if let Some(t) = trace
+                && matches!(target.host, Host::Name(_))
+                && checks.is_some()
+            {
+                t.resolved(addr);
+            }
+            // Small writes (handshakes, interactive tunnels) must not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Err(mut failed) if failed.len() == 1 => {
+            let (_, e) = failed.remove(0);
+            Err(ConnectError::io(peer, e))
+        }
+        Err(failed) => Err(ConnectError::attempts(peer, failed)),
+    }
+}
+
+/// The addresses a dial to `target` may use: its literal, or its name resolved once, less
+/// those the checks refuse (all refused: the refusal).
+pub(crate) async fn addresses(
+    resolver: &dyn Resolve,
+    target: &Target,
+    peer: &str,
+    checks: Option<TargetChecks<'_>>,
+    trace: Option<&Tracer>,
+) -> Result<Vec<SocketAddr>, ConnectError> {
     let started = std::time::Instant::now();
     let addrs: Vec<SocketAddr> = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
@@ -141,66 +209,25 @@ pub async fn connect_tcp(
             }
         }
     };
-    let addrs = match checks {
-        Some(checks) => {
-            if let Some(addr) = addrs.iter().find(|a| checks.own.contains(**a)) {
-                return Err(ConnectError::OwnListener {
-                    peer: peer.to_owned(),
-                    addr: *addr,
-                });
-            }
-            if checks.policy.is_open() {
-                addrs
-            } else {
-                let (permitted, refused): (Vec<_>, Vec<_>) = addrs
-                    .into_iter()
-                    .partition(|a| checks.policy.permits(a.ip()));
-                match (permitted.is_empty(), refused.first()) {
-                    (true, Some(first)) => {
-                        return Err(check_destination(checks.policy, peer, first.ip())
-                            .err()
-                            .unwrap_or_else(|| {
-                                ConnectError::io(peer, std::io::Error::other("no addresses"))
-                            }));
-                    }
-                    _ => permitted,
-                }
-            }
-        }
-        None => addrs,
+    let Some(checks) = checks else {
+        return Ok(addrs);
     };
-    let mut last = None;
-    for addr in addrs {
-        let tcp_started = std::time::Instant::now();
-        let connected = TcpStream::connect(addr).await;
-        if let Some(t) = trace {
-            let outcome = match &connected {
-                Ok(_) => "connected".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            t.step(
-                format!("tcp {peer} ({addr})"),
-                tcp_started.elapsed(),
-                outcome,
-            );
-            if connected.is_ok() && matches!(target.host, Host::Name(_)) && checks.is_some() {
-                t.resolved(addr);
-            }
-        }
-        match connected {
-            Ok(stream) => {
-                // Small writes (handshakes, interactive tunnels) must not wait for Nagle.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "tcp connect failed");
-                last = Some(e);
-            }
-        }
+    if let Some(addr) = addrs.iter().find(|a| checks.own.contains(**a)) {
+        return Err(ConnectError::OwnListener {
+            peer: peer.to_owned(),
+            addr: *addr,
+        });
     }
-    Err(ConnectError::io(
-        peer,
-        last.unwrap_or_else(|| std::io::Error::other("no addresses")),
-    ))
+    if checks.policy.is_open() {
+        return Ok(addrs);
+    }
+    let (permitted, refused): (Vec<_>, Vec<_>) = addrs
+        .into_iter()
+        .partition(|a| checks.policy.permits(a.ip()));
+    match (permitted.is_empty(), refused.first()) {
+        (true, Some(first)) => Err(check_destination(checks.policy, peer, first.ip())
+            .err()
+            .unwrap_or_else(|| ConnectError::io(peer, std::io::Error::other("no addresses")))),
+        _ => Ok(permitted),
+    }
 }

@@ -38,6 +38,8 @@ pub enum ConnectErrorKind {
     Loop,
     /// The access policy refuses the destination address.
     Prohibited,
+    /// The target has no address of the family the route leaves from (its `bind`).
+    Unroutable,
 }
 
 /// A SOCKS failure reply, in words (RFC 1928 section 6; SOCKS4's single "rejected" maps to
@@ -116,6 +118,19 @@ pub enum ConnectError {
         peer: String,
         addr: std::net::IpAddr,
         why: &'static str,
+    },
+    #[error("{peer} has no {} address, and this route leaves from {from} (bind)", if .from.is_ipv4() { "IPv4" } else { "IPv6" })]
+    FamilyMismatch {
+        peer: String,
+        from: std::net::IpAddr,
+    },
+    #[error("{peer}: all {} addresses failed: {}", .tried.len(), .tried.iter().map(|(a, e)| format!("{a} {e}")).collect::<Vec<_>>().join(", "))]
+    Attempts {
+        peer: String,
+        /// Every address tried, with what happened, in the order they failed.
+        tried: Vec<(std::net::SocketAddr, String)>,
+        /// The classification: refused when every address refused, else the last failure's.
+        kind: ConnectErrorKind,
     },
     #[error("TLS with {peer} failed: {}", tls_words(.source))]
     Tls {
@@ -212,12 +227,52 @@ impl ConnectError {
             Self::SocksReply { reply, .. } => ConnectErrorKind::SocksReply(*reply),
             Self::HopAuth { .. } => ConnectErrorKind::HopAuth,
             Self::OwnListener { .. } => ConnectErrorKind::Loop,
+            Self::FamilyMismatch { .. } => ConnectErrorKind::Unroutable,
+            Self::Attempts { kind, .. } => *kind,
             Self::Tls { source, .. } => ConnectErrorKind::Tls {
                 certificate: matches!(
                     source,
                     rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
                 ),
             },
+        }
+    }
+
+    /// Every address of `peer` failed (Happy Eyeballs tried them all): TCP connects to it.
+    pub(crate) fn attempts(peer: &str, tried: Vec<(std::net::SocketAddr, io::Error)>) -> Self {
+        let refused = tried
+            .iter()
+            .all(|(_, e)| e.kind() == io::ErrorKind::ConnectionRefused);
+        Self::Attempts {
+            peer: peer.to_owned(),
+            tried: tried
+                .into_iter()
+                .map(|(a, e)| {
+                    let words = match e.kind() {
+                        io::ErrorKind::ConnectionRefused => "refused".to_owned(),
+                        _ => e.to_string(),
+                    };
+                    (a, words)
+                })
+                .collect(),
+            kind: if refused {
+                ConnectErrorKind::Refused
+            } else {
+                ConnectErrorKind::Unreachable
+            },
+        }
+    }
+
+    /// Every address of `peer` failed, each dial with its own error (through a hop that was
+    /// given addresses): classified as the last one.
+    pub(crate) fn dials(peer: &str, tried: Vec<(std::net::SocketAddr, ConnectError)>) -> Self {
+        let kind = tried
+            .last()
+            .map_or(ConnectErrorKind::Unreachable, |(_, e)| e.kind());
+        Self::Attempts {
+            peer: peer.to_owned(),
+            tried: tried.into_iter().map(|(a, e)| (a, e.to_string())).collect(),
+            kind,
         }
     }
 

@@ -8,7 +8,8 @@
 //!
 //! Connections are keyed by how they were made: the route's identity (its hops *and* their
 //! credentials, so two accounts on one upstream never share a session) and, unless the
-//! connection ends at an absolute-form upstream, the origin. Idle connections are bounded: per
+//! connection ends at an absolute-form upstream, the origin; on a route with a sticky source
+//! address (`bind`), that address too, so one session never rides another's. Idle connections are bounded: per
 //! key, in total (the oldest goes first), and in time (a reaper closes them after the idle
 //! timeout even when no request comes to look).
 
@@ -37,6 +38,8 @@ const MAX_IDLE_PER_KEY: usize = 64;
 pub struct ConnKey {
     route: u64,
     origin: Option<Target>,
+    /// The pinned source address the connection leaves from.
+    source: Option<std::net::IpAddr>,
 }
 
 /// A connection ready for one request.
@@ -155,9 +158,11 @@ impl KeepAlive {
         fresh: bool,
     ) -> Result<Conn, ConnectError> {
         let proxied = route.absolute_form_hop().is_some();
+        let source = dialer.source_for(route);
         let key = ConnKey {
             route: route.id(),
             origin: (!proxied).then(|| target.clone()),
+            source: source.filter(|s| s.pinned).map(|s| s.addr),
         };
         if !fresh && let Some(sender) = self.checkout(&key) {
             return Ok(Conn {
@@ -167,7 +172,7 @@ impl KeepAlive {
                 reused: true,
             });
         }
-        let (io, proxied) = dialer.forward(route, target).await?;
+        let (io, proxied) = dialer.forward(route, target, source).await?;
         let (sender, conn) = http1::Builder::new()
             .preserve_header_case(true)
             .handshake(TokioIo::new(io))

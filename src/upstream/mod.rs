@@ -13,8 +13,10 @@
 //! preceded by TLS in [`tls`] for `https://` hops) runs over the stream the previous hop
 //! opened, so any kind can follow any other.
 
+pub mod bind;
 pub mod direct;
 pub mod error;
+pub mod eyeballs;
 pub mod hop;
 pub mod http_connect;
 pub mod keepalive;
@@ -32,9 +34,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use tokio_rustls::TlsConnector;
 
+pub use self::bind::{Bind, BindMode, SessionKey, Source};
 pub use self::error::{ConnectError, ConnectErrorKind, SocksReply};
 pub use self::hop::{Credentials, Hop, HopKind, HopParseError, parse_chain, redact};
-pub use self::resolve::{Resolve, SystemResolver};
+pub use self::resolve::{DnsResolver, Resolve, SystemResolver};
 use self::socks::SocksTarget;
 pub use self::tls::TlsOptions;
 use crate::access::Destinations;
@@ -52,6 +55,8 @@ pub struct Route {
     /// keyed digest, so kept-alive connections of two accounts on one proxy never mix and a
     /// secret never sits in a map key that could be printed.
     id: u64,
+    /// Where the route's first TCP connection (to the target, or to the first hop) leaves from.
+    bind: Option<Arc<Bind>>,
 }
 
 impl Default for Route {
@@ -81,7 +86,25 @@ impl Route {
             hops: hops.into(),
             name: name.into(),
             id,
+            bind: None,
         }
+    }
+
+    /// The same route, its first connection leaving from `bind`'s addresses.
+    pub fn with_bind(&self, bind: Arc<Bind>) -> Self {
+        let name = format!("{} from {}", self.name, bind.net());
+        let id = identity(&name, &self.hops);
+        Self {
+            hops: Arc::clone(&self.hops),
+            name: name.into(),
+            id,
+            bind: Some(bind),
+        }
+    }
+
+    /// Where the route's connections leave from, when set.
+    pub fn bind(&self) -> Option<&Arc<Bind>> {
+        self.bind.as_ref()
     }
 
     /// The route's name (as displayed), shared.
@@ -158,6 +181,9 @@ pub struct Dialer {
     policy: Arc<ArcSwap<Destinations>>,
     /// Where this dial's steps are recorded, when someone asked.
     trace: Option<trace::Tracer>,
+    /// Whose dial this is: the sticky key that picks a source address from a route's bind,
+    /// and whether the client named it.
+    session: Option<(Arc<str>, bool)>,
     tls: TlsConnector,
     connect_timeout: Duration,
     via: HeaderValue,
@@ -186,6 +212,7 @@ impl Dialer {
             own: Arc::default(),
             policy: Arc::default(),
             trace: None,
+            session: None,
             tls,
             connect_timeout,
             via,
@@ -222,6 +249,27 @@ impl Dialer {
         }
     }
 
+    /// The same dialer, dialing for the session `key` (`named`: the client gave it as a
+    /// `-session-ID` suffix rather than it being its address).
+    pub fn for_session(&self, key: Arc<str>, named: bool) -> Self {
+        Self {
+            session: Some((key, named)),
+            ..self.clone()
+        }
+    }
+
+    /// The source address this dial's first connection along `route` leaves from: picked
+    /// from the route's bind for this dialer's session.
+    pub fn source_for(&self, route: &Route) -> Option<Source> {
+        route.bind().map(|b| {
+            b.pick(
+                self.session
+                    .as_ref()
+                    .map(|(key, named)| SessionKey { key, named: *named }),
+            )
+        })
+    }
+
     /// The same dialer without the destination policy, for dials the operator configured
     /// (health probes to a pool's `health.target`), which no client chose.
     pub fn unchecked(&self) -> Self {
@@ -245,7 +293,14 @@ impl Dialer {
         let peer = route.label(0);
         match tokio::time::timeout(
             self.connect_timeout,
-            direct::connect_tcp(&*self.resolver, &hop.addr, &peer, None, None),
+            direct::connect_tcp(
+                &*self.resolver,
+                &hop.addr,
+                &peer,
+                None,
+                self.source_for(route).map(|s| s.addr),
+                None,
+            ),
         )
         .await
         {
@@ -259,19 +314,22 @@ impl Dialer {
 
     /// A stream to `target` itself, through every hop of `route`.
     pub async fn tunnel(&self, route: &Route, target: &Target) -> Result<BoxIo, ConnectError> {
-        self.dial(route, target, Stop::Target).await
+        let source = self.source_for(route);
+        self.dial(route, target, Stop::Target, source).await
     }
 
-    /// A stream to write plain HTTP requests for `target` on. `true` when it ends at an HTTP
-    /// proxy that expects absolute-form requests, `false` when it ends at the origin.
+    /// A stream to write plain HTTP requests for `target` on, leaving from `source` (picked
+    /// with [`Dialer::source_for`]). `true` when it ends at an HTTP proxy that expects
+    /// absolute-form requests, `false` when it ends at the origin.
     pub async fn forward(
         &self,
         route: &Route,
         target: &Target,
+        source: Option<Source>,
     ) -> Result<(BoxIo, bool), ConnectError> {
         match route.absolute_form_hop() {
-            Some(_) => Ok((self.dial(route, target, Stop::LastHop).await?, true)),
-            None => Ok((self.dial(route, target, Stop::Target).await?, false)),
+            Some(_) => Ok((self.dial(route, target, Stop::LastHop, source).await?, true)),
+            None => Ok((self.dial(route, target, Stop::Target, source).await?, false)),
         }
     }
 
@@ -280,6 +338,72 @@ impl Dialer {
         route: &Route,
         target: &Target,
         stop: Stop,
+        source: Option<Source>,
+    ) -> Result<BoxIo, ConnectError> {
+        let hops = route.hops();
+        // A `socks5://` last hop resolves the target's name here: race its addresses, each
+        // attempt a whole dial through the chain (Happy Eyeballs through the proxy).
+        if stop == Stop::Target
+            && let (Some(HopKind::Socks5 { remote_dns: false }), Host::Name(name)) =
+                (hops.last().map(|h| h.kind), &target.host)
+        {
+            return self.dial_resolving(route, target, name, source).await;
+        }
+        self.dial_to(route, target, stop, source).await
+    }
+
+    /// Resolves `name` (the target's, for a `socks5://` last hop), keeps the addresses the
+    /// policy permits, and races dials to them through `route` under one connect timeout.
+    async fn dial_resolving(
+        &self,
+        route: &Route,
+        target: &Target,
+        name: &str,
+        source: Option<Source>,
+    ) -> Result<BoxIo, ConnectError> {
+        let peer = format!("target {target}");
+        let work = async {
+            let policy = self.policy.load_full();
+            let addrs = self.resolve_all(name, target.port, true).await?;
+            let (permitted, refused): (Vec<_>, Vec<_>) =
+                addrs.into_iter().partition(|a| policy.permits(a.ip()));
+            if permitted.is_empty()
+                && let Some(first) = refused.first()
+            {
+                direct::check_destination(&policy, &peer, first.ip())?;
+            }
+            let addrs = eyeballs::interleave(permitted);
+            let attempt = |addr: std::net::SocketAddr| {
+                let to = Target {
+                    host: Host::Ip(addr.ip()),
+                    port: addr.port(),
+                };
+                async move { self.dial_to(route, &to, Stop::Target, source).await }
+            };
+            match eyeballs::race(&addrs, eyeballs::ATTEMPT_DELAY, attempt).await {
+                Ok((_, stream)) => Ok(stream),
+                Err(mut failed) if failed.len() <= 1 => Err(failed.pop().map_or_else(
+                    || ConnectError::io(&peer, std::io::Error::other("no addresses")),
+                    |(_, e)| e,
+                )),
+                Err(failed) => Err(ConnectError::dials(&peer, failed)),
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, work).await {
+            Ok(res) => res,
+            Err(_) => Err(ConnectError::Timeout {
+                peer: route.label(route.hops().len() - 1),
+                after: self.connect_timeout,
+            }),
+        }
+    }
+
+    async fn dial_to(
+        &self,
+        route: &Route,
+        target: &Target,
+        stop: Stop,
+        source: Option<Source>,
     ) -> Result<BoxIo, ConnectError> {
         let hops = route.hops();
         // The peer being worked on when the clock ran out, for the timeout's message.
@@ -305,8 +429,17 @@ impl Dialer {
                 policy: &policy,
             });
             let trace = self.trace.as_ref();
-            let mut stream: BoxIo =
-                Box::new(direct::connect_tcp(&*self.resolver, first, &at, checks, trace).await?);
+            let mut stream: BoxIo = Box::new(
+                direct::connect_tcp(
+                    &*self.resolver,
+                    first,
+                    &at,
+                    checks,
+                    source.map(|s| s.addr),
+                    trace,
+                )
+                .await?,
+            );
             for (i, hop) in hops.iter().enumerate() {
                 at = route.label(i);
                 let started = std::time::Instant::now();
@@ -401,24 +534,36 @@ impl Dialer {
         }
     }
 
-    /// One address for `name` (local resolution for `socks5://` hops, where the proxy gets an
-    /// address, and for SOCKS UDP datagrams). `of_target`: it is the target's own name.
+    /// One address for `name` (a `socks5://` hop in the middle of a chain, where the proxy
+    /// gets an address, and SOCKS UDP datagrams). `of_target`: it is the target's own name.
     pub(crate) async fn resolve_one(
         &self,
         name: &str,
         port: u16,
         of_target: bool,
     ) -> Result<std::net::SocketAddr, ConnectError> {
+        let addrs = self.resolve_all(name, port, of_target).await?;
+        eyeballs::interleave(addrs)
+            .into_iter()
+            .next()
+            .ok_or_else(|| ConnectError::io(name, std::io::Error::other("no addresses")))
+    }
+
+    /// Every address of `name` (at least one).
+    async fn resolve_all(
+        &self,
+        name: &str,
+        port: u16,
+        of_target: bool,
+    ) -> Result<Vec<std::net::SocketAddr>, ConnectError> {
         let dns = |source| ConnectError::Dns {
             host: name.to_owned(),
             source,
             target: of_target,
         };
         match self.resolver.resolve(name, port).await {
-            Ok(addrs) => addrs
-                .first()
-                .copied()
-                .ok_or_else(|| dns(std::io::Error::other("no addresses"))),
+            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+            Ok(_) => Err(dns(std::io::Error::other("no addresses"))),
             Err(e) => Err(dns(e)),
         }
     }
