@@ -9,6 +9,7 @@ mod balancer;
 mod chain;
 mod cli;
 mod connect;
+mod egress;
 mod forward;
 mod hardening;
 mod https_listener;
