@@ -38,6 +38,8 @@ pub enum Failure {
     ClientTimeout,
     /// A connection limit was reached.
     LimitReached,
+    /// The client opened connections faster than its rate allows (`new_connections_per_ip`).
+    RateLimited,
     /// The next hop's response head did not arrive in time.
     ResponseTimeout,
     /// The next hop's response is not valid HTTP (or a `101` nobody asked for).
@@ -112,6 +114,11 @@ pub fn verdict(failure: Failure) -> Verdict {
             StatusCode::SERVICE_UNAVAILABLE,
             "connection_limit_reached",
             0x01,
+        ),
+        Failure::RateLimited => v(
+            StatusCode::TOO_MANY_REQUESTS,
+            "connection_limit_reached",
+            0x02,
         ),
         Failure::ResponseTimeout => v(GT, "http_response_timeout", 0x06),
         Failure::ResponseProtocol => v(GW, "http_protocol_error", 0x01),

@@ -36,7 +36,8 @@
 //! - [`probe`]: `viaduct probe`, the route walked step by step.
 //! - [`failure`]: the one classifier: status, `Proxy-Status` token, retry, blame, SOCKS reply.
 //! - [`config`]: the file (located errors) and the runtime [`Config`] with its merge.
-//! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`].
+//! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`], [`rate`]
+//!   (token buckets for bandwidth and connection rates).
 //! - [`proxy`]: wires the parts into a [`Proxy`] and serves listeners.
 //!
 //! # Running
@@ -59,6 +60,7 @@ pub mod metrics;
 pub mod pool;
 pub mod probe;
 pub mod proxy;
+pub mod rate;
 pub mod relay;
 pub mod routing;
 pub mod server;

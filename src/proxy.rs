@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::routing::Router;
 use crate::server::{self, Admission, Admitted, ListenKind, Protocol, ProxyProtocol};
 use crate::session::access_log::AccessLog;
-use crate::session::{Core, Observe, Policy};
+use crate::session::{BandwidthLimits, Core, Observe, Policy};
 use crate::shutdown::Shutdown;
 use crate::socks::Socks;
 use crate::upstream::keepalive::KeepAlive;
@@ -88,6 +88,11 @@ impl Proxy {
             Policy {
                 auth: config.auth,
                 destinations: config.access.destinations,
+                bandwidth: BandwidthLimits {
+                    per_user: config.limits.bandwidth_per_user,
+                    per_ip: config.limits.bandwidth_per_ip,
+                    by_user: config.limits.user_bandwidth.clone(),
+                },
             },
             Observe {
                 metrics: Arc::clone(&metrics),
@@ -105,6 +110,7 @@ impl Proxy {
             config.access.clients,
             Arc::clone(&metrics),
         ));
+        admission.set_new_connections(config.limits.new_connections_per_ip);
         let socks = Arc::new(Socks::new(
             Arc::clone(&core),
             config.limits.header_read_timeout,
@@ -167,6 +173,8 @@ impl Proxy {
         self.info.reloaded(Ok(()));
         self.core.reopen_access_log();
         self.admission.set_clients(config.access.clients);
+        self.admission
+            .set_new_connections(config.limits.new_connections_per_ip);
         if let Some(tls) = config.tls_listener {
             self.tls.store(Some(Arc::new(TlsAcceptor::from(tls))));
         }
@@ -175,6 +183,11 @@ impl Proxy {
             Policy {
                 auth: config.auth,
                 destinations: config.access.destinations,
+                bandwidth: BandwidthLimits {
+                    per_user: config.limits.bandwidth_per_user,
+                    per_ip: config.limits.bandwidth_per_ip,
+                    by_user: config.limits.user_bandwidth.clone(),
+                },
             },
         );
     }
@@ -303,6 +316,7 @@ impl Protocol for Listener {
                                 &stream,
                                 Failure::ClientTimeout,
                                 &format!("no request within {}", humantime::format_duration(wait)),
+                                None,
                             );
                             return;
                         }
@@ -317,8 +331,14 @@ impl Protocol for Listener {
         })
     }
 
-    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str) {
+    fn refuse(
+        &self,
+        stream: &TcpStream,
+        failure: Failure,
+        details: &str,
+        retry_after: Option<std::time::Duration>,
+    ) {
         // Before the first byte nobody knows the protocol: HTTP's answer is the readable one.
-        self.http.refuse(stream, failure, details);
+        self.http.refuse(stream, failure, details, retry_after);
     }
 }

@@ -117,6 +117,11 @@ pub struct FileLimits {
     pub max_idle_upstream: Option<usize>,
     pub upstream_idle_timeout: Option<Duration>,
     pub max_concurrent_streams: Option<u32>,
+    /// Bytes per second.
+    pub bandwidth_per_user: Option<u64>,
+    pub bandwidth_per_ip: Option<u64>,
+    pub user_bandwidth: std::collections::HashMap<String, Option<u64>>,
+    pub new_connections_per_ip: Option<(u64, Duration)>,
 }
 
 // === raw model ===
@@ -207,6 +212,12 @@ struct RawLimits {
     max_idle_upstream: Option<usize>,
     upstream_idle_timeout: Option<Spanned<String>>,
     max_concurrent_streams: Option<u32>,
+    bandwidth_per_user: Option<Spanned<String>>,
+    bandwidth_per_ip: Option<Spanned<String>>,
+    /// User name -> bandwidth or "unlimited".
+    #[serde(default)]
+    user_bandwidth: BTreeMap<String, Spanned<String>>,
+    new_connections_per_ip: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -474,6 +485,13 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         .collect::<Result<Vec<Listen>, _>>()?;
     let opt = |field: &str, d: &Option<Spanned<String>>| {
         d.as_ref().map(|d| duration(at, field, d)).transpose()
+    };
+    let bandwidth = |field: &str, b: &Option<Spanned<String>>| {
+        b.as_ref()
+            .map(|b| {
+                crate::rate::parse_bandwidth(b.get_ref()).map_err(|m| at.error(b.span(), field, m))
+            })
+            .transpose()
     };
 
     let mut upstreams: BTreeMap<&str, Arc<Upstream>> = BTreeMap::new();
@@ -846,6 +864,31 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                         &l.upstream_idle_timeout,
                     )?,
                     max_concurrent_streams: l.max_concurrent_streams,
+                    bandwidth_per_user: bandwidth(
+                        "limits.bandwidth_per_user",
+                        &l.bandwidth_per_user,
+                    )?,
+                    bandwidth_per_ip: bandwidth("limits.bandwidth_per_ip", &l.bandwidth_per_ip)?,
+                    user_bandwidth: l
+                        .user_bandwidth
+                        .iter()
+                        .map(|(user, b)| {
+                            let field = format!("limits.user_bandwidth.{user}");
+                            match b.get_ref().as_str() {
+                                "unlimited" => Ok((user.clone(), None)),
+                                _ => bandwidth(&field, &Some(b.clone()))
+                                    .map(|rate| (user.clone(), rate)),
+                            }
+                        })
+                        .collect::<Result<_, ConfigError>>()?,
+                    new_connections_per_ip: l
+                        .new_connections_per_ip
+                        .as_ref()
+                        .map(|r| {
+                            crate::rate::parse_per_second(r.get_ref())
+                                .map_err(|m| at.error(r.span(), "limits.new_connections_per_ip", m))
+                        })
+                        .transpose()?,
                 },
                 None => FileLimits::default(),
             },

@@ -100,6 +100,15 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
     /// HTTP/2: streams (requests and tunnels) open at once on one client connection. 100.
     pub max_concurrent_streams: u32,
+    /// Bytes per second each way, shared by all flows of one authenticated user. Reloadable.
+    pub bandwidth_per_user: Option<u64>,
+    /// Bytes per second each way, shared by all flows from one client address. Reloadable.
+    pub bandwidth_per_ip: Option<u64>,
+    /// `[limits.user_bandwidth]`: users with their own rate (`None`: unlimited).
+    pub user_bandwidth: std::collections::HashMap<String, Option<u64>>,
+    /// New connections per client address: (count, per period), with a burst of `count`;
+    /// past it, 429 with `Retry-After`.
+    pub new_connections_per_ip: Option<(u64, Duration)>,
 }
 
 impl Default for Limits {
@@ -115,6 +124,10 @@ impl Default for Limits {
             max_idle_upstream: 256,
             upstream_idle_timeout: Duration::from_secs(90),
             max_concurrent_streams: 100,
+            bandwidth_per_user: None,
+            bandwidth_per_ip: None,
+            user_bandwidth: std::collections::HashMap::new(),
+            new_connections_per_ip: None,
         }
     }
 }
@@ -325,6 +338,11 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
             "rules[{n}] matches users, but there is no [auth]: without it a user name is whatever a client claims. Add [auth] file = \"users.htpasswd\" (or --auth-file FILE)"
         ));
     }
+    if (settings.limits.bandwidth_per_user.is_some() || !settings.limits.user_bandwidth.is_empty())
+        && auth.is_none()
+    {
+        return Err("[limits] bandwidth_per_user applies to authenticated users, but there is no [auth]: add [auth] file = \"users.htpasswd\" (or --auth-file FILE), or limit per client address with bandwidth_per_ip".into());
+    }
     if !crate::access::loopback_only(&addrs)
         && auth.is_none()
         && access.clients.allow.is_empty()
@@ -377,6 +395,10 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
         max_idle_upstream: pick(None, file.max_idle_upstream, d.max_idle_upstream),
         upstream_idle_timeout: pick(None, file.upstream_idle_timeout, d.upstream_idle_timeout),
         max_concurrent_streams: pick(None, file.max_concurrent_streams, d.max_concurrent_streams),
+        bandwidth_per_user: file.bandwidth_per_user.or(d.bandwidth_per_user),
+        bandwidth_per_ip: file.bandwidth_per_ip.or(d.bandwidth_per_ip),
+        user_bandwidth: file.user_bandwidth.clone(),
+        new_connections_per_ip: file.new_connections_per_ip.or(d.new_connections_per_ip),
     };
     Ok(Config {
         listen,

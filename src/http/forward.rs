@@ -21,7 +21,7 @@ use super::connect::client_end;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::{Body, Http};
-use crate::relay::body::{Counted, Pace, Paced, Side};
+use crate::relay::body::{Counted, Pace, Paced, Side, Throttled};
 use crate::routing::Action;
 use crate::session::{Client, Ends, Opening, reach};
 use crate::stream::BoxIo;
@@ -83,11 +83,12 @@ pub async fn handle(
         min_rate: limits.request_body_min_rate,
     };
     let trail = Arc::clone(&client.trail);
+    let limits = core.throttles(client);
     let req = req.map(|body| {
-        Counted::new(Paced::new(body, pace, Side::Request), move |n| {
+        let counted = Counted::new(Paced::new(body, pace, Side::Request), move |n| {
             trail.carried(true, n);
-        })
-        .boxed()
+        });
+        Throttled::new(counted, limits.up).boxed()
     });
     let out = Arc::new(Outgoing::new(req, &action).await?);
 
@@ -175,9 +176,8 @@ pub async fn handle(
     strip_hop_by_hop(resp.headers_mut(), switching);
     http.via().append(resp.headers_mut(), received);
     Ok(resp.map(|body| {
-        Paced::new(body, pace, Side::Response)
-            .holding(member)
-            .boxed()
+        let paced = Paced::new(body, pace, Side::Response).holding(member);
+        Throttled::new(paced, limits.down).boxed()
     }))
 }
 

@@ -165,8 +165,14 @@ async fn serve_h2(
 }
 
 impl Protocol for Http {
-    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str) {
-        let answer = respond::raw_error(self.via.pseudonym(), failure, details);
+    fn refuse(
+        &self,
+        stream: &TcpStream,
+        failure: Failure,
+        details: &str,
+        retry_after: Option<std::time::Duration>,
+    ) {
+        let answer = respond::raw_error_after(self.via.pseudonym(), failure, details, retry_after);
         // Best effort, never blocking the accept loop: a full send buffer just means the
         // client sees the close.
         let _ = stream.try_write(&answer);

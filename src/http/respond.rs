@@ -183,9 +183,25 @@ pub fn error_response(via: &Via, err: &ProxyError) -> Response<Body> {
 /// timeout, a refused connection, hyper's own parse-error answers): the same status line,
 /// `Proxy-Status` and one-line body as [`error_response`], and `Connection: close`.
 pub fn raw_error(pseudonym: &str, failure: Failure, details: &str) -> Vec<u8> {
+    raw_error_after(pseudonym, failure, details, None)
+}
+
+/// [`raw_error`] with a `Retry-After` (whole seconds, at least 1) when `retry_after` is set.
+pub fn raw_error_after(
+    pseudonym: &str,
+    failure: Failure,
+    details: &str,
+    retry_after: Option<std::time::Duration>,
+) -> Vec<u8> {
     let (status, proxy_status, body) = parts(pseudonym, failure, details);
+    let retry = retry_after.map_or_else(String::new, |after| {
+        format!(
+            "Retry-After: {}\r\n",
+            after.as_secs_f64().ceil().max(1.0) as u64
+        )
+    });
     format!(
-        "HTTP/1.1 {} {}\r\nProxy-Status: {proxy_status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {} {}\r\nProxy-Status: {proxy_status}\r\n{retry}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         body.len()

@@ -260,6 +260,63 @@ where
     }
 }
 
+/// A body under a bandwidth limit: each data frame is paid for as it passes, and the next
+/// frame is not asked for until the throttle's debt is waited off (the sender meanwhile
+/// meets backpressure, so nothing piles up here). An unlimited throttle costs a branch.
+pub struct Throttled<B> {
+    inner: B,
+    throttle: crate::rate::Throttle,
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl<B> Throttled<B> {
+    pub fn new(inner: B, throttle: crate::rate::Throttle) -> Self {
+        Self {
+            inner,
+            throttle,
+            pause: None,
+        }
+    }
+}
+
+impl<B> Body for Throttled<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(pause) = this.pause.as_mut() {
+            std::task::ready!(pause.as_mut().poll(cx));
+            this.pause = None;
+        }
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if this.throttle.is_limited()
+            && let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let wait = this.throttle.charge(data.len());
+            if !wait.is_zero() {
+                this.pause = Some(Box::pin(tokio::time::sleep(wait)));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

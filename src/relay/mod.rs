@@ -4,7 +4,9 @@
 //! (backpressure: a slow reader stalls the writer, nothing piles up) and half-close (EOF on one
 //! side becomes a `shutdown(SHUT_WR)` on the other while the reverse direction carries on).
 //! What it lacks, and this module adds: byte counts that survive an early end, an idle timeout,
-//! and cancellation by shutdown. Activity is a timestamp that every read and write refreshes; a
+//! cancellation by shutdown, and bandwidth limits ([`crate::rate::Throttles`]: each direction
+//! post-pays what it moved and pauses before its next move while its buckets are in debt; an
+//! unlimited tunnel never looks at a bucket). Activity is a timestamp that every read and write refreshes; a
 //! watchdog sleeps until `last activity + idle` and ends the relay when nothing moved.
 
 use std::io;
@@ -18,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::rate::{Throttle, Throttles};
 use crate::stream::{BoxIo, Prefixed};
 
 pub mod body;
@@ -104,16 +107,23 @@ pub async fn tunnel(
     target: BoxIo,
     idle: Duration,
     cancel: &CancellationToken,
+    limits: &Throttles,
 ) -> Relayed {
     match client {
         #[cfg(target_os = "linux")]
         Peer::Tcp(client) => match crate::stream::into_tcp(target) {
-            Ok(target) => relay_tcp(client, early, target, idle, cancel).await,
-            Err(target) => relay(Prefixed::new(early, client), target, idle, cancel).await,
+            Ok(target) => relay_tcp(client, early, target, idle, cancel, limits).await,
+            Err(target) => {
+                relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
+            }
         },
         #[cfg(not(target_os = "linux"))]
-        Peer::Tcp(client) => relay(Prefixed::new(early, client), target, idle, cancel).await,
-        Peer::Other(client) => relay(Prefixed::new(early, client), target, idle, cancel).await,
+        Peer::Tcp(client) => {
+            relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
+        }
+        Peer::Other(client) => {
+            relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
+        }
     }
 }
 
@@ -125,14 +135,15 @@ async fn relay_tcp(
     target: TcpStream,
     idle: Duration,
     cancel: &CancellationToken,
+    limits: &Throttles,
 ) -> Relayed {
     let act = Activity::new();
     // The early bytes go first, under the same idle timeout and shutdown as the rest: a target
     // that never reads must not pin this task.
     let run = async {
         write_early(&client, &target, early, &act).await?;
-        let up = splice::one_way(&client, &target, &act, &act.up);
-        let down = splice::one_way(&target, &client, &act, &act.down);
+        let up = splice::one_way(&client, &target, &act, &act.up, &limits.up);
+        let down = splice::one_way(&target, &client, &act, &act.down, &limits.down);
         tokio::try_join!(up, down).map(drop)
     };
     let relayed = supervise(&act, run, idle, cancel, true).await;
@@ -156,6 +167,8 @@ async fn write_early(
     early: Bytes,
     act: &Activity,
 ) -> io::Result<()> {
+    // Not paused for: early bytes are few (a pipelined ClientHello); under a limit they are
+    // charged with the first splice's move instead (see `splice::one_way`).
     let mut rest = &early[..];
     while !rest.is_empty() {
         Box::pin(splice::writable_while_src_alive(target, client)).await?;
@@ -199,10 +212,25 @@ async fn supervise(
 /// Relays between `client` and `target` until both directions end, `idle` passes with no
 /// traffic, an I/O error occurs, or `cancel` fires. Both streams are dropped (closed) on return.
 pub async fn relay<C, T>(
+    client: C,
+    target: T,
+    idle: Duration,
+    cancel: &CancellationToken,
+) -> Relayed
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    relay_limited(client, target, idle, cancel, &Throttles::default()).await
+}
+
+/// [`relay`] under bandwidth limits.
+async fn relay_limited<C, T>(
     mut client: C,
     mut target: T,
     idle: Duration,
     cancel: &CancellationToken,
+    limits: &Throttles,
 ) -> Relayed
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -213,11 +241,15 @@ where
         io: &mut client,
         act: &act,
         reads: &act.up,
+        throttle: &limits.up,
+        pause: None,
     };
     let mut t = Watched {
         io: &mut target,
         act: &act,
         reads: &act.down,
+        throttle: &limits.down,
+        pause: None,
     };
     let run = async {
         tokio::io::copy_bidirectional_with_sizes(&mut c, &mut t, BUF_SIZE, BUF_SIZE)
@@ -238,11 +270,16 @@ async fn idle_watch(act: &Activity, idle: Duration) {
     }
 }
 
-/// A stream that refreshes the activity clock on every transfer and counts the bytes read.
+/// A stream that refreshes the activity clock on every transfer, counts the bytes read, and
+/// pays for them under its throttle: after a read that put the buckets in debt, the next
+/// read waits the debt off (each read is at most the relay's buffer, [`BUF_SIZE`]).
 struct Watched<'a, S> {
     io: &'a mut S,
     act: &'a Activity,
     reads: &'a AtomicU64,
+    throttle: &'a Throttle,
+    /// Armed only when a limited read left debt.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
@@ -251,12 +288,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(pause) = self.pause.as_mut() {
+            std::task::ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
         let before = buf.filled().len();
         let res = Pin::new(&mut *self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
             self.reads.fetch_add(n as u64, Ordering::Relaxed);
             self.act.touch();
+            if self.throttle.is_limited() {
+                let wait = self.throttle.charge(n);
+                if !wait.is_zero() {
+                    self.pause = Some(Box::pin(tokio::time::sleep(wait)));
+                }
+            }
         }
         res
     }

@@ -22,6 +22,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::Activity;
+use crate::rate::Throttle;
 
 /// How long a direction whose source has gone (EOF or reset) may wait for its destination to
 /// take more bytes before the tunnel is given up: a client that left a target that never reads
@@ -90,14 +91,18 @@ pub(super) async fn writable_while_src_alive(dst: &TcpStream, src: &TcpStream) -
     }
 }
 
-/// Moves bytes from `src` to `dst` until EOF (then half-closes `dst`) or an error.
+/// Moves bytes from `src` to `dst` until EOF (then half-closes `dst`) or an error. Under a
+/// limiting `throttle`, each move is at most its chunk and is paid for before the next.
 pub(super) async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     act: &Activity,
     count: &AtomicU64,
+    throttle: &Throttle,
 ) -> io::Result<()> {
     let mut pipe: Option<Pipe> = None;
+    // Bytes already counted (the early bytes) are charged with the first move.
+    let mut unpaid = count.load(Ordering::Relaxed) as usize;
     loop {
         src.readable().await?;
         let p = match pipe.take() {
@@ -109,19 +114,17 @@ pub(super) async fn one_way(
                     // so carry the tunnel on by copying rather than killing it.
                     tracing::debug!(error = %e, "no pipe for splice; copying this direction");
                     // Boxed: the rare path must not grow every tunnel's task.
-                    return Box::pin(copy_plain(src, dst, act, count)).await;
+                    return Box::pin(copy_plain(src, dst, act, count, throttle)).await;
                 }
             },
         };
+        let most = if throttle.is_limited() {
+            throttle.chunk().min(p.size)
+        } else {
+            p.size
+        };
         let read = src.try_io(Interest::READABLE, || {
-            Ok(splice(
-                src.as_fd(),
-                None,
-                p.w.as_fd(),
-                None,
-                p.size,
-                flags(),
-            )?)
+            Ok(splice(src.as_fd(), None, p.w.as_fd(), None, most, flags())?)
         });
         let n = match read {
             Ok(0) => {
@@ -158,6 +161,10 @@ pub(super) async fn one_way(
             }
         }
         pipe = Some(p);
+        if throttle.is_limited() {
+            // Boxed: unlimited tunnels' tasks do not carry the pause's space.
+            Box::pin(throttle.pay(n + std::mem::take(&mut unpaid))).await;
+        }
     }
 }
 
@@ -168,6 +175,7 @@ async fn copy_plain(
     dst: &TcpStream,
     act: &Activity,
     count: &AtomicU64,
+    throttle: &Throttle,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; super::BUF_SIZE];
     loop {
@@ -196,6 +204,7 @@ async fn copy_plain(
                 Err(e) => return Err(e),
             }
         }
+        throttle.pay(n).await;
     }
 }
 
@@ -240,7 +249,9 @@ mod tests {
             target_far.read_to_end(&mut got).await.unwrap();
             got
         });
-        copy_plain(&client, &target, &act, &act.up).await.unwrap();
+        copy_plain(&client, &target, &act, &act.up, &Throttle::default())
+            .await
+            .unwrap();
         assert_eq!(reader.await.unwrap(), data);
         assert_eq!(act.up.load(Ordering::Relaxed), data.len() as u64);
         writer.await.unwrap();

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use self::admission::Refused;
 pub use self::admission::{Admission, Admitted};
 pub use self::proxy_protocol::ProxyProtocol;
 use crate::failure::Failure;
@@ -96,9 +97,15 @@ pub trait Protocol: Send + Sync + 'static {
         admitted: Admitted,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
-    /// Tells a client it was refused (`failure`, in words: `details`), best effort and without
-    /// blocking; the connection is closed after.
-    fn refuse(&self, stream: &TcpStream, failure: Failure, details: &str);
+    /// Tells a client it was refused (`failure`, in words: `details`; `retry_after`: when it
+    /// may try again), best effort and without blocking; the connection is closed after.
+    fn refuse(
+        &self,
+        stream: &TcpStream,
+        failure: Failure,
+        details: &str,
+        retry_after: Option<Duration>,
+    );
 }
 
 /// Raises the soft descriptor limit to the hard one and says in the log what fits: each tunnel
@@ -221,6 +228,7 @@ fn admit<P: Protocol>(
             &stream,
             Failure::ClientDenied,
             &format!("client {} is not among the allowed clients", peer.ip()),
+            None,
         );
         admission.note_refused("allow_clients");
         shutdown.tracker().spawn(linger_close(stream));
@@ -228,11 +236,28 @@ fn admit<P: Protocol>(
     }
     match admission.admit(peer.ip()) {
         Ok(admitted) => Some((stream, admitted)),
-        Err(limit) => {
+        Err(Refused {
+            limit,
+            retry_after: Some(after),
+        }) => {
+            protocol.refuse(
+                &stream,
+                Failure::RateLimited,
+                &format!("too many new connections from {} ({limit})", peer.ip()),
+                Some(after),
+            );
+            admission.note_refused(limit);
+            // The client may have sent its request already: a plain close would reset the
+            // connection under the answer.
+            shutdown.tracker().spawn(linger_close(stream));
+            None
+        }
+        Err(Refused { limit, .. }) => {
             protocol.refuse(
                 &stream,
                 Failure::LimitReached,
                 &format!("connection limit reached ({limit})"),
+                None,
             );
             admission.note_refused(limit);
             None

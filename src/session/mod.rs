@@ -13,6 +13,7 @@
 //! protocol's answer, through the one classifier in [`crate::failure`].
 
 pub mod access_log;
+pub mod bandwidth;
 pub mod reach;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use bytes::Bytes;
 use tracing::Instrument;
 
 use self::access_log::{AccessLog, Format};
+pub use self::bandwidth::{Bandwidth, BandwidthLimits};
 pub use self::reach::{Connector, Opening, Reached, reach};
 use crate::access::Destinations;
 use crate::auth::{Auth, AuthError, AuthSettings, Grant};
@@ -108,6 +110,8 @@ pub struct Policy {
     /// `[auth]`; `None`: clients are not asked for credentials.
     pub auth: Option<AuthSettings>,
     pub destinations: Destinations,
+    /// Bandwidth per user and per client address.
+    pub bandwidth: BandwidthLimits,
 }
 
 /// Who sent a request, as far as routing and sessions care.
@@ -270,6 +274,8 @@ pub struct Core {
     per_route: std::sync::Mutex<std::collections::BTreeMap<String, RouteCount>>,
     resolver: Arc<dyn Resolve>,
     dialer: Dialer,
+    /// Swapped at a reload: open flows keep the buckets they hold.
+    bandwidth: ArcSwap<Bandwidth>,
     keepalive: Arc<KeepAlive>,
     idle_timeout: Duration,
     shutdown: Shutdown,
@@ -302,6 +308,7 @@ impl Core {
             per_route: std::sync::Mutex::default(),
             resolver,
             dialer,
+            bandwidth: ArcSwap::from_pointee(Bandwidth::new(policy.bandwidth)),
             keepalive: Arc::new(keepalive),
             idle_timeout,
             shutdown,
@@ -323,6 +330,8 @@ impl Core {
     /// connections of routes that changed are closed.
     pub fn reload(&self, router: Router, policy: Policy) {
         self.dialer.set_policy(policy.destinations);
+        self.bandwidth
+            .store(Arc::new(Bandwidth::new(policy.bandwidth)));
         let revoked = self.auth.reload(policy.auth);
         if revoked > 0 {
             tracing::info!(
@@ -345,6 +354,13 @@ impl Core {
 
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
+    }
+
+    /// The bandwidth limits `client`'s next flow (a tunnel, a request and its response) obeys.
+    pub fn throttles(&self, client: &Client) -> crate::rate::Throttles {
+        self.bandwidth
+            .load()
+            .throttles(client.user.as_deref(), client.addr.ip())
     }
 
     pub fn keepalive(&self) -> &Arc<KeepAlive> {
@@ -588,6 +604,7 @@ impl Core {
         self.metrics.request(protocol, status, &route, None);
         self.count_route(&route, 1, 1);
         let who = client.clone();
+        let limits = self.throttles(client);
         let task = async move {
             core.open_tunnels.fetch_add(1, Ordering::Relaxed);
             let _open = OpenTunnel(&core.open_tunnels);
@@ -609,7 +626,7 @@ impl Core {
                 }
             };
             tracing::debug!(%target, "tunnel established");
-            let r = relay::tunnel(client, early, remote, core.idle_timeout, stop).await;
+            let r = relay::tunnel(client, early, remote, core.idle_timeout, stop, &limits).await;
             if r.zero_copy {
                 core.zero_copy.fetch_add(1, Ordering::Relaxed);
             }

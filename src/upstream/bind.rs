@@ -9,7 +9,7 @@
 //! `IP_BIND_ADDRESS_NO_PORT`, so that the port is picked at connect time per destination
 //! (binding first would otherwise cap each source address at one port range in all).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::{LazyLock, Mutex};
@@ -171,11 +171,7 @@ impl Bind {
 fn digest(key: &str) -> u128 {
     static KEYS: LazyLock<(std::hash::RandomState, std::hash::RandomState)> =
         LazyLock::new(|| (std::hash::RandomState::new(), std::hash::RandomState::new()));
-    let half = |k: &std::hash::RandomState| {
-        let mut h = k.build_hasher();
-        key.hash(&mut h);
-        h.finish()
-    };
+    let half = |k: &std::hash::RandomState| k.hash_one(key);
     (u128::from(half(&KEYS.0)) << 64) | u128::from(half(&KEYS.1))
 }
 

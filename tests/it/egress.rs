@@ -60,7 +60,10 @@ async fn sessions_keep_their_source_address_and_spread_over_the_prefix() {
     let first = seen_from(proxy.addr, origin, Some("u-session-7:x")).await;
     assert!(net.contains(&first), "{first}");
     for _ in 0..3 {
-        assert_eq!(seen_from(proxy.addr, origin, Some("u-session-7:x")).await, first);
+        assert_eq!(
+            seen_from(proxy.addr, origin, Some("u-session-7:x")).await,
+            first
+        );
     }
     let mut spread = HashSet::new();
     for i in 0..12 {
@@ -68,7 +71,10 @@ async fn sessions_keep_their_source_address_and_spread_over_the_prefix() {
         assert!(net.contains(&ip), "{ip}");
         spread.insert(ip);
     }
-    assert!(spread.len() >= 6, "12 sessions over 254 addresses: {spread:?}");
+    assert!(
+        spread.len() >= 6,
+        "12 sessions over 254 addresses: {spread:?}"
+    );
     let client = seen_from(proxy.addr, origin, None).await;
     assert_eq!(seen_from(proxy.addr, origin, None).await, client);
 }
@@ -86,7 +92,10 @@ async fn random_mode_draws_per_connection_unless_a_session_is_named() {
     assert!(seen.len() >= 4, "{seen:?}");
     let pinned = seen_from(proxy.addr, origin, Some("u-session-a:x")).await;
     for _ in 0..3 {
-        assert_eq!(seen_from(proxy.addr, origin, Some("u-session-a:x")).await, pinned);
+        assert_eq!(
+            seen_from(proxy.addr, origin, Some("u-session-a:x")).await,
+            pinned
+        );
     }
 }
 
@@ -157,7 +166,10 @@ async fn a_target_of_the_other_family_is_unroutable() {
     let (head, body) = connect_error(proxy.addr, "[::1]:9").await;
     assert_error(&head, &body, 502, "destination_ip_unroutable").await;
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("[::1]:9 has no IPv4 address") && text.contains("(bind)"), "{text}");
+    assert!(
+        text.contains("[::1]:9 has no IPv4 address") && text.contains("(bind)"),
+        "{text}"
+    );
 }
 
 /// Resolves each name to a fixed list of socket addresses (all loopback), in order, ports
@@ -180,7 +192,8 @@ impl Resolve for ListResolver {
 /// Returns the address and what keeps it full.
 async fn blackhole() -> (SocketAddr, Vec<TcpStream>, std::net::TcpListener) {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::from(([127, 0, 0, 3], 0)).into()).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 3], 0)).into())
+        .unwrap();
     sock.listen(0).unwrap();
     let listener: std::net::TcpListener = sock.into();
     let addr = listener.local_addr().unwrap();
@@ -223,7 +236,10 @@ async fn a_dead_first_address_costs_the_attempt_delay_not_the_timeout() {
 /// A name whose every address refuses: 502 connection_refused naming each attempt.
 #[tokio::test]
 async fn a_name_with_only_dead_addresses_names_every_attempt() {
-    let (a, b) = (free_addr(), SocketAddr::from(([127, 0, 0, 2], free_addr().port())));
+    let (a, b) = (
+        free_addr(),
+        SocketAddr::from(([127, 0, 0, 2], free_addr().port())),
+    );
     let resolver = ListResolver(HashMap::from([("dead.test".to_owned(), vec![a, b])]));
     let proxy = start_proxy_with(config(), Arc::new(resolver)).await;
     let (head, body) = connect_error(proxy.addr, &format!("dead.test:{}", a.port())).await;
@@ -252,7 +268,11 @@ async fn socks5_local_resolution_races_the_addresses() {
     let started = Instant::now();
     let (mut s, head) = connect(proxy.addr, &format!("two.test:{}", live.port())).await;
     assert_eq!(head.status, 200, "{head:?}");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     s.write_all(b"ping").await.unwrap();
     let mut back = [0u8; 4];
     s.read_exact(&mut back).await.unwrap();
@@ -355,7 +375,11 @@ async fn the_dns_cache_honours_ttls_positive_and_negative() {
         assert!(e.to_string().contains("NXDOMAIN"), "{e}");
     }
     assert_eq!(
-        (count("long.test"), count("short.test"), count("missing.test")),
+        (
+            count("long.test"),
+            count("short.test"),
+            count("missing.test")
+        ),
         (1, 1, 1)
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -363,7 +387,11 @@ async fn the_dns_cache_honours_ttls_positive_and_negative() {
     r.resolve("short.test", 80).await.unwrap();
     r.resolve("missing.test", 80).await.unwrap_err();
     assert_eq!(
-        (count("long.test"), count("short.test"), count("missing.test")),
+        (
+            count("long.test"),
+            count("short.test"),
+            count("missing.test")
+        ),
         (1, 2, 1),
         "only the 1 s record expired"
     );
@@ -373,8 +401,11 @@ async fn the_dns_cache_honours_ttls_positive_and_negative() {
 /// the DNS server once between them.
 #[tokio::test]
 async fn routing_and_dialing_share_one_lookup() {
-    let (dns, counts) =
-        dns_server(HashMap::from([("origin.test", ("127.0.0.1".parse().unwrap(), 300))])).await;
+    let (dns, counts) = dns_server(HashMap::from([(
+        "origin.test",
+        ("127.0.0.1".parse().unwrap(), 300),
+    )]))
+    .await;
     let live = echo_server().await;
     let text = r#"
 [[rules]]
@@ -435,14 +466,29 @@ via = "out"
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-    assert_eq!(seen, want, "round-robin over two direct members, each its own address");
+    assert_eq!(
+        seen, want,
+        "round-robin over two direct members, each its own address"
+    );
     // Misconfigurations name the file, line and field.
     for (bad, field) in [
-        ("[default]\nvia = \"direct\"\nbind = \"nope\"\n", "default.bind"),
-        ("[default]\nvia = \"direct\"\nbind_mode = \"random\"\n", "default.bind"),
-        ("[default]\nvia = \"block\"\nbind = \"127.0.0.1\"\n", "default.bind"),
+        (
+            "[default]\nvia = \"direct\"\nbind = \"nope\"\n",
+            "default.bind",
+        ),
+        (
+            "[default]\nvia = \"direct\"\nbind_mode = \"random\"\n",
+            "default.bind",
+        ),
+        (
+            "[default]\nvia = \"block\"\nbind = \"127.0.0.1\"\n",
+            "default.bind",
+        ),
         ("[upstreams]\nd = { via = \"direct\" }\n", "upstreams.d"),
-        ("[upstreams]\nd = { via = \"direct\", bind = \"127.0.0.1\", color = \"red\" }\n", "upstreams.d.color"),
+        (
+            "[upstreams]\nd = { via = \"direct\", bind = \"127.0.0.1\", color = \"red\" }\n",
+            "upstreams.d.color",
+        ),
     ] {
         let e = viaduct::config::parse(bad, "bad.toml").unwrap_err();
         assert_eq!(e.field, field, "{e}");

@@ -6,6 +6,7 @@
 
 mod access;
 mod balancer;
+mod bandwidth;
 mod chain;
 mod cli;
 mod connect;
