@@ -79,6 +79,17 @@ table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], 
 table(["viaduct-socks", "microsocks", "dante"], "SOCKS5: client -> proxy -> origin (nginx)")
 table(["viaduct-tls", "stunnel-squid"], "TLS to the proxy: client -> proxy (https://) -> origin (nginx)")
 
+if "limits-on" in rows:
+    def med(name):
+        vals = sorted(float(v) for v in rows[name].values() if v)
+        return vals[len(vals) // 2] if vals else None
+
+    off, on, alice = med("limits-off"), med("limits-on"), med("limits-alice")
+    print("\nbandwidth limits: an unlimited user's tunnel MB/s (median of 3 interleaved rounds of 3)")
+    print(f"  no limits configured          {num(off)}   ({', '.join(rows['limits-off'].values())})")
+    print(f"  while alice is at her cap     {num(on)}   ({', '.join(rows['limits-on'].values())})")
+    print(f"  alice (cap 20 MB/s)           {num(alice, '{:,.1f}')}   ({', '.join(rows['limits-alice'].values())})")
+
 print("\nratios (viaduct / peer)")
 for peer in ["direct", "squid", "tinyproxy", "proxy-chain"]:
     if peer not in rows:
@@ -137,6 +148,10 @@ if "viaduct-obs" in rows:
         o = ratio("viaduct-obs", "viaduct", key)
         ok = bool(o and (o >= 0.97 if higher else o <= 1.03))
         target(f"{label} with admin + metrics + JSON log within 3% of off: {o:.2f}x" if o else f"{label} observed: no figure", ok)
+if "limits-on" in rows:
+    lr = on / off if on and off else None
+    target(f"unlimited user beside a user at its cap within 5% of no limits: {lr:.2f}x" if lr else "bandwidth limits: no figure", bool(lr and lr >= 0.95))
+    target(f"a capped user gets its cap (20 MB/s, within 10%): {alice:.1f} MB/s" if alice else "capped user: no figure", bool(alice and 18 <= alice <= 22))
 kib = rows["viaduct"].get("idle_kib_per_tunnel")
 target(f"<= 8 KiB RSS per idle tunnel: {kib} KiB", kib is not None and float(kib) <= 8)
 lost = rows["viaduct"].get("idle_errors")

@@ -167,7 +167,8 @@ impl Proxy {
     }
 
     /// Puts a reloaded configuration in force: routing, users, who may connect and where they
-    /// may go (see [`Core::reload`]). Listen addresses, limits and timeouts stay as started.
+    /// may go (see [`Core::reload`]), bandwidth and connection-rate limits. Listen addresses,
+    /// the other limits and timeouts stay as started.
     pub fn reload(&self, config: Config) {
         self.core.metrics().reload(true);
         self.info.reloaded(Ok(()));

@@ -74,7 +74,7 @@ openssl x509 -req -in "$work/server.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key
 mkdir -p "$work/www" "$work/nginx"
 echo "hello from nginx" > "$work/www/hello.txt"
 head -c $((64 << 20)) /dev/urandom > "$work/www/big.bin"
-HTTPS_PORT=$(free_port); HTTP_PORT=$(free_port)
+HTTPS_PORT=$(free_port); HTTP_PORT=$(free_port); PEER_PORT=$(free_port)
 cat > "$work/nginx.conf" <<CONF
 daemon off;
 worker_processes 1;
@@ -83,6 +83,7 @@ error_log $work/nginx/error.log;
 events { worker_connections 256; }
 http {
     access_log off;
+    log_format peer '$remote_addr';
     client_body_temp_path $work/nginx/body;
     proxy_temp_path $work/nginx/proxy;
     fastcgi_temp_path $work/nginx/fastcgi;
@@ -93,6 +94,12 @@ http {
         listen 127.0.0.1:$HTTP_PORT;
         ssl_certificate $work/server.pem;
         ssl_certificate_key $work/server.key;
+        root $work/www;
+    }
+    # Logs who connected: the source addresses viaduct binds.
+    server {
+        listen 127.0.0.1:$PEER_PORT;
+        access_log $work/nginx/peers.log peer;
         root $work/www;
     }
 }
@@ -237,6 +244,8 @@ start_viaduct() { # start_viaduct NAME ARGS...
     eval "V_${name^^}=$port"
 }
 start_viaduct direct
+# Source addresses from a prefix (all of 127.0.0.0/8 is local), sticky per session.
+start_viaduct bound --bind 127.0.0.0/24
 start_viaduct chain --upstream "http://127.0.0.1:$SQUID_PORT"
 start_viaduct socks --upstream "socks5h://sockuser:sock%3Apass@127.0.0.1:$MS_PORT"
 start_viaduct dante --upstream "socks5://127.0.0.1:$DANTE_PORT"
@@ -321,7 +330,7 @@ pids+=($!)
 for p in "$HTTPS_PORT" "$HTTP_PORT" "$SQUID_PORT" "$AUTH_SQUID_PORT" "$MS_PORT" "$DANTE_PORT" \
     "$STUNNEL_PORT" "$SINK_PORT" "$V_DIRECT" "$V_CHAIN" "$V_SOCKS" "$DANTE_PORT" "$V_TLS" \
     "$V_BADCA" "$V_TWOHOP" "$V_AUTH" "$V_BADAUTH" "$HEADERS_PORT" "$V_AUTHED" "$V_AUTHSQUID" \
-    "$V_WIDE" "$V_OBS" "$ADMIN_PORT" "$V_LB1" "$V_LB2" "$LB_PORT" "$V_TLSL"; do
+    "$V_WIDE" "$V_OBS" "$ADMIN_PORT" "$V_LB1" "$V_LB2" "$LB_PORT" "$V_TLSL" "$PEER_PORT" "$V_BOUND"; do
     wait_port "$p" || exit 1
 done
 
@@ -632,6 +641,23 @@ if command -v chromium >/dev/null 2>&1; then
 else
     echo "FAIL chromium is not installed (.ci/run installs it)"; failed=$((failed + 1))
 fi
+
+# Egress: nginx's log shows the address viaduct bound for each session.
+bound_peers() { # bound_peers SESSION...: one GET per session through the bound viaduct
+    : > "$work/nginx/peers.log"
+    for s in "$@"; do
+        curl -fsS -o /dev/null --noproxy '' -x "http://127.0.0.1:$V_BOUND" --proxy-user "u-session-$s:x" \
+            "http://127.0.0.1:$PEER_PORT/hello.txt" || return 1
+    done
+    sleep 0.5
+}
+check "nginx sees one source address for one session (viaduct --bind 127.0.0.0/24)" \
+    bash -c "$(declare -f bound_peers); work=$work V_BOUND=$V_BOUND PEER_PORT=$PEER_PORT; \
+             bound_peers 7 7 7 7 && [ \$(sort -u $work/nginx/peers.log | wc -l) = 1 ] \
+             && grep -q '^127\.0\.0\.' $work/nginx/peers.log"
+check "nginx sees different sessions spread over the prefix" \
+    bash -c "$(declare -f bound_peers); work=$work V_BOUND=$V_BOUND PEER_PORT=$PEER_PORT; \
+             bound_peers 1 2 3 4 5 6 7 8 && [ \$(sort -u $work/nginx/peers.log | wc -l) -ge 4 ]"
 
 check "no credentials or panics in viaduct logs" \
     bash -c "! grep -Eqi 'panicked|authorization|sock:pass|sock%3Apass|p@ss|p%40ss|wrong|sesame|b0b-pw|nope' $work/*.log --include='[a-z]*.log' --exclude='squid*' --exclude='danted.log' --exclude='stunnel.log' --exclude='microsocks.log'"
