@@ -1,11 +1,11 @@
 //! Bandwidth per authenticated user and per client address: one pair of token buckets (up,
-//! down) per user and per address, shared by all of its tunnels and plain requests while any
-//! is open, and forgotten when the last one ends.
+//! down) per user and per address, shared by all of its tunnels and plain requests, and
+//! forgotten once refilled (a full bucket is the same as a new one).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use crate::rate::{Bucket, Throttle, Throttles};
 
@@ -20,56 +20,57 @@ pub struct BandwidthLimits {
     pub by_user: HashMap<String, Option<u64>>,
 }
 
-/// How much a flow may send at once before its rate applies: a quarter second at the rate,
+/// How much a flow may send at once before its rate applies: a tenth of a second at the rate,
 /// at least 64 KiB (a request or a TLS handshake goes through unpaced).
 fn burst(rate: u64) -> f64 {
-    (rate as f64 / 4.0).max(64.0 * 1024.0)
+    (rate as f64 / 10.0).max(64.0 * 1024.0)
 }
 
-/// One key's buckets (up, down), as the registry holds them: not keeping them alive.
-type Held = (Weak<Bucket>, Weak<Bucket>);
+/// One key's buckets: up, down.
+type Pair = Arc<(Arc<Bucket>, Arc<Bucket>)>;
 
-/// The buckets in use, by key; an entry lives while a flow holds its buckets.
+/// The buckets by key. A key's buckets outlive its flows until they are full again: closing
+/// and reopening a tunnel must not hand out a fresh burst. Full buckets are the same as none,
+/// so those are what is forgotten when the table grows.
 struct Registry<K> {
-    live: Mutex<HashMap<K, Held>>,
+    live: Mutex<(HashMap<K, Pair>, usize)>,
 }
 
 impl<K: Hash + Eq + Clone> Registry<K> {
     fn new() -> Self {
         Self {
-            live: Mutex::new(HashMap::new()),
+            live: Mutex::new((HashMap::new(), 1024)),
         }
     }
 
+    /// Keys whose buckets are in use or not yet refilled.
     fn tracked(&self) -> usize {
         self.live.lock().map_or(0, |m| {
-            m.values().filter(|(u, _)| u.strong_count() > 0).count()
+            m.0.values()
+                .filter(|p| Arc::strong_count(&p.0) > 1 || !p.0.is_full() || !p.1.is_full())
+                .count()
         })
     }
 
-    /// The buckets of `key` at `rate` (shared with its other open flows).
+    /// The buckets of `key` at `rate` (shared with its other flows).
     fn get(&self, key: &K, rate: u64) -> (Arc<Bucket>, Arc<Bucket>) {
-        let fresh = || {
-            (
+        let fresh = || -> Pair {
+            Arc::new((
                 Arc::new(Bucket::new(rate as f64, burst(rate))),
                 Arc::new(Bucket::new(rate as f64, burst(rate))),
-            )
+            ))
         };
         let Ok(mut live) = self.live.lock() else {
-            return fresh();
+            let p = fresh();
+            return (Arc::clone(&p.0), Arc::clone(&p.1));
         };
-        if let Some((up, down)) = live.get(key)
-            && let (Some(up), Some(down)) = (up.upgrade(), down.upgrade())
-        {
-            return (up, down);
+        let (map, prune_at) = &mut *live;
+        if map.len() >= *prune_at {
+            map.retain(|_, p| !(p.0.is_full() && p.1.is_full()));
+            *prune_at = (map.len() * 2).max(1024);
         }
-        if live.len() >= 1024 && live.len().is_power_of_two() {
-            // Amortised: forget keys whose flows all ended.
-            live.retain(|_, (up, _)| up.strong_count() > 0);
-        }
-        let (up, down) = fresh();
-        live.insert(key.clone(), (Arc::downgrade(&up), Arc::downgrade(&down)));
-        (up, down)
+        let pair = map.entry(key.clone()).or_insert_with(fresh);
+        (Arc::clone(&pair.0), Arc::clone(&pair.1))
     }
 }
 
@@ -126,9 +127,9 @@ mod tests {
     use super::*;
 
     /// Flows of one user share its buckets; another user and an unlimited proxy get none of
-    /// them; buckets go when the last flow ends.
+    /// them; a user's debt outlives its flows (no fresh burst by reconnecting).
     #[test]
-    fn flows_of_one_key_share_buckets_until_the_last_ends() {
+    fn flows_of_one_key_share_buckets_and_their_debt_outlives_them() {
         let bw = Bandwidth::new(BandwidthLimits {
             per_user: Some(1_000_000),
             per_ip: None,
@@ -138,12 +139,16 @@ mod tests {
         let a = bw.throttles(Some("alice"), ip);
         let b = bw.throttles(Some("alice"), ip);
         assert!(a.is_limited());
-        assert!(!a.up.charge(900_000).is_zero() || a.up.charge(0).is_zero());
+        assert!(
+            !a.up.charge(900_000).is_zero(),
+            "900 kB is past a 100 kB burst"
+        );
         assert!(
             !b.up.charge(1).is_zero(),
             "alice's second flow shares the debt"
         );
-        assert!(bw.throttles(Some("bob"), ip).up.charge(1).is_zero());
+        let bob = bw.throttles(Some("bob"), ip);
+        assert!(bob.up.charge(1).is_zero());
         assert!(
             !bw.throttles(None, ip).is_limited(),
             "no user, no per-user limit"
@@ -152,9 +157,18 @@ mod tests {
             !bw.throttles(Some("carol"), ip).is_limited(),
             "carol is unlimited"
         );
-        assert_eq!(bw.tracked(), (1, 0));
-        drop((a, b));
-        assert_eq!(bw.tracked(), (0, 0));
+        assert_eq!(
+            bw.tracked(),
+            (2, 0),
+            "alice in debt, bob's buckets held by his flow"
+        );
+        drop((a, b, bob));
+        assert_eq!(bw.tracked().0, 1, "alice's debt outlives her flows");
+        let again = bw.throttles(Some("alice"), ip);
+        assert!(
+            !again.up.charge(1).is_zero(),
+            "a new flow inherits the debt, not a new burst"
+        );
         let none = Bandwidth::new(BandwidthLimits::default());
         assert!(!none.throttles(Some("alice"), ip).is_limited());
     }
