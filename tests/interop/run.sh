@@ -83,7 +83,7 @@ error_log $work/nginx/error.log;
 events { worker_connections 256; }
 http {
     access_log off;
-    log_format peer '$remote_addr';
+    log_format peer '\$remote_addr';
     client_body_temp_path $work/nginx/body;
     proxy_temp_path $work/nginx/proxy;
     fastcgi_temp_path $work/nginx/fastcgi;
