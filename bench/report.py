@@ -43,6 +43,8 @@ def num(v, fmt="{:,.0f}"):
 
 def table(names, title):
     names = [n for n in names if n in rows]
+    if not names:
+        return
     print(f"\n{title}")
     lines = [
         ("tunnel MB/s (CONNECT, median)", "tunnel_mbps", "{:,.0f}"),
@@ -84,11 +86,20 @@ if "limits-on" in rows:
         vals = sorted(float(v) for v in rows[name].values() if v)
         return vals[len(vals) // 2] if vals else None
 
-    off, on, alice = med("limits-off"), med("limits-on"), med("limits-alice")
-    print("\nbandwidth limits: an unlimited user's tunnel MB/s (median of 3 interleaved rounds of 3)")
-    print(f"  no limits configured          {num(off)}   ({', '.join(rows['limits-off'].values())})")
-    print(f"  while alice is at her cap     {num(on)}   ({', '.join(rows['limits-on'].values())})")
-    print(f"  alice (cap 20 MB/s)           {num(alice, '{:,.1f}')}   ({', '.join(rows['limits-alice'].values())})")
+    off, idle_, on, alice = med("limits-off"), med("limits-idle"), med("limits-on"), med("limits-alice")
+    n = len(rows["limits-off"])
+    print(f"\nbandwidth limits: an unlimited user's tunnel MB/s (median of {n} interleaved rounds, each the median of 3)")
+    print(f"  no limits configured            {num(off):>6}   ({', '.join(rows['limits-off'].values())})")
+    print(f"  limits configured, none at cap  {num(idle_):>6}   ({', '.join(rows['limits-idle'].values())})")
+    print(f"  while alice is at her cap       {num(on):>6}   ({', '.join(rows['limits-on'].values())})")
+    print(f"  alice (cap 20 MB/s)             {num(alice, '{:,.1f}'):>6}   ({', '.join(rows['limits-alice'].values())})")
+
+if "viaduct" not in rows:
+    print("\ntargets")
+    lr = on / off if on and off else None
+    print(f"  [{'met' if lr and lr >= 0.95 else 'MISSED'}] unlimited user beside a user at its cap within 5% of no limits: {lr:.2f}x")
+    print(f"  [{'met' if alice and 18 <= alice <= 22 else 'MISSED'}] a capped user gets its cap (20 MB/s, within 10%): {alice:.1f} MB/s")
+    sys.exit(0)
 
 print("\nratios (viaduct / peer)")
 for peer in ["direct", "squid", "tinyproxy", "proxy-chain"]:

@@ -430,7 +430,20 @@ impl Core {
         let addr = match &target.host {
             crate::target::Host::Ip(ip) => SocketAddr::new(*ip, target.port),
             crate::target::Host::Name(name) => {
-                self.dialer.resolve_one(name, target.port, true).await?
+                // The relay's socket has the family of the client's connection: an address of
+                // that family, when the name has one.
+                let addrs = self.dialer.resolve_all(name, target.port, true).await?;
+                let same = addrs.iter().find(|a| a.is_ipv4() == client.addr.is_ipv4());
+                match same.or(addrs.first()) {
+                    Some(addr) => *addr,
+                    None => {
+                        return Err(SessionError::Connect(ConnectError::Dns {
+                            host: name.clone(),
+                            source: std::io::Error::other("no addresses"),
+                            target: true,
+                        }));
+                    }
+                }
             }
         };
         check_destination(&self.dialer.policy(), &peer, addr.ip())?;

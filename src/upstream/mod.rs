@@ -534,8 +534,9 @@ impl Dialer {
         }
     }
 
-    /// One address for `name` (a `socks5://` hop in the middle of a chain, where the proxy
-    /// gets an address, and SOCKS UDP datagrams). `of_target`: it is the target's own name.
+    /// One address for `name`, the resolver's first (a `socks5://` hop in the middle of a
+    /// chain, where the proxy gets an address, and SOCKS UDP datagrams, which cannot race).
+    /// `of_target`: it is the target's own name.
     pub(crate) async fn resolve_one(
         &self,
         name: &str,
@@ -543,14 +544,14 @@ impl Dialer {
         of_target: bool,
     ) -> Result<std::net::SocketAddr, ConnectError> {
         let addrs = self.resolve_all(name, port, of_target).await?;
-        eyeballs::interleave(addrs)
+        addrs
             .into_iter()
             .next()
             .ok_or_else(|| ConnectError::io(name, std::io::Error::other("no addresses")))
     }
 
-    /// Every address of `name` (at least one).
-    async fn resolve_all(
+    /// Every address of `name` (at least one), in the resolver's order.
+    pub(crate) async fn resolve_all(
         &self,
         name: &str,
         port: u16,
