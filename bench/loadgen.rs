@@ -4,7 +4,8 @@
 //! ```text
 //! viaduct-loadgen throughput   --proxy ADDR|direct --origin HOST:PORT --path /big --runs 5
 //! viaduct-loadgen connect-rate --proxy ADDR --origin HOST:PORT --path /small --concurrency 32 --seconds 5
-//! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20
+//! viaduct-loadgen idle         --proxy ADDR --origin HOST:PORT --count 10000 --hold 20 --path /warm.bin
+//!                              (one keep-alive GET of --path through each tunnel first)  (one GET /small.txt through each first)
 //! viaduct-loadgen soak         --proxy ADDR --origin HOST:PORT --path /small --count 2000 --seconds 600
 //! ```
 //! Every mode also takes `--socks 5` (SOCKS5 CONNECT instead of HTTP CONNECT), `--tls 1`
@@ -191,6 +192,26 @@ async fn socks5(mut s: TcpStream, origin: &str) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// Reads one response with a `Content-Length` body (nginx's answer to a small static file).
+async fn read_answer(s: &mut TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await?);
+        if head.len() > 16 * 1024 {
+            return Err(std::io::Error::other("response head too long"));
+        }
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let len: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no content-length"))?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    Ok(())
+}
+
 /// One GET with `Connection: close`, reading to EOF; returns the bytes received.
 async fn get<S: Stream + ?Sized>(
     s: &mut S,
@@ -276,9 +297,18 @@ async fn idle(a: &Args) {
     // At most 256 handshakes in flight: a connect storm measures the SYN backlog, not memory.
     while started < a.count || !pending.is_empty() {
         while started < a.count && pending.len() < 256 {
-            let origin = a.origin.clone();
+            let (origin, path) = (a.origin.clone(), a.path.clone());
             let proxy = a.proxy;
-            pending.spawn(async move { open(proxy, &origin).await });
+            pending.spawn(async move {
+                let mut s = open(proxy, &origin).await?;
+                // One keep-alive request and its answer first (`--path`, e.g. a 64 KiB
+                // object): an idle tunnel in real life has carried something (a TLS handshake,
+                // a page), so its relay has been used, not only set up.
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {origin}\r\n\r\n").as_bytes())
+                    .await?;
+                read_answer(&mut s).await?;
+                Ok::<_, std::io::Error>(s)
+            });
             started += 1;
         }
         match pending.join_next().await {

@@ -1,8 +1,10 @@
 //! The tunnel data path: bytes both ways between the client and the target until both are done.
 //!
-//! Built on tokio's `copy_bidirectional_with_sizes`, which already gives bounded buffers
-//! (backpressure: a slow reader stalls the writer, nothing piles up) and half-close (EOF on one
-//! side becomes a `shutdown(SHUT_WR)` on the other while the reverse direction carries on).
+//! Two paths: `splice(2)` between plain TCP sockets on Linux ([`splice`]), and a portable copy
+//! ([`copy`]) for everything else, both with bounded buffers (backpressure: a slow reader
+//! stalls the writer, nothing piles up), half-close (EOF on one side becomes a
+//! `shutdown(SHUT_WR)` on the other while the reverse direction carries on), and nothing held
+//! while a tunnel is quiet (pipes and copy buffers go back to shared spares).
 //! What it lacks, and this module adds: byte counts that survive an early end, an idle timeout,
 //! cancellation by shutdown, and bandwidth limits ([`crate::rate::Throttles`]: each direction
 //! post-pays what it moved and pauses before its next move while its buckets are in debt; an
@@ -24,11 +26,12 @@ use crate::rate::{Throttle, Throttles};
 use crate::stream::{BoxIo, Prefixed};
 
 pub mod body;
+mod copy;
 #[cfg(target_os = "linux")]
 mod splice;
 use tokio_util::sync::CancellationToken;
 
-/// Per-direction buffer size. Two of these live per tunnel while it is open.
+/// Per-direction copy buffer size of the portable relay, held only while bytes move.
 pub const BUF_SIZE: usize = 16 * 1024;
 
 /// Why a relay ended.
@@ -251,11 +254,7 @@ where
         throttle: &limits.down,
         pause: None,
     };
-    let run = async {
-        tokio::io::copy_bidirectional_with_sizes(&mut c, &mut t, BUF_SIZE, BUF_SIZE)
-            .await
-            .map(drop)
-    };
+    let run = copy::bidirectional(&mut c, &mut t);
     supervise(&act, run, idle, cancel, false).await
 }
 
