@@ -17,8 +17,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::BUF_SIZE;
 
-/// Spare buffers kept for reuse across tunnels (4 MiB at most).
-const SPARE_MAX: usize = 256;
+/// Spare buffers kept for reuse across tunnels (1 MiB at most): enough for the flows that are
+/// moving bytes at one moment; more allocate and free.
+const SPARE_MAX: usize = 64;
 
 static SPARE: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
 
