@@ -80,7 +80,7 @@ table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], 
 
 table(["viaduct-socks", "microsocks", "dante"], "SOCKS5: client -> proxy -> origin (nginx)")
 table(["viaduct-tls", "stunnel-squid"], "TLS to the proxy: client -> proxy (https://) -> origin (nginx)")
-table(["viaduct-tlshop"], "TLS to the upstream: client -> viaduct -> https:// (stunnel -> squid) -> origin; idle tunnels use the portable relay")
+table(["viaduct-tlshop", "viaduct-sockshop"], "idle tunnels through an upstream: https:// (stunnel -> squid; the portable relay) and socks5:// (microsocks; splice)")
 
 
 def median(vals):
@@ -207,8 +207,9 @@ if "limits-on" in rows:
     target(f"a capped user gets its cap (20 MB/s, within 10%): {alice:.1f} MB/s" if alice else "capped user: no figure", bool(alice and 18 <= alice <= 22))
 kib = rows["viaduct"].get("idle_kib_per_tunnel")
 target(f"< 4 KiB RSS per idle tunnel: {kib} KiB", kib is not None and float(kib) < 4)
-hop = rows.get("viaduct-tlshop", {}).get("idle_kib_per_tunnel")
-if hop is not None:
-    target(f"< 4 KiB RSS per idle tunnel through a TLS upstream: {hop} KiB", float(hop) < 4)
+for name, what in [("viaduct-tlshop", "a TLS upstream"), ("viaduct-sockshop", "a SOCKS5 upstream")]:
+    hop = rows.get(name, {}).get("idle_kib_per_tunnel")
+    if hop is not None:
+        target(f"< 4 KiB RSS per idle tunnel through {what}: {hop} KiB", float(hop) < 4)
 lost = rows["viaduct"].get("idle_errors")
 target(f"idle tunnels all open, zero errors: {lost} lost or refused", lost == "0")
