@@ -744,15 +744,14 @@ impl Core {
         (bytes_up, bytes_down): (u64, u64),
         started: Instant,
     ) {
-        let chosen = client
-            .trail
-            .chosen
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        // Serialized under the trail's lock (uncontended: the request is done) rather than
+        // cloned out of it.
+        let none = Chosen::default();
+        let guard = client.trail.chosen.lock();
+        let chosen = guard.as_deref().unwrap_or(&none);
         let (_, hops, resolved) = client.trail.tracer().summary();
         self.access_log.write(&access_log::Record {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
             client: client.addr,
             user: client.user.as_deref(),
             protocol,
