@@ -80,7 +80,7 @@ table(["viaduct-chain", "squid-chain", "tinyproxy-chain", "proxy-chain-chain"], 
 
 table(["viaduct-socks", "microsocks", "dante"], "SOCKS5: client -> proxy -> origin (nginx)")
 table(["viaduct-tls", "stunnel-squid"], "TLS to the proxy: client -> proxy (https://) -> origin (nginx)")
-table(["viaduct-tlshop", "viaduct-sockshop"], "idle tunnels through an upstream: https:// (stunnel -> squid; the portable relay) and socks5:// (microsocks; splice)")
+table(["viaduct-tlshop", "viaduct-sockshop", "viaduct-control"], "idle tunnels through an upstream: https:// (stunnel -> squid; the portable relay), socks5:// (microsocks; splice), and direct with as many tunnels (control)")
 
 
 def median(vals):
