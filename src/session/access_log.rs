@@ -7,10 +7,10 @@
 //! never stalls a connection: past [`MAX_PENDING`] bytes waiting, lines are dropped and
 //! counted (the count is logged). The file is reopened on request (SIGHUP), for logrotate.
 
+use std::cell::RefCell;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -65,10 +65,7 @@ pub struct Record<'a> {
     pub resolved: Option<SocketAddr>,
 }
 
-fn as_display<S: serde::Serializer>(
-    v: &impl std::fmt::Display,
-    s: S,
-) -> Result<S::Ok, S::Error> {
+fn as_display<S: serde::Serializer>(v: &impl std::fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
 }
 
