@@ -64,6 +64,24 @@ pub struct Proxy {
     tls: Arc<ArcSwapOption<TlsAcceptor>>,
 }
 
+/// The part of `config` the session core replaces at a reload: users, destinations,
+/// bandwidth.
+fn policy(
+    auth: Option<crate::auth::AuthSettings>,
+    destinations: crate::access::Destinations,
+    limits: &crate::config::Limits,
+) -> Policy {
+    Policy {
+        auth,
+        destinations,
+        bandwidth: BandwidthLimits {
+            per_user: limits.bandwidth_per_user,
+            per_ip: limits.bandwidth_per_ip,
+            by_user: limits.user_bandwidth.clone(),
+        },
+    }
+}
+
 impl Proxy {
     /// Builds a proxy that resolves names with the system's DNS configuration, through a
     /// cache that honours TTLs.
@@ -85,15 +103,7 @@ impl Proxy {
         );
         let core = Arc::new(Core::new(
             config.router,
-            Policy {
-                auth: config.auth,
-                destinations: config.access.destinations,
-                bandwidth: BandwidthLimits {
-                    per_user: config.limits.bandwidth_per_user,
-                    per_ip: config.limits.bandwidth_per_ip,
-                    by_user: config.limits.user_bandwidth.clone(),
-                },
-            },
+            policy(config.auth, config.access.destinations, &config.limits),
             Observe {
                 metrics: Arc::clone(&metrics),
                 access_log: AccessLog::new(config.access_log, config.access_log_file.clone()),
@@ -181,15 +191,7 @@ impl Proxy {
         }
         self.core.reload(
             config.router,
-            Policy {
-                auth: config.auth,
-                destinations: config.access.destinations,
-                bandwidth: BandwidthLimits {
-                    per_user: config.limits.bandwidth_per_user,
-                    per_ip: config.limits.bandwidth_per_ip,
-                    by_user: config.limits.user_bandwidth.clone(),
-                },
-            },
+            policy(config.auth, config.access.destinations, &config.limits),
         );
     }
 
