@@ -5,10 +5,11 @@
 //! stalls the writer, nothing piles up), half-close (EOF on one side becomes a
 //! `shutdown(SHUT_WR)` on the other while the reverse direction carries on), and nothing held
 //! while a tunnel is quiet (pipes and copy buffers go back to shared spares).
-//! What it lacks, and this module adds: byte counts that survive an early end, an idle timeout,
-//! cancellation by shutdown, and bandwidth limits ([`crate::rate::Throttles`]: each direction
-//! post-pays what it moved and pauses before its next move while its buckets are in debt; an
-//! unlimited tunnel never looks at a bucket). Activity is a timestamp that every read and write refreshes; a
+//!
+//! Around both: byte counts that survive an early end, an idle timeout, cancellation by
+//! shutdown, and bandwidth limits ([`crate::rate::Throttles`]: each direction post-pays what it
+//! moved and pauses before its next move while its buckets are in debt; an unlimited tunnel
+//! never looks at a bucket). Activity is a timestamp that every read and write refreshes; a
 //! watchdog sleeps until `last activity + idle` and ends the relay when nothing moved.
 
 use std::io;
@@ -144,7 +145,10 @@ async fn relay_tcp(
     // The early bytes go first, under the same idle timeout and shutdown as the rest: a target
     // that never reads must not pin this task.
     let run = async {
+        let early_len = early.len();
         write_early(&client, &target, early, &act).await?;
+        // Charged, not waited for: the debt is paid off before the first splice goes on.
+        limits.up.charge(early_len);
         let up = splice::one_way(&client, &target, &act, &act.up, &limits.up);
         let down = splice::one_way(&target, &client, &act, &act.down, &limits.down);
         tokio::try_join!(up, down).map(drop)
@@ -170,8 +174,6 @@ async fn write_early(
     early: Bytes,
     act: &Activity,
 ) -> io::Result<()> {
-    // Not paused for: early bytes are few (a pipelined ClientHello); under a limit they are
-    // charged with the first splice's move instead (see `splice::one_way`).
     let mut rest = &early[..];
     while !rest.is_empty() {
         Box::pin(splice::writable_while_src_alive(target, client)).await?;

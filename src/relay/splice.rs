@@ -101,8 +101,6 @@ pub(super) async fn one_way(
     throttle: &Throttle,
 ) -> io::Result<()> {
     let mut pipe: Option<Pipe> = None;
-    // Bytes already counted (the early bytes) are charged with the first move.
-    let mut unpaid = count.load(Ordering::Relaxed) as usize;
     loop {
         src.readable().await?;
         let p = match pipe.take() {
@@ -163,7 +161,7 @@ pub(super) async fn one_way(
         pipe = Some(p);
         if throttle.is_limited() {
             // Boxed: unlimited tunnels' tasks do not carry the pause's space.
-            Box::pin(throttle.pay(n + std::mem::take(&mut unpaid))).await;
+            Box::pin(throttle.pay(n)).await;
         }
     }
 }

@@ -432,18 +432,10 @@ impl Core {
             crate::target::Host::Name(name) => {
                 // The relay's socket has the family of the client's connection: an address of
                 // that family, when the name has one.
-                let addrs = self.dialer.resolve_all(name, target.port, true).await?;
-                let same = addrs.iter().find(|a| a.is_ipv4() == client.addr.is_ipv4());
-                match same.or(addrs.first()) {
-                    Some(addr) => *addr,
-                    None => {
-                        return Err(SessionError::Connect(ConnectError::Dns {
-                            host: name.clone(),
-                            source: std::io::Error::other("no addresses"),
-                            target: true,
-                        }));
-                    }
-                }
+                let v4 = client.addr.is_ipv4();
+                self.dialer
+                    .resolve_one(name, target.port, true, Some(v4))
+                    .await?
             }
         };
         check_destination(&self.dialer.policy(), &peer, addr.ip())?;

@@ -181,33 +181,10 @@ pub(crate) async fn addresses(
     checks: Option<TargetChecks<'_>>,
     trace: Option<&Tracer>,
 ) -> Result<Vec<SocketAddr>, ConnectError> {
-    let started = std::time::Instant::now();
-    let addrs: Vec<SocketAddr> = match &target.host {
+    let addrs = match &target.host {
         Host::Ip(ip) => vec![SocketAddr::new(*ip, target.port)],
-        Host::Name(name) => {
-            let dns = |source| ConnectError::Dns {
-                host: name.clone(),
-                source,
-                // Only a dial to the target itself is given checks.
-                target: checks.is_some(),
-            };
-            let resolved = resolver.resolve(name, target.port).await;
-            if let Some(t) = trace {
-                t.step(
-                    format!("dns {name}"),
-                    started.elapsed(),
-                    match &resolved {
-                        Ok(a) => format!("{} address(es)", a.len()),
-                        Err(e) => e.to_string(),
-                    },
-                );
-            }
-            match resolved {
-                Ok(addrs) if !addrs.is_empty() => addrs,
-                Ok(_) => return Err(dns(std::io::Error::other("no addresses"))),
-                Err(e) => return Err(dns(e)),
-            }
-        }
+        // Only a dial to the target itself is given checks.
+        Host::Name(name) => resolve(resolver, name, target.port, checks.is_some(), trace).await?,
     };
     let Some(checks) = checks else {
         return Ok(addrs);
@@ -218,14 +195,57 @@ pub(crate) async fn addresses(
             addr: *addr,
         });
     }
-    if checks.policy.is_open() {
+    permitted(checks.policy, peer, addrs)
+}
+
+/// Every address of `name` (at least one), in the resolver's order, the lookup recorded in
+/// `trace`. `of_target`: it is the target's own name (not an upstream's), which decides
+/// who is blamed when it does not resolve.
+pub(crate) async fn resolve(
+    resolver: &dyn Resolve,
+    name: &str,
+    port: u16,
+    of_target: bool,
+    trace: Option<&Tracer>,
+) -> Result<Vec<SocketAddr>, ConnectError> {
+    let started = std::time::Instant::now();
+    let dns = |source| ConnectError::Dns {
+        host: name.to_owned(),
+        source,
+        target: of_target,
+    };
+    let resolved = resolver.resolve(name, port).await;
+    if let Some(t) = trace {
+        t.step(
+            format!("dns {name}"),
+            started.elapsed(),
+            match &resolved {
+                Ok(a) => format!("{} address(es)", a.len()),
+                Err(e) => e.to_string(),
+            },
+        );
+    }
+    match resolved {
+        Ok(addrs) if !addrs.is_empty() => Ok(addrs),
+        Ok(_) => Err(dns(std::io::Error::other("no addresses"))),
+        Err(e) => Err(dns(e)),
+    }
+}
+
+/// The addresses of `addrs` that `policy` permits; when it permits none, its refusal of the
+/// first (`peer` names the target in it).
+pub(crate) fn permitted(
+    policy: &Destinations,
+    peer: &str,
+    addrs: Vec<SocketAddr>,
+) -> Result<Vec<SocketAddr>, ConnectError> {
+    if policy.is_open() {
         return Ok(addrs);
     }
-    let (permitted, refused): (Vec<_>, Vec<_>) = addrs
-        .into_iter()
-        .partition(|a| checks.policy.permits(a.ip()));
+    let (permitted, refused): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(|a| policy.permits(a.ip()));
     match (permitted.is_empty(), refused.first()) {
-        (true, Some(first)) => Err(check_destination(checks.policy, peer, first.ip())
+        (true, Some(first)) => Err(check_destination(policy, peer, first.ip())
             .err()
             .unwrap_or_else(|| ConnectError::io(peer, std::io::Error::other("no addresses")))),
         _ => Ok(permitted),

@@ -363,16 +363,11 @@ impl Dialer {
     ) -> Result<BoxIo, ConnectError> {
         let peer = format!("target {target}");
         let work = async {
-            let policy = self.policy.load_full();
-            let addrs = self.resolve_all(name, target.port, true).await?;
-            let (permitted, refused): (Vec<_>, Vec<_>) =
-                addrs.into_iter().partition(|a| policy.permits(a.ip()));
-            if permitted.is_empty()
-                && let Some(first) = refused.first()
-            {
-                direct::check_destination(&policy, &peer, first.ip())?;
-            }
-            let addrs = eyeballs::interleave(permitted);
+            let resolver = &*self.resolver;
+            let addrs =
+                direct::resolve(resolver, name, target.port, true, self.trace.as_ref()).await?;
+            let addrs = direct::permitted(&self.policy.load_full(), &peer, addrs)?;
+            let addrs = eyeballs::interleave(addrs);
             let attempt = |addr: std::net::SocketAddr| {
                 let to = Target {
                     host: Host::Ip(addr.ip()),
@@ -507,7 +502,7 @@ impl Dialer {
                 let to = match (&next.host, remote_dns) {
                     (Host::Name(name), false) => {
                         let addr = self
-                            .resolve_one(name, next.port, target_policy.is_some())
+                            .resolve_one(name, next.port, target_policy.is_some(), None)
                             .await?;
                         if let Some(policy) = target_policy {
                             direct::check_destination(
@@ -534,38 +529,22 @@ impl Dialer {
         }
     }
 
-    /// One address for `name`, the resolver's first (a `socks5://` hop in the middle of a
-    /// chain, where the proxy gets an address, and SOCKS UDP datagrams, which cannot race).
-    /// `of_target`: it is the target's own name.
+    /// One address for `name`, for where only one can be used (a `socks5://` hop in the
+    /// middle of a chain, where the proxy gets an address, and SOCKS UDP datagrams, which
+    /// cannot race): the first of the family asked for (`Some(true)`: IPv4), else the
+    /// resolver's first. `of_target`: it is the target's own name.
     pub(crate) async fn resolve_one(
         &self,
         name: &str,
         port: u16,
         of_target: bool,
+        ipv4: Option<bool>,
     ) -> Result<std::net::SocketAddr, ConnectError> {
-        let addrs = self.resolve_all(name, port, of_target).await?;
-        addrs
-            .into_iter()
-            .next()
+        let addrs = direct::resolve(&*self.resolver, name, port, of_target, None).await?;
+        let preferred = ipv4.and_then(|v4| addrs.iter().find(|a| a.is_ipv4() == v4));
+        preferred
+            .or(addrs.first())
+            .copied()
             .ok_or_else(|| ConnectError::io(name, std::io::Error::other("no addresses")))
-    }
-
-    /// Every address of `name` (at least one), in the resolver's order.
-    pub(crate) async fn resolve_all(
-        &self,
-        name: &str,
-        port: u16,
-        of_target: bool,
-    ) -> Result<Vec<std::net::SocketAddr>, ConnectError> {
-        let dns = |source| ConnectError::Dns {
-            host: name.to_owned(),
-            source,
-            target: of_target,
-        };
-        match self.resolver.resolve(name, port).await {
-            Ok(addrs) if !addrs.is_empty() => Ok(addrs),
-            Ok(_) => Err(dns(std::io::Error::other("no addresses"))),
-            Err(e) => Err(dns(e)),
-        }
     }
 }
