@@ -53,11 +53,7 @@ async fn proxy_authentication_challenges_and_admits() {
         assert!(!String::from_utf8_lossy(&body).contains("s3cret"));
     }
     // A plain request without credentials: 407 too, and the origin never hears of it.
-    let (head, body) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, body) = get_hello(p.addr, o.addr).await;
     assert_error(&head, &body, 407, "http_request_denied").await;
     assert!(o.seen.try_recv().is_err());
     // The wrong password was verified; mallory is no user (nothing to verify).

@@ -114,11 +114,7 @@ async fn socks_failures_name_the_hop() {
 async fn https_upstream_with_private_ca() {
     let echo = echo_server().await;
     let mut o = origin().await;
-    let behind = start_proxy(Config {
-        via_name: "behind".into(),
-        ..config()
-    })
-    .await;
+    let behind = start_upstream("behind").await;
     let cert = test_cert("proxy.test");
     let front = tls_front(&cert, behind.addr).await;
     let resolver = Arc::new(TestResolver::default().with("proxy.test", front));
@@ -138,11 +134,7 @@ async fn https_upstream_with_private_ca() {
     )
     .await;
     assert_echo(p.addr, &echo.to_string()).await;
-    let (head, body) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, body) = get_hello(p.addr, o.addr).await;
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     let seen = o.seen.recv().await.unwrap();
     assert_eq!(seen.uri, "/hello");
@@ -209,16 +201,8 @@ async fn https_upstream_with_private_ca() {
 async fn any_kind_at_any_hop() {
     let echo = echo_server().await;
     let cert = test_cert("proxy.test");
-    let last = start_proxy(Config {
-        via_name: "last".into(),
-        ..config()
-    })
-    .await;
-    let middle = start_proxy(Config {
-        via_name: "middle".into(),
-        ..config()
-    })
-    .await;
+    let last = start_upstream("last").await;
+    let middle = start_upstream("middle").await;
     let front = tls_front(&cert, middle.addr).await;
     let names = HashMap::from([
         ("proxy.test".to_owned(), front),
@@ -263,11 +247,7 @@ async fn any_kind_at_any_hop() {
 async fn plain_http_through_socks_and_chains() {
     let mut o = origin().await;
     let (socks, _) = socks5_server(None, HashMap::from([("origin.test".to_owned(), o.addr)])).await;
-    let second = start_proxy(Config {
-        via_name: "second".into(),
-        ..config()
-    })
-    .await;
+    let second = start_upstream("second").await;
     for chain in [
         format!("socks5h://{socks}"),
         format!("http://{},socks5h://{socks}", second.addr),
@@ -299,11 +279,7 @@ async fn plain_http_through_socks_and_chains() {
 /// In a chain, a failure names the hop by position: "hop 2 (...) answered 407".
 #[tokio::test]
 async fn chain_failures_name_the_hop() {
-    let first = start_proxy(Config {
-        via_name: "first".into(),
-        ..config()
-    })
-    .await;
+    let first = start_upstream("first").await;
     let (denying, _) = fake_upstream(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
     let chain = format!("http://{},http://user:secret@{denying}", first.addr);
     let p = start_proxy(Config {

@@ -273,11 +273,7 @@ async fn sighup_reload() {
 #[tokio::test]
 async fn cli_pool_and_bypass() {
     let echo = echo_server().await;
-    let good = start_proxy(viaduct::Config {
-        via_name: "good".into(),
-        ..crate::support::config()
-    })
-    .await;
+    let good = start_upstream("good").await;
     let dead = free_addr();
     let port = free_port();
     let _pool = Command::new(env!("CARGO_BIN_EXE_viaduct"))
@@ -559,11 +555,7 @@ async fn auth_file_reload_and_upstream_from_the_environment() {
 #[tokio::test]
 async fn probe_names_the_failing_hop() {
     let o = origin().await;
-    let hop1 = start_proxy(viaduct::Config {
-        via_name: "hop1".into(),
-        ..crate::support::config()
-    })
-    .await;
+    let hop1 = start_upstream("hop1").await;
     let dead = free_addr();
     let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
         .args(["probe", &format!("http://{}/hello", o.addr)])

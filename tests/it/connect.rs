@@ -262,11 +262,7 @@ async fn silent_upstream_is_504() {
 #[tokio::test]
 async fn large_transfer_both_ways_through_a_chain() {
     let echo = echo_server().await;
-    let second = start_proxy(Config {
-        via_name: "second".into(),
-        ..config()
-    })
-    .await;
+    let second = start_upstream("second").await;
     let first = start_proxy(Config {
         router: via(&format!("http://{}", second.addr)),
         ..config()

@@ -202,11 +202,7 @@ async fn keep_alive_and_pooling() {
         assert_eq!(head.status, 200);
         assert_eq!(read_body(&mut s, &head).await, b"hello\n");
     }
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 200);
     assert_eq!(
         o.connections.load(Ordering::SeqCst),

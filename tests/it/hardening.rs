@@ -662,11 +662,7 @@ async fn abandoned_tunnels_to_targets_that_never_read_are_closed() {
 #[tokio::test]
 async fn pinned_self_signed_ca_certificates_are_trusted() {
     let echo = echo_server().await;
-    let behind = start_proxy(Config {
-        via_name: "behind".into(),
-        ..config()
-    })
-    .await;
+    let behind = start_upstream("behind").await;
     let cert = test_ca_cert("proxy.test");
     let front = tls_front(&cert, behind.addr).await;
     let resolver = Arc::new(

@@ -58,11 +58,7 @@ async fn counters_move_by_exactly_the_requests_made() {
     })
     .await;
     for _ in 0..3 {
-        let (head, _) = send(
-            p.addr,
-            &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-        )
-        .await;
+        let (head, _) = get_hello(p.addr, o.addr).await;
         assert_eq!(head.status, 200);
     }
     let refused = free_addr();
@@ -143,11 +139,7 @@ async fn counters_move_by_exactly_the_requests_made() {
 #[tokio::test]
 async fn pool_health_in_metrics_readiness_and_status() {
     let o = origin().await;
-    let good = start_proxy(Config {
-        via_name: "good".into(),
-        ..config()
-    })
-    .await;
+    let good = start_upstream("good").await;
     let dead = free_addr();
     let text = format!(
         "[upstreams]\ndead = \"http://{dead}\"\nlive = \"http://{}\"\n\
@@ -162,11 +154,7 @@ async fn pool_health_in_metrics_readiness_and_status() {
     })
     .await;
     assert_eq!(page(admin, "/readyz", "").await.0.status, 200);
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 200, "failed over to the live member");
     let m = page(admin, "/metrics", "").await.1;
     assert_eq!(
@@ -211,11 +199,7 @@ async fn pool_health_in_metrics_readiness_and_status() {
 
     // Now the live member goes too: nothing healthy is left.
     good.shutdown().await;
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 502);
     let (head, body) = page(admin, "/readyz", "").await;
     assert_eq!(head.status, 503);
@@ -350,11 +334,7 @@ async fn json_access_log_and_reopen() {
     std::fs::rename(&log, dir.path().join("access.json.1")).unwrap();
     p.proxy.reload_rejected("rotation test");
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 200);
     let fresh = read(log, 1).await;
     assert!(fresh.contains("\"method\":\"GET\""), "{fresh}");

@@ -155,11 +155,7 @@ async fn failover_past_refusals_and_listing_failures() {
     let (a, _) = fake_upstream(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n").await;
     let (b, _) = fake_upstream(b"HTTP/1.1 429 Too Many Requests\r\n\r\n").await;
     let (c, _) = fake_upstream(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").await;
-    let good = start_proxy(Config {
-        via_name: "good".into(),
-        ..config()
-    })
-    .await;
+    let good = start_upstream("good").await;
     let toml = format!(
         "[upstreams]\na = \"http://{a}\"\nb = \"http://{b}\"\nc = \"http://{c}\"\ngood = \"http://{}\"\n\
          [pools.p]\nmembers = [\"a\", \"b\", \"c\", \"good\"]\nmax_attempts = 4\n\
@@ -252,16 +248,8 @@ async fn health_blames_the_right_party() {
 #[tokio::test]
 async fn rules_route_by_destination_and_user() {
     let mut o = origin().await;
-    let bob_up = start_proxy(Config {
-        via_name: "bobs".into(),
-        ..config()
-    })
-    .await;
-    let def_up = start_proxy(Config {
-        via_name: "def".into(),
-        ..config()
-    })
-    .await;
+    let bob_up = start_upstream("bobs").await;
+    let def_up = start_upstream("def").await;
     let toml = format!(
         "bypass = \"127.0.0.2\"\n[upstreams]\nbob = \"http://{}\"\ncorp = \"http://{}\"\n\
          [[rules]]\nmatch = {{ domains = [\"*.ads.test\"] }}\nvia = \"block\"\n\

@@ -45,11 +45,7 @@ async fn oversized_heads_are_431_and_closed() {
         );
     }
     // And a normal request still works.
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 200);
 }
 
@@ -72,11 +68,7 @@ async fn slowloris_clients_get_408_and_do_not_delay_others() {
         slow.push(s);
     }
     let started = Instant::now();
-    let (head, body) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, body) = get_hello(p.addr, o.addr).await;
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -121,11 +113,7 @@ async fn connection_caps() {
     );
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (head, _) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, _) = get_hello(p.addr, o.addr).await;
     assert_eq!(head.status, 200);
 
     let limits = Limits {
@@ -303,11 +291,7 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (head, body) = send(
-        proxy,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, body) = get_hello(proxy, o.addr).await;
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     child.kill().await.unwrap();
 }

@@ -202,11 +202,7 @@ async fn smuggling_corpus() {
             seen.push(s);
         }
         // Whatever happened, the proxy goes on serving others.
-        let (after, _) = send(
-            p.addr,
-            &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-        )
-        .await;
+        let (after, _) = get_hello(p.addr, o.addr).await;
         if after.status != 200 {
             failures.push(format!("{name}: the next client got {}", after.status));
         }

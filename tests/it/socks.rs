@@ -294,11 +294,7 @@ async fn first_byte_picks_the_protocol() {
         0
     );
     round_trip(&mut s).await;
-    let (head, body) = send(
-        p.addr,
-        &format!("GET http://{}/hello HTTP/1.1\r\nHost: x\r\n\r\n", o.addr),
-    )
-    .await;
+    let (head, body) = get_hello(p.addr, o.addr).await;
     assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
     let (mut t, head) = connect(p.addr, &echo.to_string()).await;
     assert_eq!(head.status, 200);

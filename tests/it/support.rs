@@ -64,6 +64,16 @@ pub fn via(url: &str) -> Router {
     Router::single(Route::via(vec![Hop::parse(url).expect("valid hop url")]))
 }
 
+/// A viaduct to chain through, under its own `Via` name (two viaducts sharing one would see
+/// each other's requests as loops).
+pub async fn start_upstream(via_name: &str) -> ProxyHandle {
+    start_proxy(Config {
+        via_name: via_name.into(),
+        ..config()
+    })
+    .await
+}
+
 pub async fn start_proxy(config: Config) -> ProxyHandle {
     start_proxy_with(config, Arc::new(TestResolver::default())).await
 }
@@ -232,6 +242,15 @@ pub async fn send(proxy: SocketAddr, raw: &str) -> (Head, Vec<u8>) {
     let head = read_head(&mut s).await;
     let body = read_body(&mut s, &head).await;
     (head, body)
+}
+
+/// A plain `GET /hello` of `origin` through `proxy`, on a connection of its own.
+pub async fn get_hello(proxy: SocketAddr, origin: SocketAddr) -> (Head, Vec<u8>) {
+    send(
+        proxy,
+        &format!("GET http://{origin}/hello HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await
 }
 
 /// Opens a CONNECT tunnel through `proxy`; returns the stream and the proxy's answer.
