@@ -84,6 +84,13 @@ struct RunArgs {
     #[arg(long, env = "VIADUCT_UPSTREAM", hide_env_values = true)]
     upstream: Vec<String>,
 
+    /// How --upstream's HTTP proxies are authenticated to: any (the strongest the proxy
+    /// offers: Negotiate, NTLM, Basic), or one of basic, ntlm, negotiate (a proxy that does not
+    /// offer it is an error, never a downgrade). NTLM takes user:pass from the URL (write the
+    /// domain as DOMAIN%5Cuser); Negotiate uses the Kerberos ticket cache (kinit).
+    #[arg(long, value_name = "SCHEME", default_value = "any")]
+    upstream_auth: String,
+
     /// How a pool made of repeated --upstream picks: failover, round-robin, random,
     /// least-connections, sticky.
     #[arg(long, default_value = "failover")]
@@ -215,6 +222,7 @@ impl RunArgs {
             listen: self.listen.clone(),
             upstream: self.upstream.clone(),
             strategy: Some(self.strategy.clone()),
+            upstream_auth: Some(self.upstream_auth.clone()),
             bypass: self.bypass.clone(),
             bind: self.bind.clone(),
             bind_mode: self.bind_mode.clone(),

@@ -499,6 +499,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
         let field = format!("upstreams.{name}");
         let span = value.span();
         check_name(at, &field, name, span.clone())?;
+        let mut upstream_auth = (None, None);
         let (url, spec) = match value.get_ref() {
             toml::Value::String(url) => (url.as_str(), BindSpec::default()),
             toml::Value::Table(t) => {
@@ -513,16 +514,26 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                         )),
                     }
                 };
-                if let Some(unknown) = t
-                    .keys()
-                    .find(|k| !["via", "bind", "bind_mode", "sticky_ttl"].contains(&k.as_str()))
-                {
+                if let Some(unknown) = t.keys().find(|k| {
+                    !["via", "bind", "bind_mode", "sticky_ttl", "auth", "spn"].contains(&k.as_str())
+                }) {
                     return Err(at.error(
                         span.clone(),
                         &format!("{field}.{unknown}"),
-                        format!("unknown field `{unknown}` (via, bind, bind_mode, sticky_ttl)"),
+                        format!(
+                            "unknown field `{unknown}` (via, bind, bind_mode, sticky_ttl, auth, spn)"
+                        ),
                     ));
                 }
+                let auth = match text("auth")? {
+                    None => None,
+                    Some((v, s)) => Some(
+                        v.parse::<crate::upstream::proxy_auth::AuthPolicy>()
+                            .map_err(|m| at.error(s, &format!("{field}.auth"), m))?,
+                    ),
+                };
+                let spn = text("spn")?.map(|(v, _)| v.to_owned());
+                upstream_auth = (auth, spn);
                 let via = text("via")?.ok_or_else(|| {
                     at.error(
                         span.clone(),
@@ -549,7 +560,12 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             Route::direct()
         } else {
             let expanded = expand_env(url).map_err(|m| at.error(span.clone(), &field, m))?;
-            Route::parse(&expanded).map_err(|e| at.error(span.clone(), &field, e.to_string()))?
+            let route = Route::parse(&expanded)
+                .map_err(|e| at.error(span.clone(), &field, e.to_string()))?;
+            match upstream_auth {
+                (None, None) => route,
+                (policy, spn) => route.with_auth(policy.unwrap_or_default(), spn),
+            }
         };
         let route = match spec.build(at, &field)? {
             Some(bind) => route.with_bind(bind),

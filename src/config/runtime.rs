@@ -165,6 +165,8 @@ pub struct Overrides {
     pub upstream: Vec<String>,
     /// The strategy of a pool made of several `upstream`s. Default `failover`.
     pub strategy: Option<String>,
+    /// `--upstream-auth any|basic|ntlm|negotiate` for the `upstream`s. Default `any`.
+    pub upstream_auth: Option<String>,
     pub bypass: Option<String>,
     /// `--bind ADDR|CIDR`: where the default route's connections leave from.
     pub bind: Option<String>,
@@ -253,7 +255,18 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     let mut router = if o.upstream.is_empty() {
         router.unwrap_or_else(Router::direct)
     } else {
-        upstream_router(&o.upstream, o.strategy.as_deref().unwrap_or("failover"))?
+        let auth = o
+            .upstream_auth
+            .as_deref()
+            .map(str::parse::<crate::upstream::proxy_auth::AuthPolicy>)
+            .transpose()
+            .map_err(|e| format!("invalid value for --upstream-auth: {e}"))?
+            .unwrap_or_default();
+        upstream_router(
+            &o.upstream,
+            o.strategy.as_deref().unwrap_or("failover"),
+            auth,
+        )?
     };
     if let Some(bypass) = bypass {
         router.bypass = bypass;
@@ -519,10 +532,18 @@ fn pick<T>(flag: Option<T>, file: Option<T>, default: T) -> T {
 
 /// Routing from upstream URLs given on the command line: one is used for everything; several
 /// form a pool named `upstreams` with `strategy`.
-fn upstream_router(urls: &[String], strategy: &str) -> Result<Router, String> {
+fn upstream_router(
+    urls: &[String],
+    strategy: &str,
+    auth: crate::upstream::proxy_auth::AuthPolicy,
+) -> Result<Router, String> {
     let routes = urls
         .iter()
-        .map(|u| Route::parse(u).map_err(|e| redact(&format!("invalid value for --upstream: {e}"))))
+        .map(|u| {
+            Route::parse(u)
+                .map(|r| r.with_auth(auth, None))
+                .map_err(|e| redact(&format!("invalid value for --upstream: {e}")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if let [route] = routes.as_slice() {
         return Ok(Router::single(route.clone()));

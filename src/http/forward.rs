@@ -27,6 +27,7 @@ use crate::session::{Client, Ends, Opening, reach};
 use crate::stream::BoxIo;
 use crate::target::Target;
 use crate::upstream::keepalive::{Conn, OutBody};
+use crate::upstream::proxy_auth::{self, Offer, Scheme};
 use crate::upstream::{ConnectError, Dialer, Hop, Route};
 
 const MAX_FORWARDS: HeaderName = HeaderName::from_static("max-forwards");
@@ -159,7 +160,7 @@ pub async fn handle(
                 },
             );
         }
-        _ => core.keepalive().recycle(conn.key, conn.sender),
+        _ => core.keepalive().recycle(conn.key, conn.sender, conn.basic),
     }
     // The member's connection count (least-connections) lasts until the body has been carried;
     // a body that stalls longer than the idle timeout is cut (both connections close).
@@ -338,8 +339,44 @@ async fn attempt(
         )));
     };
     let hop = conn.proxied.then(|| route.absolute_form_hop()).flatten();
+    // What authenticates the request: on a fresh connection to an HTTP upstream, the leg that
+    // completes the upstream's scheme (after probe legs the proxy answers itself); on a kept
+    // connection, Basic again or nothing (NTLM and Negotiate authenticated the connection).
+    let mut negotiation = None;
+    let mut authorization = None;
+    if let Some(hop) = hop {
+        if conn.reused {
+            authorization = conn
+                .basic
+                .then(|| hop.proxy_authorization.clone())
+                .flatten();
+        } else {
+            let mut n = hop.negotiation(&hop.to_string());
+            match authenticate(
+                &http,
+                &mut conn,
+                &mut n,
+                &out.absolute,
+                &dialer,
+                &route,
+                &target,
+            )
+            .await
+            {
+                Ok(leg) => {
+                    conn.basic = leg.scheme == Some(Scheme::Basic);
+                    authorization = leg.header;
+                    negotiation = Some(n);
+                }
+                Err(e) => {
+                    out.put_back(req);
+                    return auth_failed(e, &out);
+                }
+            }
+        }
+    }
     let resp = loop {
-        prepare(&mut req, &out.absolute, hop);
+        prepare(&mut req, &out.absolute, hop, authorization.as_ref());
         let sent =
             tokio::time::timeout(http.response_timeout(), conn.sender.try_send_request(req)).await;
         let Ok(sent) = sent else {
@@ -371,26 +408,143 @@ async fn attempt(
     if let Some(hop) = hop.filter(|_| resp.status() == StatusCode::PROXY_AUTHENTICATION_REQUIRED) {
         // The challenge is for our credentials, not the client's: never pass it on. Another
         // member may take us, if the request can be sent again.
-        let refused = ConnectError::HopStatus {
-            peer: hop.to_string(),
-            status: resp.status(),
+        let offer = offer_of(resp.headers());
+        let refused = match negotiation.as_mut() {
+            Some(n) if offer.schemes != 0 => n.refused_after(&offer).await,
+            _ => ConnectError::HopStatus {
+                peer: hop.to_string(),
+                status: resp.status(),
+            },
         };
-        return if out.replayable() {
-            Err(refused)
-        } else {
-            Ok(Err(refused.into()))
-        };
+        return auth_failed(refused, &out);
     }
     Ok(Ok((resp, conn, route)))
 }
 
+/// An upstream's refusal of our credentials: final, unless the request can go to another
+/// member.
+fn auth_failed(refused: ConnectError, out: &Outgoing) -> Result<Answered, ConnectError> {
+    if out.replayable() {
+        Err(refused)
+    } else {
+        Ok(Err(refused.into()))
+    }
+}
+
+fn offer_of(headers: &http::HeaderMap) -> Offer {
+    Offer::parse(
+        headers
+            .get_all(header::PROXY_AUTHENTICATE)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The largest probe answer read to keep its connection.
+const MAX_PROBE_BODY: usize = 1 << 20;
+
+/// Runs `negotiation`'s probe legs on the fresh connection `conn` to an HTTP upstream and
+/// returns the leg that completes it, for the real request to carry.
+///
+/// A probe is `OPTIONS <target> ` with `Max-Forwards: 0` (RFC 9110 7.6.2: the proxy answers it
+/// itself, never the origin), so learning the scheme and the NTLM negotiate leg cost the
+/// origin nothing and the request's body goes out once, with the completing leg. A proxy
+/// that closes after a 407 gets the next (unbound) leg on a new connection.
+async fn authenticate(
+    http: &Http,
+    conn: &mut Conn,
+    negotiation: &mut proxy_auth::Negotiation,
+    absolute: &Uri,
+    dialer: &Dialer,
+    route: &Route,
+    target: &Target,
+) -> Result<proxy_auth::Leg, ConnectError> {
+    let peer = route
+        .absolute_form_hop()
+        .map_or_else(|| route.to_string(), ToString::to_string);
+    let mut leg = negotiation.start().await?;
+    let mut redials = 0;
+    while !leg.last {
+        let mut probe = Request::options(absolute.clone())
+            .header(
+                header::HOST,
+                absolute.authority().map_or("", |a| a.as_str()),
+            )
+            .header(MAX_FORWARDS, "0")
+            .header(header::CONTENT_LENGTH, "0")
+            .body(full(Bytes::new()))
+            .map_err(|e| ConnectError::HopProtocol {
+                peer: peer.clone(),
+                reason: e.to_string(),
+            })?;
+        if let Some(value) = &leg.header {
+            probe
+                .headers_mut()
+                .insert(header::PROXY_AUTHORIZATION, value.clone());
+        }
+        http.via().append(probe.headers_mut(), Version::HTTP_11);
+        let sent = tokio::time::timeout(http.response_timeout(), conn.sender.send_request(probe))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                peer: peer.clone(),
+                after: http.response_timeout(),
+            })?
+            .map_err(|e| ConnectError::Unreachable {
+                peer: peer.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        let status = sent.status();
+        let offer = offer_of(sent.headers());
+        // Read the answer's body so the connection can carry the next leg.
+        let drained = tokio::time::timeout(
+            http.response_timeout(),
+            http_body_util::Limited::new(sent.into_body(), MAX_PROBE_BODY).collect(),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok());
+        if status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            // No authentication asked for (a discovery probe answered): the request goes bare.
+            negotiation.accepted(leg.scheme);
+            return Ok(proxy_auth::Leg {
+                header: None,
+                bound: false,
+                last: true,
+                scheme: None,
+            });
+        }
+        let next = negotiation.answer(&offer).await?;
+        let open = drained && conn.sender.ready().await.is_ok();
+        if !open {
+            if next.bound || redials >= 3 {
+                return Err(ConnectError::ProxyAuth {
+                    peer,
+                    reason: "closed the connection in the middle of the authentication handshake (it must stay open between legs)".into(),
+                });
+            }
+            redials += 1;
+            *conn = http
+                .core()
+                .keepalive()
+                .acquire(dialer, route, target, true)
+                .await?;
+        }
+        leg = next;
+    }
+    Ok(leg)
+}
+
 /// Shapes the request for the connection it goes on: absolute-form with the upstream's
-/// credentials (when `upstream` is the absolute-form hop), else origin-form without any.
-fn prepare(req: &mut Request<OutBody>, absolute: &Uri, upstream: Option<&Hop>) {
+/// `authorization` (when `upstream` is the absolute-form hop), else origin-form without any.
+fn prepare(
+    req: &mut Request<OutBody>,
+    absolute: &Uri,
+    upstream: Option<&Hop>,
+    authorization: Option<&HeaderValue>,
+) {
     match upstream {
-        Some(hop) => {
+        Some(_) => {
             *req.uri_mut() = absolute.clone();
-            match &hop.proxy_authorization {
+            match authorization {
                 Some(auth) => req
                     .headers_mut()
                     .insert(header::PROXY_AUTHORIZATION, auth.clone()),

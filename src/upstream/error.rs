@@ -108,6 +108,10 @@ pub enum ConnectError {
     SocksReply { peer: String, reply: SocksReply },
     #[error("{peer} {reason}")]
     HopAuth { peer: String, reason: &'static str },
+    /// An HTTP proxy's authentication (its 407s) could not be completed: refused credentials,
+    /// a scheme we may not use, no Kerberos ticket. Classified as the 407 it is.
+    #[error("{peer} {reason}")]
+    ProxyAuth { peer: String, reason: String },
     #[error("{peer} is this proxy's own listener ({addr}): the request would loop back into it")]
     OwnListener {
         peer: String,
@@ -226,6 +230,9 @@ impl ConnectError {
             Self::HopHeadTooLarge { .. } => ConnectErrorKind::HeadTooLarge,
             Self::SocksReply { reply, .. } => ConnectErrorKind::SocksReply(*reply),
             Self::HopAuth { .. } => ConnectErrorKind::HopAuth,
+            Self::ProxyAuth { .. } => {
+                ConnectErrorKind::HopStatus(StatusCode::PROXY_AUTHENTICATION_REQUIRED)
+            }
             Self::OwnListener { .. } => ConnectErrorKind::Loop,
             Self::FamilyMismatch { .. } => ConnectErrorKind::Unroutable,
             Self::Attempts { kind, .. } => *kind,

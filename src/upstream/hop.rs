@@ -11,6 +11,7 @@ use base64::Engine;
 use http::HeaderValue;
 use percent_encoding::percent_decode_str;
 
+use super::proxy_auth::{HopAuth, Negotiation};
 use crate::target::Target;
 
 /// Which protocol a hop speaks.
@@ -76,6 +77,8 @@ pub struct Hop {
     pub credentials: Option<Credentials>,
     /// `Basic ...` for the HTTP kinds, marked sensitive.
     pub proxy_authorization: Option<HeaderValue>,
+    /// How the HTTP kinds authenticate to the proxy (and what the proxy was seen to offer).
+    pub auth: HopAuth,
 }
 
 /// Why an upstream URL was refused. Never contains the URL's credentials.
@@ -156,7 +159,23 @@ impl Hop {
             addr,
             credentials,
             proxy_authorization,
+            auth: HopAuth::default(),
         })
+    }
+
+    /// The same hop with its proxy authentication set (`--upstream-auth`, `auth = "..."`).
+    pub fn with_auth(mut self, auth: HopAuth) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// A negotiation for one connection to this (HTTP) hop; `peer` names it in errors.
+    pub fn negotiation(&self, peer: &str) -> Negotiation {
+        let host = match &self.addr.host {
+            crate::target::Host::Name(n) => n.to_string(),
+            crate::target::Host::Ip(ip) => ip.to_string(),
+        };
+        Negotiation::new(&self.auth, self.credentials.as_ref(), peer, &host)
     }
 }
 

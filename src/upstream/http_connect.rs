@@ -10,63 +10,129 @@ use http::{HeaderValue, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::error::ConnectError;
+use super::proxy_auth::{Negotiation, Offer};
 use crate::target::Target;
 
 /// The largest upstream response head we read before giving up.
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 
-/// Sends `CONNECT target` on `io` (already connected to the proxy `peer`) and reads the answer.
-///
-/// Returns the bytes the proxy sent after its 2xx head; they are the tunnel's first bytes.
+/// How a CONNECT handshake ended, when it did not fail.
+pub enum Opened {
+    /// The tunnel is open; these bytes came after the proxy's 2xx head.
+    Tunnel(Bytes),
+    /// The proxy closed the connection after a 407 whose next leg may go on a new one: dial
+    /// again (the negotiation holds that leg).
+    Again,
+}
+
+/// The largest 407 body skipped to keep the connection for the next leg.
+const MAX_SKIPPED_BODY: u64 = 1 << 20;
+
+/// Sends `CONNECT target` on `io` (already connected to the proxy `peer`) and reads the answer,
+/// authenticating with `auth` through as many 407 legs as its scheme takes.
 ///
 /// # Errors
-/// A non-2xx answer is [`ConnectError::HopStatus`]; EOF before a full head is
-/// [`ConnectError::HopClosed`]; an unparseable or oversized head is `HopProtocol` /
-/// `HopHeadTooLarge`; I/O failures are mapped by [`ConnectError::io`].
+/// A non-2xx answer is [`ConnectError::HopStatus`] (an authentication that cannot complete is
+/// [`ConnectError::ProxyAuth`]); EOF before a full head is [`ConnectError::HopClosed`]; an
+/// unparseable or oversized head is `HopProtocol` / `HopHeadTooLarge`; I/O failures are mapped
+/// by [`ConnectError::io`].
 pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     peer: &str,
     target: &Target,
-    auth: Option<&HeaderValue>,
+    auth: &mut Negotiation,
     via: &HeaderValue,
-) -> Result<Bytes, ConnectError> {
-    let mut req = Vec::with_capacity(256);
+) -> Result<Opened, ConnectError> {
     let authority = target.to_string();
-    req.extend_from_slice(b"CONNECT ");
-    req.extend_from_slice(authority.as_bytes());
-    req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    req.extend_from_slice(authority.as_bytes());
-    if let Some(auth) = auth {
-        req.extend_from_slice(b"\r\nProxy-Authorization: ");
-        req.extend_from_slice(auth.as_bytes());
-    }
-    req.extend_from_slice(b"\r\nVia: ");
-    req.extend_from_slice(via.as_bytes());
-    req.extend_from_slice(b"\r\n\r\n");
-    io.write_all(&req)
-        .await
-        .map_err(|e| ConnectError::io(peer, e))?;
-    io.flush().await.map_err(|e| ConnectError::io(peer, e))?;
-
+    let mut leg = auth.start().await?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
+        let mut req = Vec::with_capacity(256);
+        req.extend_from_slice(b"CONNECT ");
+        req.extend_from_slice(authority.as_bytes());
+        req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        req.extend_from_slice(authority.as_bytes());
+        if let Some(value) = &leg.header {
+            req.extend_from_slice(b"\r\nProxy-Authorization: ");
+            req.extend_from_slice(value.as_bytes());
+        }
+        req.extend_from_slice(b"\r\nVia: ");
+        req.extend_from_slice(via.as_bytes());
+        req.extend_from_slice(b"\r\n\r\n");
+        io.write_all(&req)
+            .await
+            .map_err(|e| ConnectError::io(peer, e))?;
+        io.flush().await.map_err(|e| ConnectError::io(peer, e))?;
+
+        let head = read_head(io, &mut buf, peer).await?;
+        if head.status.is_success() {
+            auth.accepted(leg.scheme);
+            tracing::debug!(%peer, status = head.status.as_u16(), leftover = buf.len(), "upstream opened the tunnel");
+            return Ok(Opened::Tunnel(buf.freeze()));
+        }
+        if head.status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
+            return Err(ConnectError::HopStatus {
+                peer: peer.to_owned(),
+                status: head.status,
+            });
+        }
+        let next = auth.answer(&head.offer).await?;
+        let kept = !head.close && skip_body(io, &mut buf, head.body, peer).await?;
+        if kept {
+            leg = next;
+            continue;
+        }
+        if next.bound {
+            return Err(ConnectError::ProxyAuth {
+                peer: peer.to_owned(),
+                reason: format!(
+                    "closed the connection in the middle of the {} handshake (it must stay open between legs)",
+                    next.scheme
+                        .map_or_else(|| "authentication".to_owned(), |s| s.to_string())
+                ),
+            });
+        }
+        auth.pending = Some(next);
+        return Ok(Opened::Again);
+    }
+}
+
+/// How a response's body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    Close,
+}
+
+/// A final (non-1xx) response head, as far as a handshake needs it.
+pub struct Head {
+    pub status: StatusCode,
+    pub offer: Offer,
+    pub body: BodyFraming,
+    /// The proxy will close the connection after this response.
+    pub close: bool,
+}
+
+/// Reads the next final response head from `io` into `buf` (1xx heads are skipped), leaving
+/// whatever follows it in `buf`.
+async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    peer: &str,
+) -> Result<Head, ConnectError> {
+    loop {
         // Parse what we have first: a previous read may hold a 1xx head *and* the final one.
-        match parse_head(&buf, peer)? {
-            Some((len, status)) if status.is_informational() => {
+        match parse_response(buf, peer)? {
+            Some((len, head)) if head.status.is_informational() => {
                 let _ = buf.split_to(len);
                 continue;
             }
-            Some((len, status)) if status.is_success() => {
+            Some((len, head)) => {
                 let _ = buf.split_to(len);
-                tracing::debug!(%peer, status = status.as_u16(), leftover = buf.len(), "upstream opened the tunnel");
-                return Ok(buf.freeze());
-            }
-            Some((_, status)) => {
-                return Err(ConnectError::HopStatus {
-                    peer: peer.to_owned(),
-                    status,
-                });
+                return Ok(head);
             }
             None if buf.len() >= MAX_HEAD => {
                 return Err(ConnectError::HopHeadTooLarge {
@@ -78,7 +144,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         }
         buf.reserve(4096.min(MAX_HEAD - buf.len()));
         let n = io
-            .read_buf(&mut buf)
+            .read_buf(buf)
             .await
             .map_err(|e| ConnectError::io(peer, e))?;
         if n == 0 {
@@ -89,8 +155,103 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Reads past a response body so the connection can carry the next request. `false` when it
+/// cannot (delimited by close, or too large to be worth reading).
+async fn skip_body<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    framing: BodyFraming,
+    peer: &str,
+) -> Result<bool, ConnectError> {
+    let mut fill = async |buf: &mut BytesMut| -> Result<(), ConnectError> {
+        buf.reserve(4096);
+        match io.read_buf(buf).await {
+            Ok(0) => Err(ConnectError::HopClosed {
+                peer: peer.to_owned(),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) => Err(ConnectError::io(peer, e)),
+        }
+    };
+    match framing {
+        BodyFraming::Close => Ok(false),
+        BodyFraming::Length(n) if n > MAX_SKIPPED_BODY => Ok(false),
+        BodyFraming::Length(n) => {
+            let mut left = n as usize;
+            loop {
+                let take = left.min(buf.len());
+                let _ = buf.split_to(take);
+                left -= take;
+                if left == 0 {
+                    return Ok(true);
+                }
+                fill(buf).await?;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut skipped = 0u64;
+            loop {
+                // A chunk-size line (extensions ignored), its data and CRLF; size 0 ends the
+                // chunks, then trailer lines until an empty one.
+                let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                    if buf.len() > 1024 {
+                        return Err(bad_chunk(peer));
+                    }
+                    fill(buf).await?;
+                    continue;
+                };
+                let line = std::str::from_utf8(&buf[..eol]).map_err(|_| bad_chunk(peer))?;
+                let size_text = line.split(';').next().unwrap_or("").trim();
+                let size = u64::from_str_radix(size_text, 16).map_err(|_| bad_chunk(peer))?;
+                let _ = buf.split_to(eol + 2);
+                if size == 0 {
+                    loop {
+                        let Some(eol) = buf.windows(2).position(|w| w == b"\r\n") else {
+                            if buf.len() > 8192 {
+                                return Err(bad_chunk(peer));
+                            }
+                            fill(buf).await?;
+                            continue;
+                        };
+                        let _ = buf.split_to(eol + 2);
+                        if eol == 0 {
+                            return Ok(true);
+                        }
+                    }
+                }
+                skipped += size;
+                if skipped > MAX_SKIPPED_BODY {
+                    return Ok(false);
+                }
+                let mut left = size as usize + 2;
+                loop {
+                    let take = left.min(buf.len());
+                    let _ = buf.split_to(take);
+                    left -= take;
+                    if left == 0 {
+                        break;
+                    }
+                    fill(buf).await?;
+                }
+            }
+        }
+    }
+}
+
+fn bad_chunk(peer: &str) -> ConnectError {
+    ConnectError::HopProtocol {
+        peer: peer.to_owned(),
+        reason: "invalid chunked body".into(),
+    }
+}
+
 /// `Some((head length, status))` once `buf` holds a complete head.
 pub fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>, ConnectError> {
+    Ok(parse_response(buf, peer)?.map(|(len, head)| (len, head.status)))
+}
+
+/// `Some((head length, head))` once `buf` holds a complete head.
+fn parse_response(buf: &[u8], peer: &str) -> Result<Option<(usize, Head)>, ConnectError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -105,7 +266,47 @@ pub fn parse_head(buf: &[u8], peer: &str) -> Result<Option<(usize, StatusCode)>,
             let code = res.code.ok_or_else(|| protocol("no status code".into()))?;
             let status =
                 StatusCode::from_u16(code).map_err(|_| protocol(format!("status code {code}")))?;
-            Ok(Some((len, status)))
+            let mut body = BodyFraming::Close;
+            let mut close = res.version == Some(0);
+            for h in res.headers.iter() {
+                let value = String::from_utf8_lossy(h.value);
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    if let Ok(n) = value.trim().parse()
+                        && body != BodyFraming::Chunked
+                    {
+                        body = BodyFraming::Length(n);
+                    }
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    if value.to_ascii_lowercase().trim_end().ends_with("chunked") {
+                        body = BodyFraming::Chunked;
+                    }
+                } else if h.name.eq_ignore_ascii_case("connection")
+                    || h.name.eq_ignore_ascii_case("proxy-connection")
+                {
+                    for token in value.split(',') {
+                        match token.trim().to_ascii_lowercase().as_str() {
+                            "close" => close = true,
+                            "keep-alive" if res.version == Some(0) => close = false,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            let offer = Offer::parse(
+                res.headers
+                    .iter()
+                    .filter(|h| h.name.eq_ignore_ascii_case("proxy-authenticate"))
+                    .map(|h| h.value),
+            );
+            Ok(Some((
+                len,
+                Head {
+                    status,
+                    offer,
+                    body,
+                    close,
+                },
+            )))
         }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(ConnectError::HopHeadTooLarge {
@@ -128,14 +329,21 @@ mod tests {
     async fn run(reads: &[&[u8]]) -> Result<Bytes, ConnectError> {
         let mut mock = tokio_test_like(reads);
         let target = Target::new("example.com", 443).unwrap();
-        handshake(
+        let hop = crate::upstream::Hop::parse("http://p:1").unwrap();
+        let mut auth = hop.negotiation("upstream p:1");
+        // A hop known to need nothing sends no credentials and needs no discovery leg.
+        match handshake(
             &mut mock,
             "upstream p:1",
             &target,
-            None,
+            &mut auth,
             &HeaderValue::from_static("1.1 viaduct"),
         )
-        .await
+        .await?
+        {
+            Opened::Tunnel(left) => Ok(left),
+            Opened::Again => panic!("no authentication was asked for"),
+        }
     }
 
     /// A duplex whose far end asserts the request bytes, then writes each scripted chunk.
@@ -186,6 +394,11 @@ mod tests {
             ConnectErrorKind::HopStatus(StatusCode::PROXY_AUTHENTICATION_REQUIRED)
         );
         assert!(e.to_string().contains("credentials"), "{e}");
+        // A 407 without any challenge: the status as it came.
+        assert_eq!(
+            e.to_string(),
+            "upstream p:1 answered 407 Proxy Authentication Required (its credentials were rejected or are missing: check user:pass in the upstream URL)"
+        );
         assert_eq!(
             run(&[b"HTTP/1.1 200 OK\r\n"]).await.unwrap_err().kind(),
             ConnectErrorKind::Incomplete

@@ -50,10 +50,13 @@ pub struct Conn {
     pub key: ConnKey,
     /// True when it came from the idle set (it may have been closed by the peer meanwhile).
     pub reused: bool,
+    /// Every request on it carries the upstream's Basic credentials (NTLM and Negotiate
+    /// authenticate the connection once instead).
+    pub basic: bool,
 }
 
-/// An idle connection and since when.
-type Idle = (SendRequest<OutBody>, Instant);
+/// An idle connection, since when, and whether its requests carry Basic credentials.
+type Idle = (SendRequest<OutBody>, Instant, bool);
 
 /// The idle connections by key, and how many there are in all.
 #[derive(Default)]
@@ -64,13 +67,13 @@ struct IdleSet {
 
 impl IdleSet {
     /// The most recently parked connection for `key` that is still usable.
-    fn take(&mut self, key: &ConnKey, timeout: Duration) -> Option<SendRequest<OutBody>> {
+    fn take(&mut self, key: &ConnKey, timeout: Duration) -> Option<(SendRequest<OutBody>, bool)> {
         let list = self.by_key.get_mut(key)?;
         let mut found = None;
-        while let Some((sender, since)) = list.pop() {
+        while let Some((sender, since, basic)) = list.pop() {
             self.total -= 1;
             if since.elapsed() < timeout && sender.is_ready() {
-                found = Some(sender);
+                found = Some((sender, basic));
                 break;
             }
         }
@@ -82,12 +85,12 @@ impl IdleSet {
 
     /// Parks `sender` under `key`, within the per-key and total bounds (the longest idle goes
     /// first when the total is full).
-    fn put(&mut self, key: ConnKey, sender: SendRequest<OutBody>, max_total: usize) {
+    fn put(&mut self, key: ConnKey, sender: SendRequest<OutBody>, basic: bool, max_total: usize) {
         let list = self.by_key.entry(key).or_default();
         if list.len() >= MAX_IDLE_PER_KEY {
             return;
         }
-        list.push((sender, Instant::now()));
+        list.push((sender, Instant::now(), basic));
         self.total += 1;
         if self.total > max_total {
             self.evict_oldest();
@@ -99,7 +102,7 @@ impl IdleSet {
         let oldest = self
             .by_key
             .iter()
-            .filter_map(|(k, list)| list.first().map(|(_, since)| (*since, k.clone())))
+            .filter_map(|(k, list)| list.first().map(|(_, since, _)| (*since, k.clone())))
             .min_by_key(|(since, _)| *since);
         if let Some((_, key)) = oldest {
             self.remove_where(|k, i, _| k == &key && i == 0);
@@ -108,7 +111,7 @@ impl IdleSet {
 
     /// Closes connections past `timeout` or closed by their peer.
     fn prune(&mut self, timeout: Duration) {
-        self.remove_where(|_, _, (s, since)| since.elapsed() >= timeout || s.is_closed());
+        self.remove_where(|_, _, (s, since, _)| since.elapsed() >= timeout || s.is_closed());
     }
 
     /// Drops every connection for which `gone(key, position in its list, connection)` holds.
@@ -164,12 +167,13 @@ impl KeepAlive {
             origin: (!proxied).then(|| target.clone()),
             source: source.filter(|s| s.pinned).map(|s| s.addr),
         };
-        if !fresh && let Some(sender) = self.checkout(&key) {
+        if !fresh && let Some((sender, basic)) = self.checkout(&key) {
             return Ok(Conn {
                 sender,
                 proxied,
                 key,
                 reused: true,
+                basic,
             });
         }
         let (io, proxied) = dialer.forward(route, target, source).await?;
@@ -191,10 +195,11 @@ impl KeepAlive {
             proxied,
             key,
             reused: false,
+            basic: false,
         })
     }
 
-    fn checkout(&self, key: &ConnKey) -> Option<SendRequest<OutBody>> {
+    fn checkout(&self, key: &ConnKey) -> Option<(SendRequest<OutBody>, bool)> {
         self.idle.lock().ok()?.take(key, self.idle_timeout)
     }
 
@@ -212,7 +217,8 @@ impl KeepAlive {
     }
 
     /// Puts `sender` back once its current response is done (hyper reports it ready again).
-    pub fn recycle(self: &Arc<Self>, key: ConnKey, mut sender: SendRequest<OutBody>) {
+    /// `basic`: its requests carry Basic credentials (see [`Conn::basic`]).
+    pub fn recycle(self: &Arc<Self>, key: ConnKey, mut sender: SendRequest<OutBody>, basic: bool) {
         if self.max_idle == 0 {
             return;
         }
@@ -223,7 +229,7 @@ impl KeepAlive {
                 return;
             }
             if let Ok(mut idle) = keepalive.idle.lock() {
-                idle.put(key, sender, keepalive.max_idle);
+                idle.put(key, sender, basic, keepalive.max_idle);
             }
         });
     }

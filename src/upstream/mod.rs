@@ -20,6 +20,7 @@ pub mod eyeballs;
 pub mod hop;
 pub mod http_connect;
 pub mod keepalive;
+pub mod proxy_auth;
 
 pub mod resolve;
 pub mod socks;
@@ -99,6 +100,26 @@ impl Route {
             name: name.into(),
             id,
             bind: Some(bind),
+        }
+    }
+
+    /// The same route, its HTTP hops authenticating to their proxies with `auth` (a policy,
+    /// and a Kerberos service name when set). Each hop learns its proxy's schemes on its own.
+    pub fn with_auth(&self, policy: proxy_auth::AuthPolicy, spn: Option<String>) -> Self {
+        let hops: Vec<Hop> = self
+            .hops
+            .iter()
+            .map(|h| {
+                let mut h = h.clone();
+                if h.kind.is_http() {
+                    h = h.with_auth(proxy_auth::HopAuth::new(policy, spn.clone()));
+                }
+                h
+            })
+            .collect();
+        Self {
+            hops: hops.into(),
+            ..self.clone()
         }
     }
 
@@ -188,6 +209,10 @@ pub struct Dialer {
     connect_timeout: Duration,
     via: HeaderValue,
 }
+
+/// How many times one dial may start again because a proxy closed the connection after a 407
+/// (a discovery leg, then a scheme's first leg).
+const MAX_AUTH_REDIALS: usize = 3;
 
 /// Where a dial stops.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -415,61 +440,99 @@ impl Dialer {
             // upstream's to resolve (unless a hop resolves it locally: socks5://).
             direct::check_destination(&policy, &format!("target {target}"), ip)?;
         }
+        // One authentication per HTTP hop, kept across the re-dials a proxy that closes after
+        // its 407 asks for.
+        let mut auths: Vec<Option<proxy_auth::Negotiation>> = hops
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.kind.is_http().then(|| h.negotiation(&route.label(i))))
+            .collect();
         let walk = async {
-            let first = hops.first().map_or(target, |h| &h.addr);
-            // Only a direct dial can reach ourselves unseen: through an upstream, our own
-            // `Via` comes back and the loop is caught as 508 there.
-            let checks = hops.is_empty().then_some(direct::TargetChecks {
-                own: &self.own,
-                policy: &policy,
-            });
-            let trace = self.trace.as_ref();
-            let mut stream: BoxIo = Box::new(
-                direct::connect_tcp(
-                    &*self.resolver,
-                    first,
-                    &at,
-                    checks,
-                    source.map(|s| s.addr),
-                    trace,
-                )
-                .await?,
-            );
-            for (i, hop) in hops.iter().enumerate() {
-                at = route.label(i);
-                let started = std::time::Instant::now();
-                let record = |what: &dyn Fn() -> String, res: &Result<BoxIo, ConnectError>| {
-                    if let Some(t) = trace.filter(|t| (*t).wants_steps()) {
-                        let outcome = match res {
-                            Ok(_) => "ok".to_owned(),
-                            Err(e) => e.to_string(),
-                        };
-                        t.step(what(), started.elapsed(), outcome);
-                    }
+            let mut redials = 0;
+            'dial: loop {
+                let first = hops.first().map_or(target, |h| &h.addr);
+                at = if hops.is_empty() {
+                    format!("target {target}")
+                } else {
+                    route.label(0)
                 };
-                if hop.kind == HopKind::Https {
-                    let res = tls::connect(&self.tls, stream, &hop.addr, &at).await;
-                    record(&|| format!("tls {at}"), &res);
+                // Only a direct dial can reach ourselves unseen: through an upstream, our own
+                // `Via` comes back and the loop is caught as 508 there.
+                let checks = hops.is_empty().then_some(direct::TargetChecks {
+                    own: &self.own,
+                    policy: &policy,
+                });
+                let trace = self.trace.as_ref();
+                let mut stream: BoxIo = Box::new(
+                    direct::connect_tcp(
+                        &*self.resolver,
+                        first,
+                        &at,
+                        checks,
+                        source.map(|s| s.addr),
+                        trace,
+                    )
+                    .await?,
+                );
+                for (i, hop) in hops.iter().enumerate() {
+                    at = route.label(i);
+                    let started = std::time::Instant::now();
+                    let record = |what: &dyn Fn() -> String, res: &Result<BoxIo, ConnectError>| {
+                        if let Some(t) = trace.filter(|t| (*t).wants_steps()) {
+                            let outcome = match res {
+                                Ok(_) => "ok".to_owned(),
+                                Err(e) => e.to_string(),
+                            };
+                            t.step(what(), started.elapsed(), outcome);
+                        }
+                    };
+                    if hop.kind == HopKind::Https {
+                        let res = tls::connect(&self.tls, stream, &hop.addr, &at).await;
+                        record(&|| format!("tls {at}"), &res);
+                        stream = res?;
+                    }
+                    if stop == Stop::LastHop && i + 1 == hops.len() {
+                        if let Some(t) = trace {
+                            t.hop(started.elapsed());
+                        }
+                        break;
+                    }
+                    let next = hops.get(i + 1).map_or(target, |h| &h.addr);
+                    tracing::debug!(hop = %at, next = %next, "hop handshake");
+                    let last = i + 1 == hops.len();
+                    let policy = last.then_some(&*policy);
+                    let res = self
+                        .handshake(stream, hop, &at, next, policy, auths[i].as_mut())
+                        .await;
+                    let res = match res {
+                        Ok(Some(s)) => Ok(s),
+                        Ok(None) if redials < MAX_AUTH_REDIALS => {
+                            // The proxy closed after its 407: the next leg goes on a new
+                            // connection along the same hops.
+                            redials += 1;
+                            if let Some(t) = trace.filter(|t| (*t).wants_steps()) {
+                                t.step(
+                                    format!("{at}: closed after 407, dialing again"),
+                                    started.elapsed(),
+                                    "ok".into(),
+                                );
+                            }
+                            continue 'dial;
+                        }
+                        Ok(None) => Err(ConnectError::ProxyAuth {
+                            peer: at.clone(),
+                            reason: "closed the connection after every authentication leg".into(),
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    record(&|| format!("{at}: connect to {next}"), &res);
                     stream = res?;
-                }
-                if stop == Stop::LastHop && i + 1 == hops.len() {
                     if let Some(t) = trace {
                         t.hop(started.elapsed());
                     }
-                    break;
                 }
-                let next = hops.get(i + 1).map_or(target, |h| &h.addr);
-                tracing::debug!(hop = %at, next = %next, "hop handshake");
-                let last = i + 1 == hops.len();
-                let policy = last.then_some(&*policy);
-                let res = self.handshake(stream, hop, &at, next, policy).await;
-                record(&|| format!("{at}: connect to {next}"), &res);
-                stream = res?;
-                if let Some(t) = trace {
-                    t.hop(started.elapsed());
-                }
+                break Ok(stream);
             }
-            Ok(stream)
         };
         let res = tokio::time::timeout(self.connect_timeout, walk).await;
         match res {
@@ -482,7 +545,9 @@ impl Dialer {
     }
 
     /// Asks `hop` (reached over `stream`) to connect onward to `next`. `target_policy`: `next`
-    /// is the target, to be checked against it where we resolve its name.
+    /// is the target, to be checked against it where we resolve its name. `auth`: an HTTP hop's
+    /// authentication. `None` when the proxy closed the connection between authentication legs
+    /// and the next leg needs a new one.
     async fn handshake(
         &self,
         mut stream: BoxIo,
@@ -490,13 +555,24 @@ impl Dialer {
         peer: &str,
         next: &Target,
         target_policy: Option<&Destinations>,
-    ) -> Result<BoxIo, ConnectError> {
+        auth: Option<&mut proxy_auth::Negotiation>,
+    ) -> Result<Option<BoxIo>, ConnectError> {
         match hop.kind {
             HopKind::Http | HopKind::Https => {
-                let auth = hop.proxy_authorization.as_ref();
-                let leftover =
-                    http_connect::handshake(&mut stream, peer, next, auth, &self.via).await?;
-                Ok(crate::stream::with_leftover(leftover, stream))
+                let mut fresh;
+                let auth = match auth {
+                    Some(a) => a,
+                    None => {
+                        fresh = hop.negotiation(peer);
+                        &mut fresh
+                    }
+                };
+                match http_connect::handshake(&mut stream, peer, next, auth, &self.via).await? {
+                    http_connect::Opened::Tunnel(leftover) => {
+                        Ok(Some(crate::stream::with_leftover(leftover, stream)))
+                    }
+                    http_connect::Opened::Again => Ok(None),
+                }
             }
             HopKind::Socks5 { remote_dns } => {
                 let to = match (&next.host, remote_dns) {
@@ -515,17 +591,18 @@ impl Dialer {
                     }
                     _ => SocksTarget::remote(next),
                 };
-                socks::socks5(stream, peer, &to, hop.credentials.as_ref()).await
+                socks::socks5(stream, peer, &to, hop.credentials.as_ref())
+                    .await
+                    .map(Some)
             }
-            HopKind::Socks4a => {
-                socks::socks4a(
-                    stream,
-                    peer,
-                    &SocksTarget::remote(next),
-                    hop.credentials.as_ref(),
-                )
-                .await
-            }
+            HopKind::Socks4a => socks::socks4a(
+                stream,
+                peer,
+                &SocksTarget::remote(next),
+                hop.credentials.as_ref(),
+            )
+            .await
+            .map(Some),
         }
     }
 

@@ -10,8 +10,10 @@
 #   curl / requests / chromium (puppeteer-core) authenticating to viaduct (--auth-file made by
 #   htpasswd -B and openssl passwd -6), -> a header-recording origin, -> squid with its own auth
 #   a viaduct bound to 0.0.0.0 refusing a name that resolves to 127.0.0.1
+#   curl / requests -> viaduct -> squid with Negotiate (Kerberos, MIT KDC) and NTLM (corporate.sh)
 #
 # Needs: curl, squid, nginx, microsocks, danted, stunnel4, openssl, htpasswd (apache2-utils),
+# krb5-kdc, krb5-admin-server, krb5-user,
 # python3 with requests, chromium, node + npm (puppeteer-core is installed into
 # target/interop-node) (.ci/run installs them), and a
 # built viaduct (VIADUCT=path, default target/debug/viaduct). Prints one line per check and a
@@ -658,6 +660,9 @@ check "nginx sees one source address for one session (viaduct --bind 127.0.0.0/2
 check "nginx sees different sessions spread over the prefix" \
     bash -c "$(declare -f bound_peers); work=$work V_BOUND=$V_BOUND PEER_PORT=$PEER_PORT; \
              bound_peers 1 2 3 4 5 6 7 8 && [ \$(sort -u $work/nginx/peers.log | wc -l) -ge 4 ]"
+
+# Corporate upstreams: Kerberos and NTLM to squid, an MIT KDC on loopback.
+source "$root/tests/interop/corporate.sh"
 
 check "no credentials or panics in viaduct logs" \
     bash -c "! grep -Eqi 'panicked|authorization|sock:pass|sock%3Apass|p@ss|p%40ss|wrong|sesame|b0b-pw|nope' $work/*.log --include='[a-z]*.log' --exclude='squid*' --exclude='danted.log' --exclude='stunnel.log' --exclude='microsocks.log'"

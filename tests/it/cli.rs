@@ -32,7 +32,7 @@ fn local(port: u16) -> std::net::SocketAddr {
 /// binary down cleanly (exit 0), and neither the password nor its Basic encoding is logged.
 #[tokio::test]
 async fn binary_tunnels_logs_no_secrets_and_stops_on_sigterm() {
-    let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let (up, mut heads) = basic_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
         .args([
@@ -492,7 +492,7 @@ async fn unsafe_or_broken_access_setups_exit_64() {
 #[tokio::test]
 async fn auth_file_reload_and_upstream_from_the_environment() {
     let echo = echo_server().await;
-    let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let (up, mut heads) = basic_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
     let dir = tempfile::tempdir().unwrap();
     let users = dir.path().join("users.htpasswd");
     let alice = format!("alice:{}\n", bcrypt::hash("pw", 4).unwrap());

@@ -98,7 +98,7 @@ async fn dns_failure_is_502_dns_error() {
 #[tokio::test]
 async fn upstream_connect_bytes_and_leftover() {
     let (up, mut heads) =
-        fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-banner\r\n").await;
+        basic_upstream(b"HTTP/1.1 200 Connection established\r\n\r\nSSH-2.0-banner\r\n").await;
     let p = start_proxy(Config {
         router: via(&format!("http://al%40ice:p%3Aw@{up}")),
         ..config()

@@ -51,7 +51,7 @@ async fn direct_get_rewrites_headers_both_ways() {
 /// Via an upstream: absolute-form, with the upstream's credentials (the client sends none).
 #[tokio::test]
 async fn via_upstream_sends_absolute_form_with_credentials() {
-    let (up, mut heads) = fake_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
+    let (up, mut heads) = basic_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
     let p = start_proxy(Config {
         router: via(&format!("http://bob:pa%20ss@{up}")),
         ..config()

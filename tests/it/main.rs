@@ -10,6 +10,7 @@ mod bandwidth;
 mod chain;
 mod cli;
 mod connect;
+mod corporate;
 mod egress;
 mod forward;
 mod hardening;

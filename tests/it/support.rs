@@ -393,6 +393,53 @@ pub async fn fake_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::Unbounded
     (addr, rx)
 }
 
+/// An upstream proxy that wants Basic credentials, as a real one does: a request without
+/// `Proxy-Authorization` gets `407 Proxy-Authenticate: Basic` on a kept-alive connection
+/// (viaduct asks before it sends a password); a request with one is recorded and answered
+/// `reply` (a 2xx then echoes, as [`fake_upstream`]).
+pub async fn basic_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve_tcp(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            loop {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read_u8().await {
+                        Ok(b) => head.push(b),
+                        Err(_) => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                if !text
+                    .to_ascii_lowercase()
+                    .contains("\r\nproxy-authorization: basic ")
+                {
+                    let challenge = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+                        Proxy-Authenticate: Basic realm=\"up\"\r\nContent-Length: 0\r\n\r\n";
+                    if s.write_all(challenge).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let _ = tx.send(text);
+                if s.write_all(reply).await.is_err() {
+                    return;
+                }
+                if reply.starts_with(b"HTTP/1.1 2") || reply.starts_with(b"HTTP/1.0 2") {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                } else {
+                    let _ = s.read_to_end(&mut Vec::new()).await;
+                }
+                return;
+            }
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
 /// What an origin saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {

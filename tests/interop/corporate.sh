@@ -1,0 +1,121 @@
+# Sourced by run.sh: a corporate proxy on loopback (squid offering Negotiate and NTLM) and an MIT
+# KDC, with viaduct as the developer's local proxy in front. Uses run.sh's helpers
+# (free_port, wait_port, check, eventually, pids, work) and its nginx origin.
+#
+#   curl -> viaduct (Kerberos ticket, no credentials)     -> squid (negotiate_kerberos_auth) -> nginx
+#   curl -> viaduct (CORP\bob:pw in the URL, no ticket)   -> squid (ntlm_fake_auth)          -> nginx
+#   curl -> viaduct (neither)                              -> 502 naming the missing ticket
+#   kinit after viaduct started: the next request uses the new ticket, no restart
+
+krb=$work/krb; mkdir -p "$krb"; chmod 755 "$krb"
+KDC_PORT=$(free_port)
+cat > "$krb/krb5.conf" <<CONF
+[libdefaults]
+    default_realm = TEST.LOCAL
+    rdns = false
+    dns_canonicalize_hostname = false
+    dns_lookup_kdc = false
+    dns_lookup_realm = false
+    udp_preference_limit = 1
+[realms]
+    TEST.LOCAL = { kdc = 127.0.0.1:$KDC_PORT }
+[domain_realm]
+    localhost = TEST.LOCAL
+CONF
+cat > "$krb/kdc.conf" <<CONF
+[kdcdefaults]
+    kdc_listen = 127.0.0.1:$KDC_PORT
+    kdc_tcp_listen = 127.0.0.1:$KDC_PORT
+[realms]
+    TEST.LOCAL = {
+        database_name = $krb/principal
+        key_stash_file = $krb/stash
+        acl_file = $krb/kadm5.acl
+    }
+CONF
+: > "$krb/kadm5.acl"
+export KRB5_CONFIG=$krb/krb5.conf KRB5_KDC_PROFILE=$krb/kdc.conf
+kdb5_util create -s -P kdc-master-pw -r TEST.LOCAL >/dev/null 2>&1
+kadmin.local -q "addprinc -pw alice-pw alice@TEST.LOCAL" >/dev/null 2>&1
+kadmin.local -q "addprinc -randkey HTTP/localhost@TEST.LOCAL" >/dev/null 2>&1
+kadmin.local -q "ktadd -k $krb/http.keytab HTTP/localhost@TEST.LOCAL" >/dev/null 2>&1
+chmod 644 "$krb/http.keytab"
+krb5kdc -n -P "$krb/kdc.pid" >"$krb/kdc.log" 2>&1 &
+pids+=($!)
+wait_port "$KDC_PORT"
+echo alice-pw | KRB5CCNAME=FILE:$krb/cc_alice kinit alice@TEST.LOCAL >/dev/null
+
+# The corporate proxy: Negotiate (Kerberos, or NTLM inside it) and NTLM, nothing else.
+CORP_PORT=$(free_port)
+mkdir -p "$work/squid-corp"; chmod 777 "$work/squid-corp"
+cat > "$work/squid-corp.conf" <<CONF
+http_port 127.0.0.1:$CORP_PORT
+auth_param negotiate program /usr/lib/squid/negotiate_wrapper_auth --ntlm /usr/lib/squid/ntlm_fake_auth --kerberos /usr/lib/squid/negotiate_kerberos_auth -k $krb/http.keytab -s HTTP/localhost@TEST.LOCAL
+auth_param negotiate children 2
+auth_param ntlm program /usr/lib/squid/ntlm_fake_auth
+auth_param ntlm children 2
+acl authed proxy_auth REQUIRED
+http_access allow authed
+http_access deny all
+cache deny all
+pid_filename $work/squid-corp/squid.pid
+access_log stdio:$work/squid-corp/access.log
+cache_log $work/squid-corp/cache.log
+coredump_dir $work/squid-corp
+shutdown_lifetime 0 seconds
+CONF
+squid -N -f "$work/squid-corp.conf" &
+pids+=($!)
+wait_port "$CORP_PORT"
+
+corp_viaduct() { # corp_viaduct NAME CCACHE UPSTREAM [ARGS...]: a local proxy for the corporate one
+    local name=$1 cc=$2 up=$3; shift 3
+    local port; port=$(free_port)
+    KRB5CCNAME=$cc VIADUCT_UPSTREAM=$up "$VIADUCT" --listen "127.0.0.1:$port" "$@" \
+        >"$work/$name.log" 2>&1 &
+    pids+=($!)
+    wait_port "$port"
+    echo "$port"
+}
+V_KRB=$(corp_viaduct corp-krb "FILE:$krb/cc_alice" "http://localhost:$CORP_PORT")
+V_NTLM=$(corp_viaduct corp-ntlm "FILE:$krb/cc_none" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT")
+V_NONE=$(corp_viaduct corp-none "FILE:$krb/cc_none" "http://localhost:$CORP_PORT")
+V_LATE=$(corp_viaduct corp-late "FILE:$krb/cc_late" "http://localhost:$CORP_PORT")
+V_PINNED=$(corp_viaduct corp-pinned "FILE:$krb/cc_alice" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT" --upstream-auth ntlm)
+
+corp_get() { # corp_get PORT URL: the body through viaduct on PORT
+    curl -fsS --noproxy '' --max-time 20 --cacert "$work/ca.pem" -x "http://127.0.0.1:$1" "$2"
+}
+check "squid (corporate) wants Negotiate or NTLM (curl straight to it gets 407)" \
+    bash -c "curl -s -o /dev/null -w '%{http_code}' --noproxy '' -x http://127.0.0.1:$CORP_PORT http://127.0.0.1:$HTTP_PORT/hello.txt | grep -qx 407"
+check "kerberos: CONNECT through viaduct (ticket, no credentials) -> squid -> nginx" \
+    bash -c "corp_get() { $(declare -f corp_get | tail -n +2); }; work=$work; corp_get $V_KRB https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx'"
+check "kerberos: plain GET through viaduct -> squid -> nginx" \
+    bash -c "work=$work; $(declare -f corp_get); corp_get $V_KRB http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
+check "kerberos: squid logged alice@TEST.LOCAL" \
+    eventually grep -q 'alice@TEST.LOCAL' "$work/squid-corp/access.log"
+check "ntlm: CONNECT and plain GET through viaduct (CORP\\bob, no ticket) -> squid -> nginx" \
+    bash -c "work=$work; $(declare -f corp_get); corp_get $V_NTLM https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx' && corp_get $V_NTLM http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
+check "ntlm: squid logged bob" \
+    eventually grep -qi 'bob' "$work/squid-corp/access.log"
+check "ntlm pinned (--upstream-auth ntlm) with a ticket present: NTLM is used" \
+    bash -c "work=$work; $(declare -f corp_get); corp_get $V_PINNED https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx'"
+check "ntlm: 10 keep-alive GETs through viaduct ride authenticated connections (at most 2 new 407s at squid)" \
+    bash -c "before=\$(grep -c 'TCP_DENIED/407' $work/squid-corp/access.log); \
+             n=\$(curl -fsS --noproxy '' -x http://127.0.0.1:$V_NTLM $(for i in 1 2 3 4 5 6 7 8 9 10; do printf 'http://127.0.0.1:%s/hello.txt ' "$HTTP_PORT"; done) | grep -c 'hello from nginx'); \
+             sleep 1; after=\$(grep -c 'TCP_DENIED/407' $work/squid-corp/access.log); \
+             echo \"bodies \$n, new 407s \$((after - before))\"; [ \$n = 10 ] && [ \$((after - before)) -le 2 ]"
+check "no ticket, no credentials: 502 with Proxy-Status naming the missing ticket" \
+    bash -c "curl -s -D - -o /dev/null --noproxy '' -x http://127.0.0.1:$V_NONE http://127.0.0.1:$HTTP_PORT/hello.txt | tr -d '\\r' | \
+             grep -q '^proxy-status: viaduct; error=http_request_denied; received-status=407; details=\"http proxy localhost:$CORP_PORT offers Negotiate, but there is no Kerberos ticket (run kinit) and no credentials to fall back to NTLM\"'"
+check "a ticket obtained after viaduct started is used without a restart" \
+    bash -c "code=\$(curl -s -o /dev/null -w '%{http_code}' --noproxy '' -x http://127.0.0.1:$V_LATE http://127.0.0.1:$HTTP_PORT/hello.txt); [ \"\$code\" = 502 ] || exit 1; \
+             echo alice-pw | KRB5CCNAME=FILE:$krb/cc_late kinit alice@TEST.LOCAL >/dev/null && \
+             curl -fsS --noproxy '' -x http://127.0.0.1:$V_LATE http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
+check "python requests through viaduct (NTLM) -> squid" \
+    python3 -c "import requests,sys; p={'http':'http://127.0.0.1:$V_NTLM','https':'http://127.0.0.1:$V_NTLM'}; \
+        r=requests.get('https://localhost:$HTTPS_PORT/hello.txt', proxies=p, verify='$work/ca.pem', timeout=20); \
+        sys.exit(0 if r.status_code == 200 and 'hello from nginx' in r.text else 1)"
+check "no corporate password in viaduct's logs" \
+    bash -c "! grep -qi 'bob-corp-pw\\|alice-pw\\|TlRMTVNT\\|Negotiate YII' $work/corp-*.log"
+unset KRB5_CONFIG KRB5_KDC_PROFILE
