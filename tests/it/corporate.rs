@@ -245,10 +245,10 @@ async fn wrong_ntlm_password_is_a_clear_502() {
     })
     .await;
     for raw in [
-        format!("CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n"),
-        format!("GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n"),
+        "CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
+        "GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
     ] {
-        let (head, body) = send(p.addr, &raw).await;
+        let (head, body) = send(p.addr, raw).await;
         assert_eq!(head.status, 502, "{raw}");
         let ps = head.get("proxy-status").unwrap();
         assert!(
