@@ -446,10 +446,11 @@ const MAX_PROBE_BODY: usize = 1 << 20;
 /// Runs `negotiation`'s probe legs on the fresh connection `conn` to an HTTP upstream and
 /// returns the leg that completes it, for the real request to carry.
 ///
-/// A probe is `OPTIONS <target> ` with `Max-Forwards: 0` (RFC 9110 7.6.2: the proxy answers it
-/// itself, never the origin), so learning the scheme and the NTLM negotiate leg cost the
-/// origin nothing and the request's body goes out once, with the completing leg. A proxy
-/// that closes after a 407 gets the next (unbound) leg on a new connection.
+/// A probe is `HEAD <target>`: a proxy checks credentials before it forwards anything, and a
+/// proxy that needs none forwards a safe, bodiless request (squid answers `OPTIONS` with
+/// `Max-Forwards: 0` with 501 before it looks at credentials, so that cannot serve). The
+/// request's body thus goes out once, with the completing leg. A proxy that closes after a
+/// 407 gets the next (unbound) leg on a new connection.
 async fn authenticate(
     http: &Http,
     conn: &mut Conn,
@@ -465,13 +466,11 @@ async fn authenticate(
     let mut leg = negotiation.start().await?;
     let mut redials = 0;
     while !leg.last {
-        let mut probe = Request::options(absolute.clone())
+        let mut probe = Request::head(absolute.clone())
             .header(
                 header::HOST,
                 absolute.authority().map_or("", |a| a.as_str()),
             )
-            .header(MAX_FORWARDS, "0")
-            .header(header::CONTENT_LENGTH, "0")
             .body(full(Bytes::new()))
             .map_err(|e| ConnectError::HopProtocol {
                 peer: peer.clone(),

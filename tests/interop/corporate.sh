@@ -18,7 +18,9 @@ cat > "$krb/krb5.conf" <<CONF
     dns_lookup_realm = false
     udp_preference_limit = 1
 [realms]
-    TEST.LOCAL = { kdc = 127.0.0.1:$KDC_PORT }
+    TEST.LOCAL = {
+        kdc = 127.0.0.1:$KDC_PORT
+    }
 [domain_realm]
     localhost = TEST.LOCAL
 CONF

@@ -232,7 +232,7 @@ pub struct Leg {
     /// continuation).
     pub bound: bool,
     /// Completes authentication if the proxy takes it: on plain requests this leg carries the
-    /// real request (earlier legs are probes that the proxy answers itself).
+    /// real request (earlier legs are `HEAD` probes of the same URL).
     pub last: bool,
     /// The scheme it speaks, when any.
     pub scheme: Option<Scheme>,
