@@ -376,6 +376,43 @@ mod tests {
         assert!(left.is_empty());
     }
 
+    /// A 407's body is read past (sized, chunked with extensions and trailers) so the next
+    /// leg can use the connection; what follows the body stays in the buffer. A body delimited
+    /// by close cannot be skipped.
+    #[tokio::test]
+    async fn skips_407_bodies() {
+        let (mut near, mut far) = tokio::io::duplex(1024);
+        far.write_all(b"lo\r\n3\r\nabc\r\n0\r\nTrailer: x\r\n\r\nNEXT")
+            .await
+            .unwrap();
+        let mut buf = BytesMut::from(&b"4;ext=1\r\nwxyz\r\n5\r\nhel"[..]);
+        assert!(
+            skip_body(&mut near, &mut buf, BodyFraming::Chunked, "p")
+                .await
+                .unwrap()
+        );
+        assert_eq!(&buf[..], b"NEXT");
+        let mut buf = BytesMut::from(&b"ab"[..]);
+        far.write_all(b"cNEXT").await.unwrap();
+        assert!(
+            skip_body(&mut near, &mut buf, BodyFraming::Length(3), "p")
+                .await
+                .unwrap()
+        );
+        assert_eq!(&buf[..], b"NEXT");
+        assert!(
+            !skip_body(&mut near, &mut buf, BodyFraming::Close, "p")
+                .await
+                .unwrap()
+        );
+        let mut bad = BytesMut::from(&b"zz\r\n"[..]);
+        assert!(
+            skip_body(&mut near, &mut bad, BodyFraming::Chunked, "p")
+                .await
+                .is_err()
+        );
+    }
+
     #[tokio::test]
     async fn skips_interim_responses() {
         let left = run(&[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nhi"])
