@@ -86,6 +86,7 @@ pub async fn run(
         }
     };
     let mut opened = None;
+    let mut route_used: Option<Route> = None;
     for (member, route) in routes {
         if let Some(m) = &member {
             line(out, "member", &format!("{m} ({route})"), None);
@@ -105,6 +106,7 @@ pub async fn run(
             Ok(s) => {
                 line(out, "dial", "ok", Some(started.elapsed()));
                 opened = Some(s);
+                route_used = Some(route);
                 break;
             }
             Err(e) => {
@@ -128,14 +130,79 @@ pub async fn run(
         stream
     };
     let request_target = if absolute { url.to_owned() } else { path };
-    get(
-        stream,
-        &target,
-        &request_target,
-        config.connect_timeout.max(Duration::from_secs(10)),
-        out,
+    let within = config.connect_timeout.max(Duration::from_secs(10));
+    match absolute.then(|| {
+        route_used
+            .as_ref()
+            .and_then(|r| r.absolute_form_hop().cloned())
+    }) {
+        Some(Some(hop)) => get_via(stream, &hop, &target, &request_target, within, out).await,
+        _ => get(stream, &target, &request_target, within, out).await,
+    }
+}
+
+/// The GET in absolute-form to an HTTP upstream, authenticating as the proxy would (each leg
+/// printed).
+async fn get_via(
+    mut stream: BoxIo,
+    hop: &crate::upstream::Hop,
+    target: &Target,
+    request_target: &str,
+    within: Duration,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    let started = Instant::now();
+    let peer = hop.to_string();
+    let mut auth = hop.negotiation(&peer).noting();
+    let request = crate::upstream::http_connect::RequestHead {
+        line: format!("GET {request_target}"),
+        host: target.to_string(),
+        extra: "User-Agent: viaduct-probe\r\nAccept: */*\r\n",
+    };
+    let via = http::HeaderValue::from_static("1.1 viaduct-probe");
+    let res = tokio::time::timeout(
+        within,
+        crate::upstream::http_connect::exchange(&mut stream, &peer, &request, &mut auth, &via),
     )
-    .await
+    .await;
+    for words in auth.take_notes() {
+        line(out, &format!("{peer}: auth"), &words, None);
+    }
+    let status = match res {
+        Ok(Ok(crate::upstream::http_connect::Answer::Final { status, .. })) => status,
+        Ok(Ok(crate::upstream::http_connect::Answer::Again)) => {
+            let _ = writeln!(
+                out,
+                "FAILED  error=http_request_denied; details=\"{peer} closed the connection after its 407 (a real request dials again; the probe does not)\""
+            );
+            return false;
+        }
+        Ok(Err(e)) => {
+            fail(out, Failure::Connect(e.kind()), &e.to_string());
+            return false;
+        }
+        Err(_) => {
+            let _ = writeln!(
+                out,
+                "FAILED  error=http_response_timeout; details=\"{peer} sent no response head within {}\"",
+                humantime::format_duration(within)
+            );
+            return false;
+        }
+    };
+    line(
+        out,
+        &format!("GET {request_target}"),
+        &status.to_string(),
+        Some(started.elapsed()),
+    );
+    if status.is_success() || status.is_redirection() {
+        let _ = writeln!(out, "ok");
+        true
+    } else {
+        let _ = writeln!(out, "FAILED  the origin answered {}", status.as_u16());
+        false
+    }
 }
 
 fn line(out: &mut (dyn Write + Send), what: &str, outcome: &str, took: Option<Duration>) {

@@ -45,19 +45,65 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     via: &HeaderValue,
 ) -> Result<Opened, ConnectError> {
     let authority = target.to_string();
+    let request = RequestHead {
+        line: format!("CONNECT {authority}"),
+        host: authority,
+        extra: "",
+    };
+    match exchange(io, peer, &request, auth, via).await? {
+        Answer::Again => Ok(Opened::Again),
+        Answer::Final { status, rest } if status.is_success() => {
+            tracing::debug!(%peer, status = status.as_u16(), leftover = rest.len(), "upstream opened the tunnel");
+            Ok(Opened::Tunnel(rest.freeze()))
+        }
+        Answer::Final { status, .. } => Err(ConnectError::HopStatus {
+            peer: peer.to_owned(),
+            status,
+        }),
+    }
+}
+
+/// A bodiless request to send to a proxy: `CONNECT a:443`, or `GET http://a/` (the probe).
+pub struct RequestHead<'a> {
+    /// Method and request target.
+    pub line: String,
+    pub host: String,
+    /// Further header lines, each ending in CRLF.
+    pub extra: &'a str,
+}
+
+/// How an authenticated exchange ended.
+pub enum Answer {
+    /// The proxy's final answer (not a 407 that authentication could go on from), and the
+    /// bytes read past its head.
+    Final { status: StatusCode, rest: BytesMut },
+    /// The proxy closed the connection after a 407 whose next leg may go on a new one.
+    Again,
+}
+
+/// Sends `request` with each of `auth`'s legs until the proxy answers something other than a
+/// 407 it is still negotiating.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    peer: &str,
+    request: &RequestHead<'_>,
+    auth: &mut Negotiation,
+    via: &HeaderValue,
+) -> Result<Answer, ConnectError> {
     let mut leg = auth.start().await?;
     let mut buf = BytesMut::with_capacity(4096);
     loop {
         let mut req = Vec::with_capacity(256);
-        req.extend_from_slice(b"CONNECT ");
-        req.extend_from_slice(authority.as_bytes());
+        req.extend_from_slice(request.line.as_bytes());
         req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-        req.extend_from_slice(authority.as_bytes());
+        req.extend_from_slice(request.host.as_bytes());
         if let Some(value) = &leg.header {
             req.extend_from_slice(b"\r\nProxy-Authorization: ");
             req.extend_from_slice(value.as_bytes());
         }
-        req.extend_from_slice(b"\r\nVia: ");
+        req.extend_from_slice(b"\r\n");
+        req.extend_from_slice(request.extra.as_bytes());
+        req.extend_from_slice(b"Via: ");
         req.extend_from_slice(via.as_bytes());
         req.extend_from_slice(b"\r\n\r\n");
         io.write_all(&req)
@@ -66,15 +112,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         io.flush().await.map_err(|e| ConnectError::io(peer, e))?;
 
         let head = read_head(io, &mut buf, peer).await?;
-        if head.status.is_success() {
-            auth.accepted(leg.scheme);
-            tracing::debug!(%peer, status = head.status.as_u16(), leftover = buf.len(), "upstream opened the tunnel");
-            return Ok(Opened::Tunnel(buf.freeze()));
-        }
         if head.status != StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-            return Err(ConnectError::HopStatus {
-                peer: peer.to_owned(),
+            if head.status.is_success() || head.status.is_redirection() {
+                auth.accepted(leg.scheme);
+            }
+            return Ok(Answer::Final {
                 status: head.status,
+                rest: buf,
             });
         }
         let next = auth.answer(&head.offer).await?;
@@ -94,7 +138,7 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             });
         }
         auth.pending = Some(next);
-        return Ok(Opened::Again);
+        return Ok(Answer::Again);
     }
 }
 

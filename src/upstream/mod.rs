@@ -445,7 +445,15 @@ impl Dialer {
         let mut auths: Vec<Option<proxy_auth::Negotiation>> = hops
             .iter()
             .enumerate()
-            .map(|(i, h)| h.kind.is_http().then(|| h.negotiation(&route.label(i))))
+            .map(|(i, h)| {
+                h.kind.is_http().then(|| {
+                    let n = h.negotiation(&route.label(i));
+                    match self.trace.as_ref().filter(|t| t.wants_steps()) {
+                        Some(_) => n.noting(),
+                        None => n,
+                    }
+                })
+            })
             .collect();
         let walk = async {
             let mut redials = 0;
@@ -504,6 +512,11 @@ impl Dialer {
                     let res = self
                         .handshake(stream, hop, &at, next, policy, auths[i].as_mut())
                         .await;
+                    if let (Some(t), Some(auth)) = (trace, auths[i].as_mut()) {
+                        for words in auth.take_notes() {
+                            t.step(format!("{at}: auth"), started.elapsed(), words);
+                        }
+                    }
                     let res = match res {
                         Ok(Some(s)) => Ok(s),
                         Ok(None) if redials < MAX_AUTH_REDIALS => {

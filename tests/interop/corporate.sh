@@ -6,6 +6,8 @@
 #   curl -> viaduct (CORP\bob:pw in the URL, no ticket)   -> squid (ntlm_fake_auth)          -> nginx
 #   curl -> viaduct (neither)                              -> 502 naming the missing ticket
 #   kinit after viaduct started: the next request uses the new ticket, no restart
+#   curl -> viaduct (CORP\carol) -> ntlm_upstream.py (pyspnego checks the NTLMv2 response)
+#   pip, git -> viaduct (NTLM) -> squid -> nginx (a wheel index, a dumb-HTTP repository)
 
 krb=$work/krb; mkdir -p "$krb"; chmod 755 "$krb"
 KDC_PORT=$(free_port)
@@ -118,6 +120,49 @@ check "python requests through viaduct (NTLM) -> squid" \
     python3 -c "import requests,sys; p={'http':'http://127.0.0.1:$V_NTLM','https':'http://127.0.0.1:$V_NTLM'}; \
         r=requests.get('https://localhost:$HTTPS_PORT/hello.txt', proxies=p, verify='$work/ca.pem', timeout=20); \
         sys.exit(0 if r.status_code == 200 and 'hello from nginx' in r.text else 1)"
+# A real NTLMv2 acceptor (pyspnego) that checks the password, and real clients (pip, git).
+NTLM_REAL_PORT=$(free_port)
+printf 'CORP:carol:carol-ntlm-pw\n' > "$work/ntlm-users"
+NTLM_USER_FILE=$work/ntlm-users python3 "$root/tests/interop/ntlm_upstream.py" "$NTLM_REAL_PORT" \
+    >"$work/ntlm-real.out" 2>&1 &
+pids+=($!)
+wait_port "$NTLM_REAL_PORT"
+V_REAL=$(corp_viaduct corp-real "FILE:$krb/cc_none" "http://CORP%5Ccarol:carol-ntlm-pw@127.0.0.1:$NTLM_REAL_PORT")
+V_REAL_BAD=$(corp_viaduct corp-real-bad "FILE:$krb/cc_none" "http://CORP%5Ccarol:not-her-pw@127.0.0.1:$NTLM_REAL_PORT")
+check "ntlm (pyspnego acceptor checks the NTLMv2 response): CONNECT and plain GET" \
+    bash -c "work=$work; $(declare -f corp_get); corp_get $V_REAL https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx' && corp_get $V_REAL http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
+check "ntlm (pyspnego): the acceptor verified CORP\\carol" \
+    eventually grep -q 'verified: CORP\\carol' "$work/ntlm-real.out"
+check "ntlm (pyspnego): a wrong password is refused by the acceptor and named in Proxy-Status" \
+    bash -c "curl -s -D - -o /dev/null --noproxy '' -x http://127.0.0.1:$V_REAL_BAD http://127.0.0.1:$HTTP_PORT/hello.txt | tr -d '\\r' | \
+             grep -q 'rejected NTLM credentials for CORP\\\\\\\\carol' && grep -q '^refused' $work/ntlm-real.out"
+
+# pip and git, through viaduct to the NTLM squid: a wheel index and a dumb-HTTP git repository
+# served by nginx.
+mkdir -p "$work/www/simple/viaduct-demo" "$work/pip-out"
+python3 - "$work/www" <<'PY'
+import sys, zipfile
+www = sys.argv[1]
+name = "viaduct_demo-0.1-py3-none-any.whl"
+with zipfile.ZipFile(f"{www}/{name}", "w") as z:
+    z.writestr("viaduct_demo/__init__.py", "")
+    z.writestr("viaduct_demo-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: viaduct-demo\nVersion: 0.1\n")
+    z.writestr("viaduct_demo-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+    z.writestr("viaduct_demo-0.1.dist-info/RECORD", "")
+open(f"{www}/simple/viaduct-demo/index.html", "w").write(f'<a href="/{name}">{name}</a>\n')
+PY
+git init -q --bare "$work/www/repo.git"
+git -C "$work" init -q seed && git -C "$work/seed" -c user.name=t -c user.email=t@t commit -q --allow-empty -m "through the corporate proxy"
+git -C "$work/seed" push -q "$work/www/repo.git" HEAD:refs/heads/main
+git -C "$work/www/repo.git" symbolic-ref HEAD refs/heads/main
+git -C "$work/www/repo.git" update-server-info
+check "pip download through viaduct (NTLM) -> squid -> a local index" \
+    python3 -m pip download -q --no-deps --no-cache-dir --dest "$work/pip-out" --proxy "http://127.0.0.1:$V_NTLM" \
+        --index-url "http://127.0.0.1:$HTTP_PORT/simple/" viaduct-demo
+check "git clone (dumb HTTP) through viaduct (NTLM) -> squid -> nginx" \
+    bash -c "git -c http.proxy=http://127.0.0.1:$V_NTLM clone -q http://127.0.0.1:$HTTP_PORT/repo.git $work/clone && \
+             git -C $work/clone log --oneline | grep -q 'through the corporate proxy'"
+
 check "no corporate password in viaduct's logs" \
     bash -c "! grep -qi 'bob-corp-pw\\|alice-pw\\|TlRMTVNT\\|Negotiate YII' $work/corp-*.log"
 unset KRB5_CONFIG KRB5_KDC_PROFILE

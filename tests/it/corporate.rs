@@ -380,3 +380,64 @@ async fn a_pinned_scheme_is_never_downgraded() {
     assert!(!up.seen.legs.lock().unwrap().iter().any(|l| l == "NTLM"));
     assert_eq!(up.seen.verified.load(Ordering::SeqCst), 0);
 }
+
+/// `viaduct probe` prints each authentication leg (scheme offered, scheme used, result), for
+/// plain requests (its own GET through the proxy) and for tunnels, and names a refusal.
+#[tokio::test]
+async fn probe_shows_each_auth_leg() {
+    let up = ntlm_upstream(bob(), false).await;
+    let probe = |url: &str, upstream: String| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_viaduct"));
+        cmd.args(["probe", url, "--upstream", &upstream]);
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = probe(
+        "http://127.0.0.1:9/x",
+        format!("http://CORP%5Cbob:s3cret@{}", up.addr),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let legs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(": auth "))
+        .map(|l| l.rsplit("  ").next().unwrap_or("").trim())
+        .collect();
+    assert_eq!(
+        legs,
+        [
+            "asks without credentials (to learn the scheme)",
+            "407 offers NTLM, Basic",
+            "sends NTLM negotiate (type 1)",
+            "407 offers NTLM",
+            "sends NTLMv2 authenticate (type 3) as CORP\\bob",
+            "accepted (NTLM)",
+        ],
+        "{text}"
+    );
+    assert!(
+        text.contains("GET http://127.0.0.1:9/x") && text.contains("200 OK"),
+        "{text}"
+    );
+
+    // A tunnel with the wrong password: the legs, then the refusal in Proxy-Status words.
+    let out = probe(
+        "https://127.0.0.1:9/",
+        format!("http://CORP%5Cbob:wrong@{}", up.addr),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sends NTLMv2 authenticate (type 3) as CORP\\bob"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "FAILED  502 error=http_request_denied; details=\"http proxy {} rejected NTLM credentials for CORP\\bob\"",
+            up.addr
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("wrong"), "{text}");
+}

@@ -267,6 +267,8 @@ pub struct Negotiation {
     kerberos_failure: Option<String>,
     /// A leg decided after the proxy closed the connection: the next connection starts with it.
     pub pending: Option<Leg>,
+    /// Each leg in words (scheme offered, scheme used, result), when asked for (`viaduct probe`).
+    notes: Option<Vec<String>>,
 }
 
 impl Negotiation {
@@ -280,6 +282,44 @@ impl Negotiation {
             refused: 0,
             kerberos_failure: None,
             pending: None,
+            notes: None,
+        }
+    }
+
+    /// The same negotiation, keeping each leg in words for [`Negotiation::take_notes`].
+    pub fn noting(mut self) -> Self {
+        self.notes = Some(Vec::new());
+        self
+    }
+
+    /// The legs noted so far, in words (empty unless [`Negotiation::noting`]).
+    pub fn take_notes(&mut self) -> Vec<String> {
+        self.notes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, words: impl FnOnce(&Self) -> String) {
+        if self.notes.is_some() {
+            let w = words(self);
+            if let Some(n) = self.notes.as_mut() {
+                n.push(w);
+            }
+        }
+    }
+
+    /// What `leg` sends, in words.
+    fn describe(&self, leg: &Leg) -> String {
+        let who = self
+            .account()
+            .map_or_else(String::new, |a| format!(" as {}", a.display()));
+        match (leg.scheme, leg.last) {
+            (None, false) => "asks without credentials (to learn the scheme)".into(),
+            (None, true) => "sends no credentials".into(),
+            (Some(Scheme::Ntlm), false) => "sends NTLM negotiate (type 1)".into(),
+            (Some(Scheme::Ntlm), true) => format!("sends NTLMv2 authenticate (type 3){who}"),
+            (Some(Scheme::Negotiate), _) => {
+                format!("sends a Kerberos token for {} (Negotiate)", self.spn())
+            }
+            (Some(Scheme::Basic), _) => format!("sends Basic{who}"),
         }
     }
 
@@ -305,6 +345,15 @@ impl Negotiation {
 
     /// The first leg on a new connection (or the leg decided before the last one closed).
     pub async fn start(&mut self) -> Result<Leg, ConnectError> {
+        let leg = self.start_leg().await;
+        match &leg {
+            Ok(l) => self.note(|n| n.describe(l)),
+            Err(e) => self.note(|_| format!("cannot start: {e}")),
+        }
+        leg
+    }
+
+    async fn start_leg(&mut self) -> Result<Leg, ConnectError> {
         if let Some(leg) = self.pending.take() {
             return Ok(leg);
         }
@@ -364,14 +413,27 @@ impl Negotiation {
 
     /// The proxy took a leg of `scheme` (none: a bare request): what it offered stays
     /// learned; a proxy never asked before learns what it took.
-    pub fn accepted(&self, scheme: Option<Scheme>) {
+    pub fn accepted(&mut self, scheme: Option<Scheme>) {
         if self.auth.offered().is_none() {
             self.auth.learn(scheme.map_or(0, Scheme::bit));
         }
+        self.note(|_| match scheme {
+            Some(s) => format!("accepted ({s})"),
+            None => "accepted".into(),
+        });
     }
 
     /// The next leg after a 407 with `offer`.
     pub async fn answer(&mut self, offer: &Offer) -> Result<Leg, ConnectError> {
+        self.note(|_| format!("407 offers {}", list(offer.schemes)));
+        let leg = self.answer_leg(offer).await;
+        if let Ok(l) = &leg {
+            self.note(|n| n.describe(l));
+        }
+        leg
+    }
+
+    async fn answer_leg(&mut self, offer: &Offer) -> Result<Leg, ConnectError> {
         if offer.schemes == 0 {
             return Err(ConnectError::HopStatus {
                 peer: self.peer.clone(),
