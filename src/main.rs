@@ -373,6 +373,17 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // Signals first, before any listener and before READY=1: a SIGHUP (logrotate, `systemctl
+    // reload` right after start) or SIGTERM that arrives the moment we are ready must find its
+    // handler, never the default action, which ends the process.
+    #[cfg(unix)]
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("viaduct: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listen = config.listen.clone();
     let admin_addr = config.admin.as_ref().map(|a| a.listen);
     viaduct::server::raise_descriptor_limit(config.limits.max_connections);
@@ -414,10 +425,15 @@ async fn run(args: RunArgs) -> ExitCode {
     // systemd (Type=notify): ready once every listener is bound. Without systemd, a no-op.
     notify(&[sd_notify::NotifyState::Ready]);
     #[cfg(unix)]
-    if args.config.is_some() || args.auth_file.is_some() || args.tls_cert.is_some() {
-        spawn_reloader(Arc::clone(&proxy), args.config.clone(), overrides);
-    }
-    viaduct::serve_all(listeners, proxy, async {
+    let Signals { hup, term, int } = signals;
+    // SIGHUP is always handled: with files it re-reads them; with none, it re-applies the
+    // flags and reopens the access log file (logrotate sends it whatever the configuration).
+    #[cfg(unix)]
+    spawn_reloader(Arc::clone(&proxy), args.config.clone(), overrides, hup);
+    viaduct::serve_all(listeners, proxy, async move {
+        #[cfg(unix)]
+        shutdown_signal(term, int).await;
+        #[cfg(not(unix))]
         shutdown_signal().await;
         notify(&[sd_notify::NotifyState::Stopping]);
     })
@@ -425,18 +441,36 @@ async fn run(args: RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The signal streams, created before anything can be ready.
+#[cfg(unix)]
+struct Signals {
+    hup: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            hup: signal(SignalKind::hangup())?,
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
 /// On SIGHUP: re-read the configuration file and the users file and put their routing, users
 /// and access policy in force; a file that fails validation is logged and the running
 /// configuration stays.
 #[cfg(unix)]
-fn spawn_reloader(proxy: Arc<Proxy>, path: Option<PathBuf>, overrides: Overrides) {
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; reload disabled");
-            return;
-        }
-    };
+fn spawn_reloader(
+    proxy: Arc<Proxy>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+    mut hup: tokio::signal::unix::Signal,
+) {
     let inputs = Arc::new((path, overrides));
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -482,30 +516,23 @@ fn notify_reloading() {
     notify(&states);
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::warn!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
+/// Resolves on SIGINT or SIGTERM (their streams were created at start).
+#[cfg(unix)]
+async fn shutdown_signal(
+    mut term: tokio::signal::unix::Signal,
+    mut int: tokio::signal::unix::Signal,
+) {
     tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+/// Resolves on ctrl-c.
+#[cfg(not(unix))]
+async fn shutdown_signal() {
+    if let Err(e) = tokio::signal::ctrl_c().await {
+        tracing::warn!(error = %e, "cannot listen for ctrl-c");
+        std::future::pending::<()>().await;
     }
 }

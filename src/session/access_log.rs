@@ -207,6 +207,11 @@ fn writer(shared: &Shared, file: Option<PathBuf>) {
     let mut batch: Vec<u8> = Vec::new();
     loop {
         let closed = shared.closed.load(Ordering::Relaxed);
+        // Reopen before writing: a record made after the SIGHUP (the reload is done before
+        // systemd hears READY=1 again) must land in the new file, not the rotated one.
+        if shared.reopen.swap(false, Ordering::Relaxed) {
+            out = open(&file);
+        }
         if let Ok(mut pending) = shared.pending.lock() {
             std::mem::swap(&mut *pending, &mut batch);
         }
@@ -216,9 +221,6 @@ fn writer(shared: &Shared, file: Option<PathBuf>) {
             batch.clear();
             // A burst's buffer is not kept forever.
             batch.shrink_to(1 << 20);
-        }
-        if shared.reopen.swap(false, Ordering::Relaxed) {
-            out = open(&file);
         }
         if closed {
             return;

@@ -495,7 +495,13 @@ impl Dialer {
                         }
                     };
                     if hop.kind == HopKind::Https {
-                        let res = tls::connect(&self.tls, stream, &hop.addr, &at).await;
+                        let res =
+                            tls::connect_with_end_point(&self.tls, stream, &hop.addr, &at).await;
+                        let res = res.map(|(s, end_point)| {
+                            // NTLM over this TLS binds to it (channel bindings).
+                            hop.auth.tls_end_point(end_point.as_deref());
+                            s
+                        });
                         record(&|| format!("tls {at}"), &res);
                         stream = res?;
                     }

@@ -95,6 +95,19 @@ pub async fn connect(
     addr: &Target,
     peer: &str,
 ) -> Result<BoxIo, ConnectError> {
+    connect_with_end_point(tls, io, addr, peer)
+        .await
+        .map(|(s, _)| s)
+}
+
+/// [`connect`], also returning the proxy's `tls-server-end-point` (RFC 5929: the hash of its
+/// certificate), which channel bindings of an authentication over this TLS carry.
+pub async fn connect_with_end_point(
+    tls: &TlsConnector,
+    io: BoxIo,
+    addr: &Target,
+    peer: &str,
+) -> Result<(BoxIo, Option<Vec<u8>>), ConnectError> {
     let name = match &addr.host {
         Host::Name(n) => ServerName::try_from(n.clone()),
         Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
@@ -104,7 +117,15 @@ pub async fn connect(
         reason: e.to_string(),
     })?;
     match tls.connect(name, io).await {
-        Ok(stream) => Ok(Box::new(stream)),
+        Ok(stream) => {
+            let end_point = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| server_end_point(c.as_ref()));
+            Ok((Box::new(stream), end_point))
+        }
         Err(e) => {
             let source = e
                 .get_ref()
@@ -244,4 +265,20 @@ impl ServerCertVerifier for NoVerify {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// RFC 5929 4.1 `tls-server-end-point`: the certificate's hash with the hash function of its
+/// signature algorithm, SHA-256 where that is MD5 or SHA-1 (or unknown).
+pub fn server_end_point(der: &[u8]) -> Option<Vec<u8>> {
+    use ring::digest;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let oid = cert.signature_algorithm.algorithm.to_id_string();
+    let algorithm = match oid.as_str() {
+        // sha384WithRSAEncryption, ecdsa-with-SHA384
+        "1.2.840.113549.1.1.12" | "1.2.840.10045.4.3.3" => &digest::SHA384,
+        // sha512WithRSAEncryption, ecdsa-with-SHA512
+        "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &digest::SHA512,
+        _ => &digest::SHA256,
+    };
+    Some(digest::digest(algorithm, der).as_ref().to_vec())
 }

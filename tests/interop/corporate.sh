@@ -137,6 +137,30 @@ check "ntlm (pyspnego): a wrong password is refused by the acceptor and named in
     bash -c "curl -s -D - -o /dev/null --noproxy '' -x http://127.0.0.1:$V_REAL_BAD http://127.0.0.1:$HTTP_PORT/hello.txt | tr -d '\\r' | \
              grep -q 'rejected NTLM credentials for CORP\\\\\\\\carol' && grep -q '^refused' $work/ntlm-real.out"
 
+# NTLM over TLS to the proxy (an https:// upstream: stunnel in front of the pyspnego acceptor),
+# with channel bindings checked strictly against the certificate stunnel presents.
+NTLM_CB_PORT=$(free_port); NTLM_TLS_PORT=$(free_port)
+NTLM_USER_FILE=$work/ntlm-users python3 "$root/tests/interop/ntlm_upstream.py" "$NTLM_CB_PORT" "$work/server.pem" \
+    >"$work/ntlm-cb.out" 2>&1 &
+pids+=($!)
+cat > "$work/stunnel-ntlm.conf" <<CONF
+foreground = yes
+pid =
+[ntlm-tls]
+accept = 127.0.0.1:$NTLM_TLS_PORT
+connect = 127.0.0.1:$NTLM_CB_PORT
+cert = $work/server.pem
+key = $work/server.key
+CONF
+stunnel4 "$work/stunnel-ntlm.conf" >"$work/stunnel-ntlm.log" 2>&1 &
+pids+=($!)
+wait_port "$NTLM_CB_PORT"; wait_port "$NTLM_TLS_PORT"
+V_CB=$(corp_viaduct corp-cb "FILE:$krb/cc_none" "https://CORP%5Ccarol:carol-ntlm-pw@localhost:$NTLM_TLS_PORT" --upstream-ca "$work/ca.pem")
+check "ntlm over TLS (https:// upstream): channel bindings match the proxy's certificate (CONNECT and plain)" \
+    bash -c "work=$work; $(declare -f corp_get); corp_get $V_CB https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx' && \
+             corp_get $V_CB http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx' && \
+             [ \$(grep -c 'verified: CORP' $work/ntlm-cb.out) -ge 2 ] && ! grep -q refused $work/ntlm-cb.out"
+
 # pip and git, through viaduct to the NTLM squid: a wheel index and a dumb-HTTP git repository
 # served by nginx.
 mkdir -p "$work/www/simple/viaduct-demo" "$work/pip-out"

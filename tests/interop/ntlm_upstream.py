@@ -4,14 +4,38 @@ each NTLMv2 response against the password in NTLM_USER_FILE (lines DOMAIN:USER:P
 The login is bound to the connection, as squid and Windows proxies do. Authenticated
 connections get CONNECT tunnels and absolute-form GET/POST forwarded to loopback origins
 (Connection: close towards the origin). Logs one line per verified or refused login to
-stdout. Usage: ntlm_upstream.py PORT (loopback only)."""
+stdout. Usage: ntlm_upstream.py PORT [CERT.pem] (loopback only).
+
+With CERT (the certificate of a TLS terminator in front, e.g. stunnel), the acceptor also
+checks NTLM channel bindings: the client's MsvAvChannelBindings must be the hash of this
+certificate's tls-server-end-point (RFC 5929; all zeros is refused here, as a proxy that
+requires Extended Protection does)."""
 import asyncio
 import base64
 import sys
 
+import hashlib
+import ssl
+
 import spnego
+from spnego._ntlm_raw.messages import Authenticate, AvId, NTClientChallengeV2
+from spnego.channel_bindings import GssChannelBindings
 
 MAX_HEAD = 64 * 1024
+BINDINGS = None
+if len(sys.argv) > 2:
+    der = ssl.PEM_cert_to_DER_cert(open(sys.argv[2]).read())
+    # The interop certificates are signed with SHA-256.
+    BINDINGS = GssChannelBindings(application_data=b"tls-server-end-point:" + hashlib.sha256(der).digest())
+
+
+def bindings_ok(token):
+    """Strict check: the client's MsvAvChannelBindings equals ours (zeros refused)."""
+    if BINDINGS is None:
+        return True
+    auth = Authenticate.unpack(token)
+    pairs = NTClientChallengeV2.unpack(auth.nt_challenge_response[16:]).av_pairs
+    return pairs.get(AvId.channel_bindings) == hashlib.md5(BINDINGS.pack()).digest()
 
 
 async def read_head(reader):
@@ -83,10 +107,12 @@ async def handle(reader, writer):
                     continue
                 token = base64.b64decode(auth[5:])
                 if ctx is None or token[8:9] == b"\x01":
-                    ctx = spnego.server(protocol="ntlm")
+                    ctx = spnego.server(protocol="ntlm", channel_bindings=BINDINGS)
                 try:
+                    if token[8:9] == b"\x03" and not bindings_ok(token):
+                        raise ValueError("channel bindings do not match the TLS certificate")
                     out = ctx.step(token)
-                except Exception as e:  # a wrong password or a non-v2 answer
+                except Exception as e:  # a wrong password, a non-v2 answer, wrong bindings
                     print(f"refused: {type(e).__name__}", flush=True)
                     ctx = None
                     writer.write(answer(407, "Proxy Authentication Required",

@@ -634,6 +634,121 @@ async fn systemd_notifications() {
     assert_eq!(next().await.trim(), "STOPPING=1");
 }
 
+/// Signals are installed before readiness: a SIGHUP sent the instant READY=1 arrives (what
+/// `systemctl reload` right after start does) is a reload, never the default action that ends
+/// the process, 200 times over, and without any file to re-read (SIGHUP is always handled).
+#[tokio::test]
+async fn sighup_the_instant_ready_arrives_is_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let mut buf = vec![0u8; 512];
+    for round in 0..200 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut next = async || {
+            let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+                .await
+                .expect("a notification")
+                .unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        assert_eq!(next().await.trim(), "READY=1", "round {round}");
+        sighup(&child);
+        assert!(next().await.contains("RELOADING=1"), "round {round}");
+        assert_eq!(next().await.trim(), "READY=1", "round {round}");
+        let pid = child.id().unwrap().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "round {round}");
+        // STOPPING=1, before the next round's READY=1.
+        assert_eq!(next().await.trim(), "STOPPING=1", "round {round}");
+    }
+}
+
+/// Log rotation: a process started with only flags reopens its access log file on SIGHUP
+/// (rename, SIGHUP, and the next record lands in a new file), and keeps serving.
+#[tokio::test]
+async fn sighup_reopens_the_access_log_without_a_config() {
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.json");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--access-log",
+            "json",
+            "--access-log-file",
+            log.to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let mut next = async || {
+        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+            .await
+            .expect("a notification")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next().await.trim(), "READY=1");
+    let tunnel = |tag: &'static [u8]| async move {
+        let (mut s, head) = connect(local(port), &echo.to_string()).await;
+        assert_eq!(head.status, 200);
+        s.write_all(tag).await.unwrap();
+        let mut back = vec![0; tag.len()];
+        s.read_exact(&mut back).await.unwrap();
+    };
+    tunnel(b"before").await;
+    let rotated = dir.path().join("access.json.1");
+    let logged = |path: std::path::PathBuf| async move {
+        for _ in 0..100 {
+            if std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no single record in {}: {:?} (directory: {:?})",
+            path.display(),
+            std::fs::read_to_string(&path),
+            std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        );
+    };
+    logged(log.clone()).await;
+    std::fs::rename(&log, &rotated).unwrap();
+    sighup(&child);
+    assert!(next().await.contains("RELOADING=1"));
+    assert_eq!(next().await.trim(), "READY=1");
+    tunnel(b"after").await;
+    logged(log.clone()).await;
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        1,
+        "the rotated file got only the record from before"
+    );
+}
+
 /// The https:// listener re-reads its certificate on SIGHUP: a new pair serves new
 /// connections; a broken pair is rejected and the old one keeps serving.
 #[tokio::test]

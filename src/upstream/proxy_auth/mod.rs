@@ -119,6 +119,10 @@ pub struct HopAuth {
     /// False: never ask GSSAPI (tests that must not pick up the machine's own tickets).
     kerberos_off: bool,
     learned: Arc<AtomicU8>,
+    /// The NTLM channel-binding hash for the proxy's TLS (`https://` hops): the MD5 of the
+    /// channel bindings carrying its `tls-server-end-point`, from the last TLS connection to
+    /// it. All zeros without TLS.
+    channel_binding: Arc<std::sync::Mutex<[u8; 16]>>,
 }
 
 impl fmt::Debug for HopAuth {
@@ -134,7 +138,20 @@ impl HopAuth {
             spn,
             kerberos_off: false,
             learned: Arc::default(),
+            channel_binding: Arc::default(),
         }
+    }
+
+    /// Records the `tls-server-end-point` of the TLS connection just made to the proxy.
+    pub fn tls_end_point(&self, end_point: Option<&[u8]>) {
+        let binding = end_point.map_or([0; 16], channel_binding);
+        if let Ok(mut b) = self.channel_binding.lock() {
+            *b = binding;
+        }
+    }
+
+    fn channel_binding(&self) -> [u8; 16] {
+        self.channel_binding.lock().map_or([0; 16], |b| *b)
     }
 
     /// The same settings, never using Kerberos (as on a machine without a ticket).
@@ -152,6 +169,21 @@ impl HopAuth {
     fn learn(&self, bits: u8) {
         self.learned.store(bits | KNOWN, Ordering::Relaxed);
     }
+}
+
+/// MS-NLMP 2.2.2.1 MsvAvChannelBindings for TLS: the MD5 of an RFC 2744 channel-bindings
+/// structure with no addresses and `tls-server-end-point:<hash>` as its application data
+/// (RFC 5929, RFC 5056), as Windows and pyspnego compute it.
+pub fn channel_binding(end_point: &[u8]) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    let mut data = b"tls-server-end-point:".to_vec();
+    data.extend_from_slice(end_point);
+    let mut h = Md5::new();
+    // initiator address type and length, acceptor address type and length: all zero.
+    h.update([0u8; 16]);
+    h.update((data.len() as u32).to_le_bytes());
+    h.update(&data);
+    h.finalize().into()
 }
 
 /// The challenges of a 407: which schemes, and the NTLM/Negotiate tokens when present.
@@ -473,6 +505,7 @@ impl Negotiation {
                     client_challenge: ntlm::client_challenge(),
                     now: ntlm::now(),
                     target_name: &target_name,
+                    channel_binding: self.auth.channel_binding(),
                 };
                 let m = ntlm::authenticate(&account, &challenge, &inputs)
                     .map_err(|e| self.fail(format!("sent an unusable NTLM challenge: {e}")))?;

@@ -223,6 +223,9 @@ pub struct Inputs<'a> {
     pub now: u64,
     /// The service principal (`HTTP/proxy.example`), sent as MsvAvTargetName.
     pub target_name: &'a str,
+    /// MsvAvChannelBindings: all zeros without TLS to the proxy, else the hash of its
+    /// `tls-server-end-point` bindings.
+    pub channel_binding: [u8; 16],
 }
 
 /// The pieces of an NTLMv2 answer, exposed for the tests against the specification's vectors.
@@ -268,13 +271,14 @@ pub fn v2_responses(
 }
 
 /// The AV pairs we send back: the server's, with MsvAvFlags saying a MIC follows (when
-/// `mic`), an all-zero MsvAvChannelBindings (no TLS channel to bind: the hop is plain HTTP, or
-/// the proxy's TLS is not the one NTLM runs over), our MsvAvTargetName, then the terminator.
-/// An empty list (the server sent no TargetInfo) stays empty, as curl does.
+/// `mic`), MsvAvChannelBindings (all zeros without TLS to the proxy), our MsvAvTargetName,
+/// then the terminator. An empty list (the server sent no TargetInfo) stays empty, as curl
+/// does.
 fn response_target_info(
     server: &[u8],
     mic: bool,
     target_name: &str,
+    channel_binding: &[u8; 16],
 ) -> Result<Vec<u8>, ChallengeError> {
     if server.is_empty() {
         return Ok(Vec::new());
@@ -303,7 +307,7 @@ fn response_target_info(
     if mic && !had_flags {
         push(&mut out, AV_FLAGS, &AV_FLAG_MIC.to_le_bytes());
     }
-    push(&mut out, AV_CHANNEL_BINDINGS, &[0; 16]);
+    push(&mut out, AV_CHANNEL_BINDINGS, channel_binding);
     let name = utf16le(target_name);
     if name.len() <= usize::from(u16::MAX) {
         push(&mut out, AV_TARGET_NAME, &name);
@@ -324,7 +328,12 @@ pub fn authenticate(
         .map(|(_, v)| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
     // With the server's timestamp the MIC is required and the LM response is zeros (3.1.5.1.2).
     let mic = server_time.is_some();
-    let info = response_target_info(&challenge.target_info, mic, inputs.target_name)?;
+    let info = response_target_info(
+        &challenge.target_info,
+        mic,
+        inputs.target_name,
+        &inputs.channel_binding,
+    )?;
     let v2 = v2_responses(
         account,
         &challenge.server_challenge,
@@ -540,6 +549,7 @@ mod tests {
             client_challenge: [0xaa; 8],
             now: 7,
             target_name: "HTTP/proxy.test",
+            channel_binding: [0; 16],
         };
         let m = authenticate(&spec_account(), &with_time, &inputs).unwrap();
         let a = parse_authenticate(&m).unwrap();
@@ -589,6 +599,7 @@ mod tests {
             client_challenge: [1; 8],
             now: 5,
             target_name: "HTTP/p",
+            channel_binding: [0; 16],
         };
         let a_raw = authenticate(&spec_account(), &c, &inputs).unwrap();
         let a = parse_authenticate(&a_raw).unwrap();
@@ -645,7 +656,7 @@ mod tests {
             raw.extend_from_slice(&bytes);
             if let Ok(c) = parse_challenge(&raw) {
                 let neg = negotiate();
-                let inputs = Inputs { negotiate: &neg, challenge_raw: &raw, client_challenge: [0; 8], now: 0, target_name: "HTTP/x" };
+                let inputs = Inputs { negotiate: &neg, challenge_raw: &raw, client_challenge: [0; 8], now: 0, target_name: "HTTP/x", channel_binding: [0; 16] };
                 let _ = authenticate(&spec_account(), &c, &inputs);
             }
             let _ = parse_challenge(&bytes);
