@@ -50,6 +50,8 @@ pub enum Failure {
     ResponseIncomplete,
     /// Forwarding failed otherwise after the request was handed over.
     ForwardFailed,
+    /// Something inside the proxy failed (a PAC script that threw or did not return).
+    Internal,
 }
 
 /// What a failure means, for every consumer.
@@ -125,6 +127,7 @@ pub fn verdict(failure: Failure) -> Verdict {
         Failure::ResponseHeadTooLarge => v(GW, "http_response_header_section_size", 0x01),
         Failure::ResponseIncomplete => v(GW, "http_response_incomplete", 0x01),
         Failure::ForwardFailed => v(GW, "connection_terminated", 0x01),
+        Failure::Internal => v(GW, "proxy_internal_error", 0x01),
     }
 }
 

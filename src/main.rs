@@ -12,7 +12,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use viaduct::config::{self, runtime};
-use viaduct::routing::Router;
 use viaduct::server::Listen;
 use viaduct::upstream::DnsResolver;
 use viaduct::{Overrides, Proxy};
@@ -45,6 +44,9 @@ enum Command {
         /// The client's user name, for rules that match users.
         #[arg(long)]
         user: Option<String>,
+        /// A PAC script (PATH or http://URL) consulted for what no rule matches.
+        #[arg(long, value_name = "PATH|URL")]
+        pac: Option<String>,
     },
     /// Walk the real route to URL step by step with timings (routing, DNS, TCP, each hop's
     /// handshake, the origin's TLS, a GET); exit 0 when the GET succeeds, else name the
@@ -83,6 +85,12 @@ struct RunArgs {
     // this one may carry a password (hence also no env value in --help).
     #[arg(long, env = "VIADUCT_UPSTREAM", hide_env_values = true)]
     upstream: Vec<String>,
+
+    /// Route what no rule matches by a proxy auto-config script (PATH or http://URL):
+    /// FindProxyForURL's answer (PROXY, HTTPS, SOCKS, SOCKS5, DIRECT; a list fails over in
+    /// order). Re-read on SIGHUP.
+    #[arg(long, value_name = "PATH|URL")]
+    pac: Option<String>,
 
     /// How --upstream's HTTP proxies are authenticated to: any (the strongest the proxy
     /// offers: Negotiate, NTLM, Basic), or one of basic, ntlm, negotiate (a proxy that does not
@@ -223,6 +231,7 @@ impl RunArgs {
             upstream: self.upstream.clone(),
             strategy: Some(self.strategy.clone()),
             upstream_auth: Some(self.upstream_auth.clone()),
+            pac: self.pac.clone(),
             bypass: self.bypass.clone(),
             bind: self.bind.clone(),
             bind_mode: self.bind_mode.clone(),
@@ -275,9 +284,12 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Some(Command::Check { config }) => check(&config),
-        Some(Command::Route { url, config, user }) => {
-            runtime.block_on(route(&url, config.as_deref(), user.as_deref()))
-        }
+        Some(Command::Route {
+            url,
+            config,
+            user,
+            pac,
+        }) => runtime.block_on(route(&url, config.as_deref(), user.as_deref(), pac)),
         Some(Command::Probe {
             url,
             upstream,
@@ -306,9 +318,18 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode {
-    let router = match config.map(config::load).transpose() {
-        Ok(cfg) => cfg.map_or_else(Router::direct, |c| c.router),
+async fn route(
+    url: &str,
+    config: Option<&Path>,
+    user: Option<&str>,
+    pac: Option<String>,
+) -> ExitCode {
+    let overrides = Overrides {
+        pac,
+        ..Overrides::default()
+    };
+    let config = match runtime::load(config, &overrides, false) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("viaduct: {e}");
             return ExitCode::from(EX_USAGE);
@@ -321,10 +342,42 @@ async fn route(url: &str, config: Option<&Path>, user: Option<&str>) -> ExitCode
             return ExitCode::from(EX_USAGE);
         }
     };
-    let decision = router
-        .decide(&target, user, &*DnsResolver::system_or_fallback())
-        .await;
+    let resolver = DnsResolver::system_or_fallback();
+    let decision = config.router.decide(&target, user, &*resolver).await;
     println!("target:  {target}");
+    if let (viaduct::routing::Reason::Default, Some(src)) = (decision.reason, &config.pac) {
+        let natives = viaduct::routing::autoconfig::engine::Natives::system(
+            Arc::clone(&resolver),
+            tokio::runtime::Handle::current(),
+        );
+        let pac = match viaduct::routing::autoconfig::Pac::load(
+            &src.source,
+            &src.script,
+            natives,
+            src.credentials.clone(),
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("viaduct: {e}");
+                return ExitCode::from(EX_USAGE);
+            }
+        };
+        // A tunnel unless the URL says plain http.
+        let tunnel = !url.starts_with("http://");
+        match pac.decide(&target, tunnel).await {
+            Ok(d) => {
+                println!("matched: pac ({})", src.source);
+                println!("pac:     {} -> {}", d.raw, d.action);
+                println!("via:     {}", d.action);
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                println!("matched: pac ({})", src.source);
+                println!("error:   {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     println!("matched: {}", decision.reason);
     println!("via:     {}", decision.action);
     ExitCode::SUCCESS

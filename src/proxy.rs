@@ -33,6 +33,30 @@ pub enum BuildError {
     ViaName(String),
     #[error(transparent)]
     Tls(#[from] TlsConfigError),
+    #[error("{0}")]
+    Pac(String),
+}
+
+/// The configured PAC script loaded into an engine (none when none is configured).
+fn load_pac(
+    pac: Option<&crate::routing::autoconfig::PacSource>,
+    resolver: &Arc<dyn Resolve>,
+) -> Result<Option<Arc<crate::routing::autoconfig::Pac>>, BuildError> {
+    let Some(src) = pac else {
+        return Ok(None);
+    };
+    let natives = crate::routing::autoconfig::engine::Natives::system(
+        Arc::clone(resolver),
+        tokio::runtime::Handle::current(),
+    );
+    crate::routing::autoconfig::Pac::load(
+        &src.source,
+        &src.script,
+        natives,
+        src.credentials.clone(),
+    )
+    .map(|p| Some(Arc::new(p)))
+    .map_err(BuildError::Pac)
 }
 
 /// Our `Via` and the dialer `config` asks for (routes' TLS trust, connect timeout,
@@ -101,8 +125,10 @@ impl Proxy {
             config.limits.max_idle_upstream,
             config.limits.upstream_idle_timeout,
         );
+        let mut router = config.router;
+        router.pac = load_pac(config.pac.as_ref(), &resolver)?;
         let core = Arc::new(Core::new(
-            config.router,
+            router,
             policy(config.auth, config.access.destinations, &config.limits),
             Observe {
                 metrics: Arc::clone(&metrics),
@@ -189,8 +215,18 @@ impl Proxy {
         if let Some(tls) = config.tls_listener {
             self.tls.store(Some(Arc::new(TlsAcceptor::from(tls))));
         }
+        let mut router = config.router;
+        router.pac = match load_pac(config.pac.as_ref(), self.core.resolver()) {
+            Ok(p) => p,
+            Err(e) => {
+                // The previous good script stays (a PAC server serving garbage must not take
+                // routing down); the rest of the configuration goes in.
+                tracing::error!(error = %e, "PAC not reloaded; keeping the previous script");
+                self.core.router().pac.clone()
+            }
+        };
         self.core.reload(
-            config.router,
+            router,
             policy(config.auth, config.access.destinations, &config.limits),
         );
     }

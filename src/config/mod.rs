@@ -73,6 +73,10 @@ pub struct Settings {
     pub admin_token: Option<String>,
     pub admin_allow: Vec<IpNet>,
     pub pac_proxy: Option<String>,
+    /// `pac = "PATH|http://URL"`: a path relative to the file's directory.
+    pub pac: Option<String>,
+    /// `[pac_credentials] "host:port" = "user:pass"` (URL userinfo form, `${NAME}` expanded).
+    pub pac_credentials: std::collections::HashMap<String, String>,
     pub proxy_protocol: bool,
     pub proxy_protocol_from: Vec<IpNet>,
     /// `[tls] cert`, `key`: the `https://` listeners' certificate chain and key, relative
@@ -162,6 +166,9 @@ struct Raw {
     #[serde(default)]
     admin_allow: Vec<Spanned<String>>,
     pac_proxy: Option<String>,
+    pac: Option<Spanned<String>>,
+    #[serde(default)]
+    pac_credentials: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     proxy_protocol: bool,
     #[serde(default)]
@@ -851,6 +858,23 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                 .transpose()?,
             admin_allow: cidrs("admin_allow", &raw.admin_allow)?,
             pac_proxy: raw.pac_proxy.clone(),
+            pac: raw.pac.as_ref().map(|p| {
+                let v = p.get_ref();
+                if v.starts_with("http://") || v.starts_with("https://") {
+                    v.clone()
+                } else {
+                    beside(at.file, &PathBuf::from(v)).display().to_string()
+                }
+            }),
+            pac_credentials: raw
+                .pac_credentials
+                .iter()
+                .map(|(k, v)| {
+                    expand_env(v.get_ref())
+                        .map(|c| (k.clone(), c))
+                        .map_err(|m| at.error(v.span(), &format!("pac_credentials.\"{k}\""), m))
+                })
+                .collect::<Result<_, _>>()?,
             proxy_protocol: raw.proxy_protocol,
             proxy_protocol_from: cidrs("proxy_protocol_from", &raw.proxy_protocol_from)?,
             tls_cert: raw.tls.as_ref().map(|t| beside(at.file, &t.cert)),
@@ -914,6 +938,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
             insecure: raw.upstream_insecure,
         },
         router: Router {
+            pac: None,
             bypass,
             rules,
             default,

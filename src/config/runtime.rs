@@ -54,6 +54,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// The configuration file this came from, for the status page.
     pub config_file: Option<String>,
+    /// `--pac` / `pac = "..."`: the PAC script consulted for what no rule matches.
+    pub pac: Option<crate::routing::autoconfig::PacSource>,
     /// Listeners expect a PROXY protocol header from these balancers; off by default.
     pub proxy_protocol: Option<ProxyProtocol>,
     /// The `https://` listeners' TLS (certificate chain and key, loaded).
@@ -150,6 +152,7 @@ impl Default for Config {
             access_log_file: None,
             admin: None,
             config_file: None,
+            pac: None,
             proxy_protocol: None,
             tls_listener: None,
         }
@@ -167,6 +170,8 @@ pub struct Overrides {
     pub strategy: Option<String>,
     /// `--upstream-auth any|basic|ntlm|negotiate` for the `upstream`s. Default `any`.
     pub upstream_auth: Option<String>,
+    /// `--pac PATH|http://URL`.
+    pub pac: Option<String>,
     pub bypass: Option<String>,
     /// `--bind ADDR|CIDR`: where the default route's connections leave from.
     pub bind: Option<String>,
@@ -291,6 +296,16 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     } else if o.bind_mode.is_some() {
         return Err("--bind-mode needs --bind".into());
     }
+    // The PAC script is read here (a file, or fetched), so that one that does not load is a
+    // configuration error at start and a rejected reload later.
+    let pac = match o.pac.clone().or_else(|| settings.pac.clone()) {
+        Some(source) => Some(crate::routing::autoconfig::PacSource {
+            script: crate::routing::autoconfig::fetch(&source, Duration::from_secs(10))?,
+            source,
+            credentials: settings.pac_credentials.clone(),
+        }),
+        None => None,
+    };
     let listen = if !o.listen.is_empty() {
         o.listen.clone()
     } else if !settings.listen.is_empty() {
@@ -444,6 +459,7 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
             .or(settings.access_log_file.clone()),
         admin,
         config_file: None,
+        pac,
         proxy_protocol,
         tls_listener,
     })
@@ -565,6 +581,7 @@ fn upstream_router(
         },
     );
     Ok(Router {
+        pac: None,
         bypass: None,
         rules: Vec::new(),
         default: Action::Pool(Arc::new(pool)),

@@ -62,7 +62,7 @@ pub async fn handle(
         return Ok(answer);
     }
     let core = http.core();
-    let action = core.decide(&target, client).await?;
+    let action = core.decide(&target, client, false).await?;
 
     let upgrading = is_upgrade(req.headers());
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));

@@ -5,6 +5,7 @@
 //! ([`Router::decide_with`]); the only I/O is resolving the target's name, done by
 //! [`Router::decide`] and only when a rule asks for it (`resolve = true` with CIDRs).
 
+pub mod autoconfig;
 pub mod matcher;
 pub mod pac;
 
@@ -110,11 +111,14 @@ pub struct Decision<'a> {
     pub resolved: Vec<IpAddr>,
 }
 
-/// Bypass list, rules in order, default.
+/// Bypass list, rules in order, then the PAC script when one is configured, else the default.
 #[derive(Debug)]
 pub struct Router {
     pub bypass: Option<Matcher>,
     pub rules: Vec<Rule>,
+    /// Decides what no bypass entry or rule matched (see [`autoconfig`]); the session core
+    /// consults it where [`Router::decide`] answers [`Reason::Default`].
+    pub pac: Option<Arc<autoconfig::Pac>>,
     pub default: Action,
 }
 
@@ -124,6 +128,7 @@ impl Router {
         Self {
             bypass: None,
             rules: Vec::new(),
+            pac: None,
             default: Action::direct(),
         }
     }
@@ -141,6 +146,7 @@ impl Router {
         Self {
             bypass: None,
             rules: Vec::new(),
+            pac: None,
             default,
         }
     }
@@ -278,6 +284,7 @@ mod tests {
         }));
         let router = Router {
             bypass: parse_no_proxy("localhost").unwrap(),
+            pac: None,
             rules: vec![
                 rule(&["*.ads.example"], Action::Block),
                 rule(&["*.example"], Action::direct()),
@@ -304,6 +311,7 @@ mod tests {
         };
         let mut router = Router {
             bypass: None,
+            pac: None,
             rules: vec![Rule {
                 matcher: m,
                 resolve: false,

@@ -178,6 +178,7 @@ mod tests {
             route: crate::upstream::Route::direct(),
         }));
         let router = Router {
+            pac: None,
             bypass: parse_no_proxy("localhost,.internal").unwrap(),
             rules: vec![
                 rule(

@@ -230,6 +230,9 @@ pub enum SessionError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// The PAC script gave no usable answer (threw, looped, answered nothing usable).
+    #[error(transparent)]
+    Pac(#[from] crate::routing::autoconfig::PacError),
 }
 
 impl SessionError {
@@ -247,6 +250,7 @@ impl SessionError {
                 Some(last) => Failure::Connect(last.kind()),
                 None => Failure::NoHealthyMember,
             },
+            Self::Pac(_) => Failure::Internal,
         }
     }
 }
@@ -419,7 +423,7 @@ impl Core {
         target: &Target,
         client: &Client,
     ) -> Result<SocketAddr, SessionError> {
-        let action = self.decide(target, client).await?;
+        let action = self.decide(target, client, true).await?;
         if !action.is_plain_direct() {
             return Err(SessionError::Blocked(format!(
                 "UDP goes direct only, from the host's own address ({target} routes via {})",
@@ -463,11 +467,30 @@ impl Core {
     /// Where `target` goes for `client` under the routing in force now; a `block` is an error,
     /// and so is a route through an upstream to an address the access policy refuses (an
     /// address literal, or a name resolved here for a `resolve = true` rule).
-    pub async fn decide(&self, target: &Target, client: &Client) -> Result<Action, SessionError> {
+    /// The resolver every dial (and the PAC script's DNS helpers) uses.
+    pub fn resolver(&self) -> &Arc<dyn Resolve> {
+        &self.resolver
+    }
+
+    pub async fn decide(
+        &self,
+        target: &Target,
+        client: &Client,
+        tunnel: bool,
+    ) -> Result<Action, SessionError> {
         let router = self.router();
         let decision = router
             .decide(target, client.user.as_deref(), &*self.resolver)
             .await;
+        if decision.reason == crate::routing::Reason::Default
+            && let Some(pac) = &router.pac
+        {
+            // No bypass entry or rule matched: the PAC script decides.
+            let decided = pac.decide(target, tunnel).await?;
+            tracing::debug!(%target, pac = %decided.raw, action = %decided.action, "routing decision (pac)");
+            client.trail.set_route(decided.action.label());
+            return Ok(decided.action.clone());
+        }
         tracing::debug!(%target, action = %decision.action, reason = %decision.reason, "routing decision");
         client.trail.set_route(decision.action.label());
         match decision.action {
@@ -496,7 +519,7 @@ impl Core {
                 target.port
             )));
         }
-        let action = self.decide(target, client).await?;
+        let action = self.decide(target, client, true).await?;
         let tracer = client.trail.tracer().clone();
         let dialer = self
             .dialer

@@ -72,20 +72,21 @@ squid -N -f "$work/squid-corp.conf" &
 pids+=($!)
 wait_port "$CORP_PORT"
 
-corp_viaduct() { # corp_viaduct NAME CCACHE UPSTREAM [ARGS...]: a local proxy for the corporate one
-    local name=$1 cc=$2 up=$3; shift 3
+corp_viaduct() { # corp_viaduct VAR NAME CCACHE UPSTREAM [ARGS...]: a local proxy for the corporate one,
+    # its port in VAR (no command substitution: the process must stay in this shell's pids).
+    local var=$1 name=$2 cc=$3 up=$4; shift 4
     local port; port=$(free_port)
     KRB5CCNAME=$cc VIADUCT_UPSTREAM=$up "$VIADUCT" --listen "127.0.0.1:$port" "$@" \
         >"$work/$name.log" 2>&1 &
     pids+=($!)
     wait_port "$port"
-    echo "$port"
+    printf -v "$var" '%s' "$port"
 }
-V_KRB=$(corp_viaduct corp-krb "FILE:$krb/cc_alice" "http://localhost:$CORP_PORT")
-V_NTLM=$(corp_viaduct corp-ntlm "FILE:$krb/cc_none" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT")
-V_NONE=$(corp_viaduct corp-none "FILE:$krb/cc_none" "http://localhost:$CORP_PORT")
-V_LATE=$(corp_viaduct corp-late "FILE:$krb/cc_late" "http://localhost:$CORP_PORT")
-V_PINNED=$(corp_viaduct corp-pinned "FILE:$krb/cc_alice" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT" --upstream-auth ntlm)
+corp_viaduct V_KRB corp-krb "FILE:$krb/cc_alice" "http://localhost:$CORP_PORT"
+corp_viaduct V_NTLM corp-ntlm "FILE:$krb/cc_none" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT"
+corp_viaduct V_NONE corp-none "FILE:$krb/cc_none" "http://localhost:$CORP_PORT"
+corp_viaduct V_LATE corp-late "FILE:$krb/cc_late" "http://localhost:$CORP_PORT"
+corp_viaduct V_PINNED corp-pinned "FILE:$krb/cc_alice" "http://CORP%5Cbob:bob-corp-pw@localhost:$CORP_PORT" --upstream-auth ntlm
 
 corp_get() { # corp_get PORT URL: the body through viaduct on PORT
     curl -fsS --noproxy '' --max-time 20 --cacert "$work/ca.pem" -x "http://127.0.0.1:$1" "$2"
@@ -127,8 +128,8 @@ NTLM_USER_FILE=$work/ntlm-users python3 "$root/tests/interop/ntlm_upstream.py" "
     >"$work/ntlm-real.out" 2>&1 &
 pids+=($!)
 wait_port "$NTLM_REAL_PORT"
-V_REAL=$(corp_viaduct corp-real "FILE:$krb/cc_none" "http://CORP%5Ccarol:carol-ntlm-pw@127.0.0.1:$NTLM_REAL_PORT")
-V_REAL_BAD=$(corp_viaduct corp-real-bad "FILE:$krb/cc_none" "http://CORP%5Ccarol:not-her-pw@127.0.0.1:$NTLM_REAL_PORT")
+corp_viaduct V_REAL corp-real "FILE:$krb/cc_none" "http://CORP%5Ccarol:carol-ntlm-pw@127.0.0.1:$NTLM_REAL_PORT"
+corp_viaduct V_REAL_BAD corp-real-bad "FILE:$krb/cc_none" "http://CORP%5Ccarol:not-her-pw@127.0.0.1:$NTLM_REAL_PORT"
 check "ntlm (pyspnego acceptor checks the NTLMv2 response): CONNECT and plain GET" \
     bash -c "work=$work; $(declare -f corp_get); corp_get $V_REAL https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx' && corp_get $V_REAL http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx'"
 check "ntlm (pyspnego): the acceptor verified CORP\\carol" \
@@ -155,7 +156,7 @@ CONF
 stunnel4 "$work/stunnel-ntlm.conf" >"$work/stunnel-ntlm.log" 2>&1 &
 pids+=($!)
 wait_port "$NTLM_CB_PORT"; wait_port "$NTLM_TLS_PORT"
-V_CB=$(corp_viaduct corp-cb "FILE:$krb/cc_none" "https://CORP%5Ccarol:carol-ntlm-pw@localhost:$NTLM_TLS_PORT" --upstream-ca "$work/ca.pem")
+corp_viaduct V_CB corp-cb "FILE:$krb/cc_none" "https://CORP%5Ccarol:carol-ntlm-pw@localhost:$NTLM_TLS_PORT" --upstream-ca "$work/ca.pem"
 check "ntlm over TLS (https:// upstream): channel bindings match the proxy's certificate (CONNECT and plain)" \
     bash -c "work=$work; $(declare -f corp_get); corp_get $V_CB https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx' && \
              corp_get $V_CB http://127.0.0.1:$HTTP_PORT/hello.txt | grep -q 'hello from nginx' && \

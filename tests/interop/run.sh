@@ -11,6 +11,7 @@
 #   htpasswd -B and openssl passwd -6), -> a header-recording origin, -> squid with its own auth
 #   a viaduct bound to 0.0.0.0 refusing a name that resolves to 127.0.0.1
 #   curl / requests -> viaduct -> squid with Negotiate (Kerberos, MIT KDC) and NTLM (corporate.sh)
+#   a corporate PAC evaluated by viaduct and by pacparser, answers compared (pac.sh)
 #
 # Needs: curl, squid, nginx, microsocks, danted, stunnel4, openssl, htpasswd (apache2-utils),
 # krb5-kdc, krb5-admin-server, krb5-user,
@@ -663,6 +664,8 @@ check "nginx sees different sessions spread over the prefix" \
 
 # Corporate upstreams: Kerberos and NTLM to squid, an MIT KDC on loopback.
 source "$root/tests/interop/corporate.sh"
+# PAC: viaduct's engine beside pacparser.
+source "$root/tests/interop/pac.sh"
 
 check "no credentials or panics in viaduct logs" \
     bash -c "! grep -Eqi 'panicked|authorization|sock:pass|sock%3Apass|p@ss|p%40ss|wrong|sesame|b0b-pw|nope' $work/*.log --include='[a-z]*.log' --exclude='squid*' --exclude='danted.log' --exclude='stunnel.log' --exclude='microsocks.log'"

@@ -30,6 +30,7 @@ fn bound(net: &str, mode: BindMode) -> Config {
     let bind = Arc::new(Bind::new(net, mode, Duration::from_secs(600)));
     Config {
         router: Router {
+            pac: None,
             bypass: None,
             rules: Vec::new(),
             default: Action::Direct(Route::direct().with_bind(bind)),

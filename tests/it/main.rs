@@ -16,6 +16,7 @@ mod forward;
 mod hardening;
 mod https_listener;
 mod observe;
+mod pac;
 mod pools;
 mod props;
 mod robust;

@@ -1,0 +1,462 @@
+//! Proxy auto-config consumed: requests that no `[[rules]]` entry matches (nor the bypass
+//! list) go where the company's PAC script says. The script runs in QuickJS ([`engine`]),
+//! off the async runtime, with a deadline and a memory limit per call; its answer
+//! ([`answer`]) becomes a failover list of routes, tried in order like a pool's members (an
+//! entry that fails is ejected for a while, as browsers remember bad proxies). Answers are
+//! cached per (scheme, host) for the life of the script.
+
+pub mod answer;
+pub mod engine;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use self::answer::Entry;
+use self::engine::{Engine, Natives};
+use super::Action;
+use crate::pool::{Pool, PoolSettings, Strategy};
+use crate::target::{Host, Target};
+use crate::upstream::Route;
+
+/// How long one `FindProxyForURL` call may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Engine instances: a runaway call holds one, the others keep answering.
+const WORKERS: usize = 2;
+/// Answers kept, per (scheme, host).
+const CACHE: usize = 4096;
+
+/// A PAC script as configured: where it came from, its text, and credentials for the proxies
+/// it names (`host:port` -> `user:pass` in URL userinfo form).
+#[derive(Debug, Clone, Default)]
+pub struct PacSource {
+    pub source: String,
+    pub script: String,
+    pub credentials: HashMap<String, String>,
+}
+
+/// Reads a PAC script from a file or an `http://` URL, decoding UTF-8, UTF-16 with a BOM, or
+/// else Latin-1 (which covers the cp1252 files some servers serve).
+pub fn fetch(source: &str, timeout: Duration) -> Result<String, String> {
+    let bytes = if let Some(rest) = source.strip_prefix("http://") {
+        fetch_http(rest, timeout).map_err(|e| format!("PAC {source}: {e}"))?
+    } else if source.starts_with("https://") {
+        return Err(format!(
+            "PAC {source}: https:// PAC URLs are not supported yet (use a file or http://)"
+        ));
+    } else {
+        std::fs::read(source).map_err(|e| format!("PAC {source}: {e}"))?
+    };
+    Ok(decode(&bytes))
+}
+
+/// Text from a PAC file's bytes (see [`fetch`]).
+pub fn decode(bytes: &[u8]) -> String {
+    let utf16 = |b: &[u8], le: bool| {
+        let units: Vec<u16> = b
+            .chunks_exact(2)
+            .map(|c| {
+                if le {
+                    u16::from_le_bytes([c[0], c[1]])
+                } else {
+                    u16::from_be_bytes([c[0], c[1]])
+                }
+            })
+            .collect();
+        String::from_utf16_lossy(&units)
+    };
+    match bytes {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => String::from_utf8_lossy(rest).into_owned(),
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, true),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, false),
+        _ => match std::str::from_utf8(bytes) {
+            Ok(s) => s.to_owned(),
+            Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
+        },
+    }
+}
+
+/// A plain HTTP/1.0 GET (blocking: PAC files are read while the configuration is built, off
+/// the async runtime). Hand-written because it is one request and one response at start-up
+/// and reload, where a client stack would add nothing.
+fn fetch_http(rest: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let hostport = if authority.contains(':') && !authority.ends_with(']') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET /{path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: viaduct\r\nAccept: */*\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut all = Vec::new();
+    s.take(4 << 20)
+        .read_to_end(&mut all)
+        .map_err(|e| e.to_string())?;
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut res = httparse::Response::new(&mut headers);
+    let len = match res.parse(&all) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("not an HTTP response".into()),
+    };
+    match res.code {
+        Some(200) => Ok(all[len..].to_vec()),
+        Some(c) => Err(format!("the server answered {c}")),
+        None => Err("not an HTTP response".into()),
+    }
+}
+
+/// What the script decided for one (scheme, host).
+#[derive(Debug)]
+pub struct Decided {
+    /// The script's answer as it came (`PROXY a:8080; DIRECT`).
+    pub raw: String,
+    /// The routes to try, in order.
+    pub action: Action,
+}
+
+/// Why the script gave no usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("PAC FindProxyForURL(\"{url}\") {reason}")]
+pub struct PacError {
+    pub url: String,
+    pub reason: String,
+}
+
+/// A loaded PAC script.
+pub struct Pac {
+    /// Where it came from (a path or a URL), for messages and the status page.
+    pub source: String,
+    engine: Engine,
+    cache: Mutex<lru::LruCache<(bool, String), Arc<Decided>>>,
+    /// Failover lists by answer, so that an ejected entry stays ejected across requests.
+    lists: Mutex<HashMap<String, Action>>,
+    /// `user:pass@` (as written in a URL) per proxy `host:port`, for the proxies it names.
+    credentials: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Pac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pac({})", self.source)
+    }
+}
+
+impl Pac {
+    /// Loads `script` (from `source`). `credentials`: `host:port` -> `user:pass` in URL
+    /// userinfo form (percent-encoded), used for the proxies the script names.
+    pub fn load(
+        source: &str,
+        script: &str,
+        natives: Natives,
+        credentials: HashMap<String, String>,
+    ) -> Result<Self, String> {
+        let engine = Engine::new(script, natives, WORKERS, CALL_TIMEOUT)
+            .map_err(|e| format!("PAC {source}: {e}"))?;
+        Ok(Self {
+            source: source.to_owned(),
+            engine,
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+            lists: Mutex::default(),
+            credentials,
+        })
+    }
+
+    /// The URL and host the script is called with: `https://host:port/` (`https://host/` for
+    /// 443) for tunnels, `http://host[:port]/` for plain requests (paths are not passed: answers
+    /// are cached per scheme and host, as Chrome strips https paths).
+    pub fn url_for(target: &Target, tls: bool) -> (String, String) {
+        let host = match &target.host {
+            Host::Name(n) => n.clone(),
+            Host::Ip(ip) => ip.to_string(),
+        };
+        let in_url = match &target.host {
+            Host::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => host.clone(),
+        };
+        let (scheme, default) = if tls { ("https", 443) } else { ("http", 80) };
+        let url = if target.port == default {
+            format!("{scheme}://{in_url}/")
+        } else {
+            format!("{scheme}://{in_url}:{}/", target.port)
+        };
+        (url, host)
+    }
+
+    /// Where `target` goes (`tls`: a tunnel), from the cache or the script.
+    pub async fn decide(&self, target: &Target, tls: bool) -> Result<Arc<Decided>, PacError> {
+        let (url, host) = Self::url_for(target, tls);
+        let key = (tls, host.clone());
+        if let Some(hit) = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let raw = self
+            .engine
+            .find_proxy(&url, &host)
+            .await
+            .map_err(|reason| PacError {
+                url: url.clone(),
+                reason,
+            })?;
+        let entries = answer::parse(&raw).map_err(|e| PacError {
+            url: url.clone(),
+            reason: format!("answered {:?}, which names no usable entry", e.answer),
+        })?;
+        let action = self.action_for(&raw, &entries).map_err(|reason| PacError {
+            url: url.clone(),
+            reason,
+        })?;
+        let decided = Arc::new(Decided { raw, action });
+        if let Ok(mut c) = self.cache.lock() {
+            c.put(key, Arc::clone(&decided));
+        }
+        Ok(decided)
+    }
+
+    /// The failover list for an answer (shared by every host that gets the same answer).
+    fn action_for(&self, raw: &str, entries: &[Entry]) -> Result<Action, String> {
+        if let [Entry::Direct] = entries {
+            return Ok(Action::direct());
+        }
+        let canonical = entries
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Some(a) = self
+            .lists
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&canonical).cloned())
+        {
+            return Ok(a);
+        }
+        let mut members = Vec::with_capacity(entries.len());
+        for e in entries {
+            let route = match e {
+                Entry::Direct => Route::direct(),
+                Entry::Proxy { scheme, addr } => {
+                    let userinfo = self
+                        .credentials
+                        .get(&addr.to_string())
+                        .map_or_else(String::new, |c| format!("{c}@"));
+                    Route::parse(&format!("{scheme}://{userinfo}{addr}")).map_err(|err| {
+                        format!("answered {raw:?}: entry {e} is not usable: {err}")
+                    })?
+                }
+            };
+            members.push((e.to_string(), route));
+        }
+        let pool = Pool::new(
+            "pac".into(),
+            members,
+            PoolSettings {
+                strategy: Strategy::Failover,
+                failures: 1,
+                ejection: Duration::from_secs(60),
+                max_attempts: entries.len(),
+                ..PoolSettings::default()
+            },
+        );
+        let action = Action::Pool(Arc::new(pool));
+        if let Ok(mut l) = self.lists.lock() {
+            if l.len() >= CACHE {
+                l.clear();
+            }
+            l.insert(canonical, action.clone());
+        }
+        Ok(action)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::resolve::Resolving;
+    use std::net::SocketAddr;
+
+    /// Names from a fixed map; anything else fails.
+    struct Fixed;
+    impl crate::upstream::Resolve for Fixed {
+        fn resolve(&self, host: &str, port: u16) -> Resolving {
+            let found: Vec<SocketAddr> = match host {
+                "intranet.corp" => vec![SocketAddr::from(([10, 1, 2, 3], port))],
+                "dual.corp" => vec![
+                    SocketAddr::from(([0xfd00, 0, 0, 0, 0, 0, 0, 1], port)),
+                    SocketAddr::from(([192, 168, 7, 7], port)),
+                ],
+                _ => vec![],
+            };
+            Box::pin(async move {
+                if found.is_empty() {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no such name",
+                    ))
+                } else {
+                    Ok(found)
+                }
+            })
+        }
+    }
+
+    /// An engine whose FindProxyForURL evaluates the host argument as an expression, so each
+    /// helper can be called with any arguments. The clock is fixed at
+    /// 2026-12-05T23:30:00Z, a Saturday.
+    fn engine() -> Engine {
+        let natives = Natives {
+            resolver: Arc::new(Fixed),
+            handle: tokio::runtime::Handle::current(),
+            clock: Arc::new(|| 1_796_513_400_000.0),
+            my_addresses: vec!["192.0.2.10".parse().unwrap()],
+        };
+        Engine::new(
+            "function FindProxyForURL(url, host) { return String(eval(host)); }",
+            natives,
+            1,
+            Duration::from_secs(2),
+        )
+        .unwrap()
+    }
+
+    /// The helpers, with browsers' answers (Chromium's where browsers differ).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn helpers_behave_as_in_browsers() {
+        let e = engine();
+        let cases: &[(&str, &str)] = &[
+            ("isPlainHostName('www')", "true"),
+            ("isPlainHostName('www.example')", "false"),
+            ("isPlainHostName('::1')", "false"),
+            ("dnsDomainIs('www.example.com', '.example.com')", "true"),
+            ("dnsDomainIs('www', '.example.com')", "false"),
+            ("dnsDomainIs('example.com', '.example.com')", "false"),
+            ("dnsDomainIs('a.x', '.x')", "true"),
+            (
+                "localHostOrDomainIs('www.example.com', 'www.example.com')",
+                "true",
+            ),
+            ("localHostOrDomainIs('www', 'www.example.com')", "true"),
+            (
+                "localHostOrDomainIs('www.other.com', 'www.example.com')",
+                "false",
+            ),
+            ("dnsDomainLevels('www')", "0"),
+            ("dnsDomainLevels('a.b.c')", "2"),
+            (
+                "shExpMatch('http://a.example.com/x', '*.example.com/*')",
+                "true",
+            ),
+            (
+                "shExpMatch('http://a.example.com/x', '*.example.org/*')",
+                "false",
+            ),
+            ("shExpMatch('a.b', 'a?b')", "true"),
+            ("shExpMatch('axxb', 'a?b')", "false"),
+            ("shExpMatch('a+b(c)', 'a+b(c)')", "true"),
+            ("isInNet('10.1.2.3', '10.0.0.0', '255.0.0.0')", "true"),
+            ("isInNet('10.1.2.3', '10.1.3.0', '255.255.255.0')", "false"),
+            ("isInNet('intranet.corp', '10.0.0.0', '255.0.0.0')", "true"),
+            ("isInNet('nowhere.corp', '10.0.0.0', '255.0.0.0')", "false"),
+            (
+                "isInNet('255.255.255.255', '255.255.255.0', '255.255.255.0')",
+                "true",
+            ),
+            ("isInNet('10.1.2.3', 'bad', '255.0.0.0')", "false"),
+            ("dnsResolve('intranet.corp')", "10.1.2.3"),
+            ("dnsResolve('dual.corp')", "192.168.7.7"),
+            ("dnsResolve('nowhere.corp')", "null"),
+            ("isResolvable('intranet.corp')", "true"),
+            ("isResolvable('nowhere.corp')", "false"),
+            ("dnsResolveEx('dual.corp')", "fd00::1;192.168.7.7"),
+            ("isInNetEx('dual.corp', 'fd00::/8')", "true"),
+            ("isInNetEx('dual.corp', '10.0.0.0/8')", "false"),
+            ("myIpAddress()", "192.0.2.10"),
+            // 2026-12-05 23:30 UTC is a Saturday in December.
+            ("weekdayRange('SAT', 'GMT')", "true"),
+            ("weekdayRange('FRI', 'MON', 'GMT')", "true"),
+            ("weekdayRange('MON', 'FRI', 'GMT')", "false"),
+            ("timeRange(23, 'GMT')", "true"),
+            ("timeRange(22, 2, 'GMT')", "true"),
+            ("timeRange(2, 22, 'GMT')", "false"),
+            ("timeRange(23, 0, 23, 45, 'GMT')", "true"),
+            ("timeRange(22, 0, 1, 0, 'GMT')", "true"),
+            ("timeRange(0, 0, 23, 29, 'GMT')", "false"),
+            ("dateRange('DEC', 'GMT')", "true"),
+            ("dateRange('NOV', 'JAN', 'GMT')", "true"),
+            ("dateRange('JAN', 'NOV', 'GMT')", "false"),
+            ("dateRange(1, 10, 'GMT')", "true"),
+            ("dateRange(6, 31, 'GMT')", "false"),
+            ("dateRange(2025, 2027, 'GMT')", "true"),
+            ("dateRange(2027, 'GMT')", "false"),
+            ("dateRange(1, 'DEC', 2026, 31, 'DEC', 2026, 'GMT')", "true"),
+            // ES2015+ in the script itself.
+            (
+                "(() => { const a = [1, 2]; let [x, y] = a; return `${x + y}`; })()",
+                "3",
+            ),
+        ];
+        for (expr, want) in cases {
+            let got = e.find_proxy("https://x/", expr).await.unwrap();
+            assert_eq!(&got, want, "{expr}");
+        }
+    }
+
+    /// Files load as UTF-8, UTF-16 with a BOM, or Latin-1.
+    #[test]
+    fn pac_files_decode() {
+        assert_eq!(decode(b"\xEF\xBB\xBFvar a = 1;"), "var a = 1;");
+        let utf16le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain("var é;".encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        assert_eq!(decode(&utf16le), "var é;");
+        let utf16be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain("x".encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        assert_eq!(decode(&utf16be), "x");
+        assert_eq!(decode(b"// caf\xE9\n"), "// café\n");
+    }
+
+    /// CONNECTs are asked about as `https://host/` (port 443) or `https://host:port/`, plain
+    /// requests as `http://host[:port]/`, IPv6 literals bracketed.
+    #[test]
+    fn urls_the_script_sees() {
+        let t = |h: &str, p| Target::new(h, p).unwrap();
+        assert_eq!(
+            Pac::url_for(&t("a.example", 443), true),
+            ("https://a.example/".into(), "a.example".into())
+        );
+        assert_eq!(
+            Pac::url_for(&t("a.example", 8443), true).0,
+            "https://a.example:8443/"
+        );
+        assert_eq!(
+            Pac::url_for(&t("a.example", 80), false).0,
+            "http://a.example/"
+        );
+        assert_eq!(
+            Pac::url_for(&t("::1", 8080), false),
+            ("http://[::1]:8080/".into(), "::1".into())
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! Proxy auto-config consumed: a PAC script (ES2015+) decides what no rule matches, over real
+//! sockets: DIRECT, an HTTP upstream, failover past a dead entry, rules winning over the PAC,
+//! DNS helpers on viaduct's (injected) resolver, and hostile scripts cut off while other
+//! requests are served.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use viaduct::Config;
+use viaduct::routing::autoconfig::PacSource;
+
+use crate::support::*;
+
+fn pac(script: String) -> Option<PacSource> {
+    Some(PacSource {
+        source: "test.pac".into(),
+        script,
+        credentials: Default::default(),
+    })
+}
+
+/// Echoes through a tunnel opened by CONNECT to `target`.
+async fn tunnel_echoes(proxy: std::net::SocketAddr, target: &str) -> u16 {
+    let (mut s, head) = connect(proxy, target).await;
+    if head.status == 200 {
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert_eq!(&b, b"ping");
+    }
+    head.status
+}
+
+/// The script's answers route tunnels and plain requests: names under `.direct.test` go
+/// DIRECT (resolved by viaduct), `via.test` through an HTTP upstream (a viaduct that sees
+/// the request), `failover.test` past a dead proxy to the live one; `dnsResolve` and `isInNet`
+/// use viaduct's resolver; a local rule wins over the script.
+#[tokio::test]
+async fn the_script_routes_what_no_rule_matches() {
+    let echo = echo_server().await;
+    // An HTTP upstream that records each CONNECT, answers 200 and then echoes.
+    let (up, mut up_heads) = fake_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let dead = free_addr();
+    let script = format!(
+        r#"
+        const up = "PROXY {up}";
+        let directs = [".direct.test"];
+        function FindProxyForURL(url, host) {{
+            if (directs.some((d) => dnsDomainIs(host, d))) return "DIRECT";
+            if (host === "via.test") return `${{up}}; DIRECT`;
+            if (host === "failover.test") return "PROXY {dead}; " + up;
+            if (isInNet(dnsResolve(host) || "0.0.0.0", "127.0.0.0", "255.0.0.0")) return "DIRECT";
+            return "PROXY {dead}";
+        }}"#,
+        up = up,
+        dead = dead
+    );
+    let resolver = TestResolver::default()
+        .with("a.direct.test", echo)
+        .with("via.test", echo)
+        .with("failover.test", echo)
+        .with("resolves.test", echo)
+        .with("elsewhere.test", echo);
+    let p = start_proxy_with(
+        Config {
+            pac: pac(script),
+            router: viaduct::config::parse(
+                "[[rules]]\nmatch = { domains = [\"elsewhere.test\"] }\nvia = \"direct\"\n",
+                "test.toml",
+            )
+            .unwrap()
+            .router,
+            ..config()
+        },
+        Arc::new(resolver),
+    )
+    .await;
+    let port = echo.port();
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("a.direct.test:{port}")).await,
+        200
+    );
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("via.test:{port}")).await,
+        200
+    );
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("failover.test:{port}")).await,
+        200
+    );
+    // dnsResolve through the injected resolver (the name exists nowhere else).
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("resolves.test:{port}")).await,
+        200
+    );
+    // The local rule wins: the script would send it to a dead proxy.
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("elsewhere.test:{port}")).await,
+        200
+    );
+    // A name the script sends only to the dead proxy: refused, named.
+    let (head, body) = send(
+        p.addr,
+        "CONNECT nowhere.test:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert_eq!(head.status, 502, "{}", String::from_utf8_lossy(&body));
+    // The upstream saw the tunnels the script sent its way, and only those.
+    let first = up_heads.recv().await.unwrap();
+    let second = up_heads.recv().await.unwrap();
+    assert!(
+        first.starts_with(&format!("CONNECT via.test:{port} ")),
+        "{first}"
+    );
+    assert!(
+        second.starts_with(&format!("CONNECT failover.test:{port} ")),
+        "{second}"
+    );
+    assert!(up_heads.try_recv().is_err());
+
+    // A plain request through the PAC-chosen upstream goes in absolute-form; the script sees
+    // `http://` URLs for plain requests.
+    let (plain_up, mut plain_heads) =
+        fake_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
+    let plain = format!(
+        "function FindProxyForURL(url, host) {{ return url.startsWith('http://') ? 'PROXY {plain_up}' : 'DIRECT'; }}"
+    );
+    let p2 = start_proxy(Config {
+        pac: pac(plain),
+        ..config()
+    })
+    .await;
+    let (head, body) = send(
+        p2.addr,
+        "GET http://plain.test:8080/x HTTP/1.1\r\nHost: plain.test:8080\r\n\r\n",
+    )
+    .await;
+    assert_eq!((head.status, body.as_slice()), (200, b"ok\n".as_slice()));
+    let seen = plain_heads.recv().await.unwrap();
+    assert!(
+        seen.starts_with("GET http://plain.test:8080/x HTTP/1.1"),
+        "{seen}"
+    );
+}
+
+/// Hostile scripts: a loop and a huge allocation for some hosts are cut off (502,
+/// `proxy_internal_error`, the URL and the limit in words) while every other request is
+/// answered at once.
+#[tokio::test]
+async fn hostile_scripts_are_cut_off_and_others_served() {
+    let echo = echo_server().await;
+    let script = r#"
+        function FindProxyForURL(url, host) {
+            if (host === "loop.test") { while (true) {} }
+            if (host === "hog.test") { var a = []; while (true) { a.push(new Array(1e6).fill(7)); } }
+            if (host === "throws.test") { throw new Error("nope"); }
+            if (host === "garbage.test") { return "WHATEVER"; }
+            return "DIRECT";
+        }"#;
+    let p = start_proxy_with(
+        Config {
+            pac: pac(script.into()),
+            ..config()
+        },
+        Arc::new(TestResolver::default().with("ok.test", echo)),
+    )
+    .await;
+    let cases = [
+        ("loop.test", "did not return within 100 ms"),
+        ("hog.test", "out of memory"),
+        ("throws.test", "threw nope"),
+        ("garbage.test", "names no usable entry"),
+    ];
+    // Two loops at once hold both engine instances for at most their deadline; the good
+    // request behind them still completes.
+    let mut tasks = Vec::new();
+    for (host, _) in cases {
+        let addr = p.addr;
+        tasks.push(tokio::spawn(async move {
+            send(
+                addr,
+                &format!("CONNECT {host}:443 HTTP/1.1\r\nHost: x\r\n\r\n"),
+            )
+            .await
+        }));
+    }
+    let status = tunnel_echoes(p.addr, &format!("ok.test:{}", echo.port())).await;
+    assert_eq!(status, 200);
+    for (task, (host, words)) in tasks.into_iter().zip(cases) {
+        let (head, _) = task.await.unwrap();
+        assert_eq!(head.status, 502, "{host}");
+        let ps = head.get("proxy-status").unwrap();
+        assert!(
+            ps.starts_with("viaduct; error=proxy_internal_error; details=\"PAC FindProxyForURL(")
+                && ps.contains(&format!("https://{host}/"))
+                && ps.contains(words),
+            "{host}: {ps}"
+        );
+    }
+    // The engine still answers after all that.
+    assert_eq!(
+        tunnel_echoes(p.addr, &format!("ok.test:{}", echo.port())).await,
+        200
+    );
+}
+
+/// A PAC file that does not load (missing, a syntax error, throwing at load, no
+/// FindProxyForURL) stops the start with exit 64 and a message naming it; a config file's
+/// relative `pac` path is taken from the file's directory.
+#[tokio::test]
+async fn a_broken_pac_is_a_configuration_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("missing.pac", None, "No such file"),
+        ("syntax.pac", Some("var x = ;"), "does not load"),
+        ("throws.pac", Some("throw new Error('boom');"), "boom"),
+        (
+            "nofn.pac",
+            Some("var FindProxy = 1;"),
+            "defines no FindProxyForURL",
+        ),
+    ];
+    for (name, body, words) in cases {
+        let path = dir.path().join(name);
+        if let Some(b) = body {
+            std::fs::write(&path, b).unwrap();
+        }
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_viaduct"))
+            .args(["--listen", "127.0.0.1:0", "--pac", path.to_str().unwrap()])
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{name}: {err}");
+        assert!(err.contains(name) && err.contains(words), "{name}: {err}");
+    }
+    // From a config file: `pac` relative to the file's directory; `viaduct route` uses it.
+    std::fs::write(
+        dir.path().join("corp.pac"),
+        "function FindProxyForURL(u, h) { return h === 'x.test' ? 'PROXY 127.0.0.1:9; DIRECT' : 'DIRECT'; }",
+    )
+    .unwrap();
+    let config = dir.path().join("viaduct.toml");
+    std::fs::write(&config, "pac = \"corp.pac\"\n").unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args([
+            "route",
+            "https://x.test/",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("pac:     PROXY 127.0.0.1:9; DIRECT -> pool pac (failover: http proxy 127.0.0.1:9, direct)"),
+        "{text}"
+    );
+}
