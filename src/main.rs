@@ -350,12 +350,7 @@ async fn route(
             Arc::clone(&resolver),
             tokio::runtime::Handle::current(),
         );
-        let pac = match viaduct::routing::autoconfig::Pac::load(
-            &src.source,
-            &src.script,
-            natives,
-            src.credentials.clone(),
-        ) {
+        let pac = match viaduct::routing::autoconfig::PacHandle::new(src.clone(), natives) {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("viaduct: {e}");

@@ -37,11 +37,12 @@ pub enum BuildError {
     Pac(String),
 }
 
-/// The configured PAC script loaded into an engine (none when none is configured).
+/// The configured PAC loaded into an engine (none when none is configured), its URL kept
+/// fresh by a background task while the handle lives.
 fn load_pac(
     pac: Option<&crate::routing::autoconfig::PacSource>,
     resolver: &Arc<dyn Resolve>,
-) -> Result<Option<Arc<crate::routing::autoconfig::Pac>>, BuildError> {
+) -> Result<Option<Arc<crate::routing::autoconfig::PacHandle>>, BuildError> {
     let Some(src) = pac else {
         return Ok(None);
     };
@@ -49,14 +50,14 @@ fn load_pac(
         Arc::clone(resolver),
         tokio::runtime::Handle::current(),
     );
-    crate::routing::autoconfig::Pac::load(
-        &src.source,
-        &src.script,
-        natives,
-        src.credentials.clone(),
-    )
-    .map(|p| Some(Arc::new(p)))
-    .map_err(BuildError::Pac)
+    let handle = crate::routing::autoconfig::PacHandle::new(src.clone(), natives)
+        .map(Arc::new)
+        .map_err(BuildError::Pac)?;
+    if let Some(e) = &src.fetch_error {
+        tracing::warn!(error = %e, "PAC not loaded yet; requests that need it get 502 until it loads");
+    }
+    handle.refresh(src.refresh);
+    Ok(Some(handle))
 }
 
 /// Our `Via` and the dialer `config` asks for (routes' TLS trust, connect timeout,

@@ -77,6 +77,8 @@ pub struct Settings {
     pub pac: Option<String>,
     /// `[pac_credentials] "host:port" = "user:pass"` (URL userinfo form, `${NAME}` expanded).
     pub pac_credentials: std::collections::HashMap<String, String>,
+    /// `pac_refresh = "10m"`: how often a PAC URL is fetched again.
+    pub pac_refresh: Option<Duration>,
     pub proxy_protocol: bool,
     pub proxy_protocol_from: Vec<IpNet>,
     /// `[tls] cert`, `key`: the `https://` listeners' certificate chain and key, relative
@@ -167,6 +169,7 @@ struct Raw {
     admin_allow: Vec<Spanned<String>>,
     pac_proxy: Option<String>,
     pac: Option<Spanned<String>>,
+    pac_refresh: Option<Spanned<String>>,
     #[serde(default)]
     pac_credentials: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -875,6 +878,7 @@ fn build(raw: Raw, at: &Locator) -> Result<FileConfig, ConfigError> {
                         .map_err(|m| at.error(v.span(), &format!("pac_credentials.\"{k}\""), m))
                 })
                 .collect::<Result<_, _>>()?,
+            pac_refresh: opt("pac_refresh", &raw.pac_refresh)?,
             proxy_protocol: raw.proxy_protocol,
             proxy_protocol_from: cidrs("proxy_protocol_from", &raw.proxy_protocol_from)?,
             tls_cert: raw.tls.as_ref().map(|t| beside(at.file, &t.cert)),

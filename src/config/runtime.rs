@@ -299,11 +299,24 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     // The PAC script is read here (a file, or fetched), so that one that does not load is a
     // configuration error at start and a rejected reload later.
     let pac = match o.pac.clone().or_else(|| settings.pac.clone()) {
-        Some(source) => Some(crate::routing::autoconfig::PacSource {
-            script: crate::routing::autoconfig::fetch(&source, Duration::from_secs(10))?,
-            source,
-            credentials: settings.pac_credentials.clone(),
-        }),
+        Some(source) => {
+            let mut pac = crate::routing::autoconfig::PacSource {
+                source,
+                credentials: settings.pac_credentials.clone(),
+                refresh: settings
+                    .pac_refresh
+                    .unwrap_or(crate::routing::autoconfig::DEFAULT_REFRESH),
+                ..Default::default()
+            };
+            match crate::routing::autoconfig::fetch(&pac.source, Duration::from_secs(10)) {
+                Ok(script) => pac.script = Some(script),
+                // An unreachable URL (off the VPN, server down) does not stop the start: the
+                // proxy fetches it again until it loads.
+                Err(e) if pac.is_url() => pac.fetch_error = Some(e),
+                Err(e) => return Err(e),
+            }
+            Some(pac)
+        }
         None => None,
     };
     let listen = if !o.listen.is_empty() {

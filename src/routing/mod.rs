@@ -118,7 +118,7 @@ pub struct Router {
     pub rules: Vec<Rule>,
     /// Decides what no bypass entry or rule matched (see [`autoconfig`]); the session core
     /// consults it where [`Router::decide`] answers [`Reason::Default`].
-    pub pac: Option<Arc<autoconfig::Pac>>,
+    pub pac: Option<Arc<autoconfig::PacHandle>>,
     pub default: Action,
 }
 

@@ -130,9 +130,10 @@ impl Engine {
         if !sent {
             return Err("the PAC engine is gone".into());
         }
-        // The worker's own deadline stops the script; this one also bounds the wait for a
-        // free worker (every worker busy with a slow call).
-        match tokio::time::timeout(self.timeout * 2 + Duration::from_millis(50), answer).await {
+        // The worker's own deadline stops the script (and bounds its DNS calls); this one is a
+        // safety net for a worker that cannot answer at all, generous enough that a call
+        // queued behind busy workers is not cut off by it.
+        match tokio::time::timeout(self.timeout * 10, answer).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err("the PAC engine dropped the call".into()),
             Err(_) => Err(format!(

@@ -10,8 +10,11 @@ pub mod engine;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
 
 use self::answer::Entry;
 use self::engine::{Engine, Natives};
@@ -32,9 +35,35 @@ const CACHE: usize = 4096;
 #[derive(Debug, Clone, Default)]
 pub struct PacSource {
     pub source: String,
-    pub script: String,
+    /// The script's text; none when a URL could not be fetched (see `fetch_error`).
+    pub script: Option<String>,
+    /// Why the URL could not be fetched, when it could not.
+    pub fetch_error: Option<String>,
     pub credentials: HashMap<String, String>,
+    /// How often a URL is fetched again. Default 10 minutes.
+    pub refresh: Duration,
 }
+
+impl PacSource {
+    /// A PAC from a script's text (tests, and files once read).
+    pub fn script(source: &str, script: &str) -> Self {
+        Self {
+            source: source.to_owned(),
+            script: Some(script.to_owned()),
+            fetch_error: None,
+            credentials: HashMap::new(),
+            refresh: DEFAULT_REFRESH,
+        }
+    }
+
+    /// An `http(s)://` source (fetched, and fetched again), not a file.
+    pub fn is_url(&self) -> bool {
+        self.source.starts_with("http://") || self.source.starts_with("https://")
+    }
+}
+
+/// How often a PAC URL is fetched again by default.
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(600);
 
 /// Reads a PAC script from a file or an `http://` URL, decoding UTF-8, UTF-16 with a BOM, or
 /// else Latin-1 (which covers the cp1252 files some servers serve).
@@ -128,12 +157,13 @@ pub struct Decided {
     pub action: Action,
 }
 
-/// Why the script gave no usable answer.
+/// Why the script gave no usable answer (or there is no script yet).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("PAC FindProxyForURL(\"{url}\") {reason}")]
-pub struct PacError {
-    pub url: String,
-    pub reason: String,
+pub enum PacError {
+    #[error("PAC FindProxyForURL(\"{url}\") {reason}")]
+    Call { url: String, reason: String },
+    #[error("PAC {from} is not loaded: {reason} (retrying)")]
+    NotLoaded { from: String, reason: String },
 }
 
 /// A loaded PAC script.
@@ -146,6 +176,23 @@ pub struct Pac {
     lists: Mutex<HashMap<String, Action>>,
     /// `user:pass@` (as written in a URL) per proxy `host:port`, for the proxies it names.
     credentials: HashMap<String, String>,
+    /// Counters, shared with the handle that outlives reloads of the script.
+    stats: Arc<Stats>,
+}
+
+/// What the PAC engine did, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Calls into the script (cache misses).
+    pub evaluations: AtomicU64,
+    /// Calls that gave a usable answer.
+    pub answered: AtomicU64,
+    /// Answers served from the cache.
+    pub cache_hits: AtomicU64,
+    /// Successful loads (start, reloads, refreshes).
+    pub loads: AtomicU64,
+    /// Loads or fetches that failed (the previous script, if any, stayed).
+    pub load_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Pac {
@@ -173,6 +220,7 @@ impl Pac {
             )),
             lists: Mutex::default(),
             credentials,
+            stats: Arc::default(),
         })
     }
 
@@ -213,19 +261,22 @@ impl Pac {
             .engine
             .find_proxy(&url, &host)
             .await
-            .map_err(|reason| PacError {
+            .map_err(|reason| PacError::Call {
                 url: url.clone(),
                 reason,
             })?;
-        let entries = answer::parse(&raw).map_err(|e| PacError {
+        let entries = answer::parse(&raw).map_err(|e| PacError::Call {
             url: url.clone(),
             reason: format!("answered {:?}, which names no usable entry", e.answer),
         })?;
-        let action = self.action_for(&raw, &entries).map_err(|reason| PacError {
-            url: url.clone(),
-            reason,
-        })?;
+        let action = self
+            .action_for(&raw, &entries)
+            .map_err(|reason| PacError::Call {
+                url: url.clone(),
+                reason,
+            })?;
         let decided = Arc::new(Decided { raw, action });
+        self.stats.answered.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut c) = self.cache.lock() {
             c.put(key, Arc::clone(&decided));
         }
@@ -285,6 +336,149 @@ impl Pac {
             l.insert(canonical, action.clone());
         }
         Ok(action)
+    }
+}
+
+/// The PAC in force for a configured source: the loaded script (none until it loads), when
+/// and why the last load failed, and the counters. The session core asks it; a refresher
+/// (see [`PacHandle::refresh`]) replaces the script behind it.
+pub struct PacHandle {
+    pub source: PacSource,
+    current: ArcSwapOption<Pac>,
+    /// When the script in force was loaded.
+    loaded_at: Mutex<Option<SystemTime>>,
+    /// Why the last load failed, while it has not loaded since.
+    last_error: Mutex<Option<String>>,
+    pub stats: Arc<Stats>,
+    natives: Natives,
+}
+
+impl std::fmt::Debug for PacHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PacHandle({})", self.source.source)
+    }
+}
+
+impl PacHandle {
+    /// A handle for `source`, with its script loaded when `source.script` holds one. A script
+    /// that does not load is an error; a URL that could not be fetched is not (`fetch_error`):
+    /// requests get 502 naming it until a refresh loads it.
+    pub fn new(source: PacSource, natives: Natives) -> Result<Self, String> {
+        let handle = Self {
+            current: ArcSwapOption::empty(),
+            loaded_at: Mutex::new(None),
+            last_error: Mutex::new(source.fetch_error.clone()),
+            stats: Arc::default(),
+            natives,
+            source,
+        };
+        if let Some(script) = handle.source.script.clone() {
+            handle.install(&script)?;
+        }
+        Ok(handle)
+    }
+
+    /// Loads `script` and puts it in force.
+    fn install(&self, script: &str) -> Result<(), String> {
+        let mut pac = Pac::load(
+            &self.source.source,
+            script,
+            self.natives.clone(),
+            self.source.credentials.clone(),
+        )?;
+        pac.stats = Arc::clone(&self.stats);
+        self.current.store(Some(Arc::new(pac)));
+        if let Ok(mut t) = self.loaded_at.lock() {
+            *t = Some(SystemTime::now());
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn failed(&self, reason: String) {
+        self.stats.load_failures.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(reason);
+        }
+    }
+
+    /// Where `target` goes, by the script in force.
+    pub async fn decide(&self, target: &Target, tls: bool) -> Result<Arc<Decided>, PacError> {
+        match self.current.load_full() {
+            Some(pac) => pac.decide(target, tls).await,
+            None => Err(PacError::NotLoaded {
+                from: self.source.source.clone(),
+                reason: self
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|e| e.clone())
+                    .map(|e| {
+                        let prefix = format!("PAC {}: ", self.source.source);
+                        e.strip_prefix(&prefix).map(str::to_owned).unwrap_or(e)
+                    })
+                    .unwrap_or_else(|| "not fetched yet".into()),
+            }),
+        }
+    }
+
+    /// Whether a script is in force.
+    pub fn loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// When the script in force was loaded, and why the last attempt failed (if it did).
+    pub fn status(&self) -> (Option<SystemTime>, Option<String>) {
+        (
+            self.loaded_at.lock().ok().and_then(|t| *t),
+            self.last_error.lock().ok().and_then(|e| e.clone()),
+        )
+    }
+
+    /// Keeps a URL source fresh while the handle lives: until the script loads, fetches again
+    /// with backoff (1 s doubling to 1 min); then every `every`. A failed fetch or load keeps
+    /// the script in force. Ends when the handle is dropped (a reload made a new one).
+    pub fn refresh(self: &Arc<Self>, every: Duration) {
+        if !self.source.is_url() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let wait = match weak.upgrade() {
+                    Some(h) if h.loaded() => every,
+                    Some(_) => backoff,
+                    None => return,
+                };
+                tokio::time::sleep(wait).await;
+                let Some(h) = weak.upgrade() else {
+                    return;
+                };
+                let source = h.source.source.clone();
+                let worker = Arc::clone(&h);
+                let done = tokio::task::spawn_blocking(move || {
+                    let script = fetch(&source, Duration::from_secs(10))?;
+                    worker.install(&script)
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+                match done {
+                    Ok(()) => {
+                        tracing::info!(source = %h.source.source, "PAC loaded");
+                        backoff = Duration::from_secs(1);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PAC not refreshed; keeping what is in force");
+                        h.failed(e);
+                        backoff = (backoff * 2).min(Duration::from_secs(60));
+                    }
+                }
+            }
+        });
     }
 }
 
