@@ -93,6 +93,47 @@ impl Collector for Live {
                 ConstCounter::new(p.failovers()).encode(m.encode_family(&labels)?)?;
             }
         }
+        if let Some(pac) = &self.core.router().pac {
+            use std::sync::atomic::Ordering::Relaxed;
+            gauge(
+                &mut encoder,
+                "pac_loaded",
+                "1 while a PAC script is in force, 0 while it has not loaded",
+                i64::from(pac.loaded()),
+            )?;
+            let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
+                let c = ConstCounter::new(v);
+                let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+                c.encode(m)
+            };
+            let st = &pac.stats;
+            counter(
+                &mut encoder,
+                "pac_evaluations",
+                "Calls into the PAC script (answers not in the cache)",
+                st.evaluations.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "pac_evaluation_failures",
+                "Calls into the PAC script that threw, timed out or answered nothing usable",
+                st.evaluations
+                    .load(Relaxed)
+                    .saturating_sub(st.answered.load(Relaxed)),
+            )?;
+            counter(
+                &mut encoder,
+                "pac_cache_hits",
+                "PAC answers served from the cache",
+                st.cache_hits.load(Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "pac_load_failures",
+                "PAC fetches or loads that failed (the script in force, if any, stayed)",
+                st.load_failures.load(Relaxed),
+            )?;
+        }
         Ok(())
     }
 }

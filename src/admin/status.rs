@@ -26,7 +26,19 @@ pub(super) struct Snapshot {
     rules: usize,
     routes: Vec<RouteStatus>,
     pools: Vec<PoolStatus>,
+    /// The PAC script consulted for what no rule matches, when one is configured.
+    pac: Option<PacStatus>,
     recent_errors: Vec<RecentError>,
+}
+
+#[derive(Debug, Serialize)]
+struct PacStatus {
+    source: String,
+    loaded: bool,
+    /// Seconds since the script in force was loaded.
+    age_seconds: Option<u64>,
+    /// Why the last fetch or load failed, while it has not loaded since.
+    last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,6 +107,17 @@ pub(super) fn snapshot(
                 members: p.states(),
             })
             .collect(),
+        pac: router.pac.as_ref().map(|p| {
+            let (loaded_at, last_error) = p.status();
+            PacStatus {
+                source: p.source.source.clone(),
+                loaded: p.loaded(),
+                age_seconds: loaded_at
+                    .and_then(|t| t.elapsed().ok())
+                    .map(|d| d.as_secs()),
+                last_error,
+            }
+        }),
         recent_errors: core.recent_errors(),
     }
 }
@@ -169,6 +192,24 @@ pub(super) fn html(s: &Snapshot) -> String {
         );
     }
     h.push_str("</table>");
+    if let Some(pac) = &s.pac {
+        let _ = write!(
+            h,
+            "<h2>PAC</h2><p>{} &mdash; {}{}</p>",
+            esc(&pac.source),
+            match (pac.loaded, pac.age_seconds) {
+                (true, Some(age)) => format!("loaded {age} s ago"),
+                (true, None) => "loaded".to_owned(),
+                (false, _) => "not loaded".to_owned(),
+            },
+            pac.last_error
+                .as_deref()
+                .map_or_else(String::new, |e| format!(
+                    "; last attempt failed: {}",
+                    esc(e)
+                ))
+        );
+    }
     for p in &s.pools {
         let _ = write!(
             h,

@@ -356,3 +356,64 @@ async fn a_pac_url_loads_when_it_can_and_refreshes() {
         "{ps}"
     );
 }
+
+/// `/metrics` counts PAC evaluations, cache hits and failures; `/status.json` and `/status`
+/// show the script's source and age.
+#[tokio::test]
+async fn metrics_and_status_show_the_pac() {
+    let echo = echo_server().await;
+    let script =
+        "function FindProxyForURL(u, h) { if (h === 'bad.test') throw 1; return 'DIRECT'; }";
+    let p = start_proxy_with(
+        Config {
+            pac: pac(script.into()),
+            admin: Some(viaduct::config::runtime::AdminSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                token: None,
+                allow: Vec::new(),
+                pac_proxy: None,
+            }),
+            ..config()
+        },
+        Arc::new(TestResolver::default().with("ok.test", echo)),
+    )
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    assert!(p.proxy.spawn_admin(listener));
+    let target = format!("ok.test:{}", echo.port());
+    assert_eq!(tunnel_echoes(p.addr, &target).await, 200);
+    assert_eq!(tunnel_echoes(p.addr, &target).await, 200);
+    let (_, head) = connect(p.addr, "bad.test:443").await;
+    assert_eq!(head.status, 502);
+    let get = |path: &'static str| async move {
+        let (_, body) = send(
+            admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        String::from_utf8(body).unwrap()
+    };
+    let metrics = get("/metrics").await;
+    for line in [
+        "viaduct_pac_loaded 1",
+        "viaduct_pac_evaluations_total 2",
+        "viaduct_pac_evaluation_failures_total 1",
+        "viaduct_pac_cache_hits_total 1",
+        "viaduct_pac_load_failures_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
+    }
+    let status: serde_json::Value = serde_json::from_str(&get("/status.json").await).unwrap();
+    assert_eq!(status["pac"]["source"], "test.pac");
+    assert_eq!(status["pac"]["loaded"], true);
+    assert!(status["pac"]["age_seconds"].as_u64().is_some());
+    assert!(
+        get("/status")
+            .await
+            .contains("<h2>PAC</h2><p>test.pac &mdash; loaded")
+    );
+}

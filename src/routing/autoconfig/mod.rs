@@ -255,8 +255,10 @@ impl Pac {
             .ok()
             .and_then(|mut c| c.get(&key).cloned())
         {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
         }
+        self.stats.evaluations.fetch_add(1, Ordering::Relaxed);
         let raw = self
             .engine
             .find_proxy(&url, &host)
