@@ -86,7 +86,8 @@ struct RunArgs {
     #[arg(long, env = "VIADUCT_UPSTREAM", hide_env_values = true)]
     upstream: Vec<String>,
 
-    /// Route what no rule matches by a proxy auto-config script (PATH or http://URL):
+    /// Route what no rule matches by a proxy auto-config script (PATH, http(s)://URL, or
+    /// "system": the desktop's setting, auto_proxy or GNOME's autoconfig-url):
     /// FindProxyForURL's answer (PROXY, HTTPS, SOCKS, SOCKS5, DIRECT; a list fails over in
     /// order). Re-read on SIGHUP.
     #[arg(long, value_name = "PATH|URL")]

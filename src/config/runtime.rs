@@ -300,15 +300,21 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
     // configuration error at start and a rejected reload later.
     let pac = match o.pac.clone().or_else(|| settings.pac.clone()) {
         Some(source) => {
+            let source = if source == "system" {
+                crate::routing::autoconfig::system_source(&|k| std::env::var(k).ok())?
+            } else {
+                source
+            };
             let mut pac = crate::routing::autoconfig::PacSource {
                 source,
                 credentials: settings.pac_credentials.clone(),
                 refresh: settings
                     .pac_refresh
                     .unwrap_or(crate::routing::autoconfig::DEFAULT_REFRESH),
+                tls: tls.clone(),
                 ..Default::default()
             };
-            match crate::routing::autoconfig::fetch(&pac.source, Duration::from_secs(10)) {
+            match crate::routing::autoconfig::fetch(&pac.source, Duration::from_secs(10), &tls) {
                 Ok(script) => pac.script = Some(script),
                 // An unreachable URL (off the VPN, server down) does not stop the start: the
                 // proxy fetches it again until it loads.

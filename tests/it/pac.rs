@@ -274,8 +274,12 @@ async fn a_pac_url_loads_when_it_can_and_refreshes() {
     )));
     let addr = free_addr();
     let url = format!("http://{addr}/corp.pac");
-    let fetch_error =
-        viaduct::routing::autoconfig::fetch(&url, std::time::Duration::from_secs(1)).unwrap_err();
+    let fetch_error = viaduct::routing::autoconfig::fetch(
+        &url,
+        std::time::Duration::from_secs(1),
+        &Default::default(),
+    )
+    .unwrap_err();
     let source = PacSource {
         fetch_error: Some(fetch_error),
         refresh: std::time::Duration::from_millis(300),
@@ -415,5 +419,74 @@ async fn metrics_and_status_show_the_pac() {
         get("/status")
             .await
             .contains("<h2>PAC</h2><p>test.pac &mdash; loaded")
+    );
+}
+
+/// A PAC over `https://` (the server's certificate checked as an upstream's: trusted here
+/// through `--upstream-ca`, refused in words otherwise), and `--pac system` taking the
+/// desktop's `auto_proxy`.
+#[tokio::test]
+async fn pac_over_https_and_from_the_desktop() {
+    use viaduct::routing::autoconfig::fetch;
+    use viaduct::upstream::TlsOptions;
+    let body = "function FindProxyForURL(u, h) { return 'PROXY 127.0.0.1:9; DIRECT'; }";
+    let plain = serve_tcp(move |mut s| async move {
+        let mut buf = [0; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(format!("HTTP/1.0 200 OK\r\n\r\n{body}").as_bytes())
+            .await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let cert = test_cert("localhost");
+    let front = tls_front(&cert, plain).await;
+    let url = format!("https://localhost:{}/corp.pac", front.port());
+    let trusted = TlsOptions {
+        ca_files: vec![cert.pem_file.path().to_path_buf()],
+        insecure: false,
+    };
+    let wait = std::time::Duration::from_secs(5);
+    let (u, t) = (url.clone(), trusted.clone());
+    let script = tokio::task::spawn_blocking(move || fetch(&u, wait, &t))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(script, body);
+    let u = url.clone();
+    let err = tokio::task::spawn_blocking(move || fetch(&u, wait, &TlsOptions::default()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.starts_with(&format!("PAC {url}: "))
+            && err.contains("certificate is not signed by a trusted CA"),
+        "{err}"
+    );
+
+    // --pac system: the desktop's auto_proxy.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("desktop.pac");
+    std::fs::write(&file, body).unwrap();
+    let route = |auto: Option<&std::path::Path>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_viaduct"));
+        cmd.args(["route", "https://x.test/", "--pac", "system"])
+            .env_remove("auto_proxy")
+            .env_remove("AUTO_PROXY");
+        if let Some(a) = auto {
+            cmd.env("auto_proxy", a);
+        }
+        async move { cmd.output().await.unwrap() }
+    };
+    let out = route(Some(&file)).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("pac:     PROXY 127.0.0.1:9; DIRECT"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("matched: pac ({})", file.display())),
+        "{text}"
     );
 }

@@ -22,6 +22,7 @@ use super::Action;
 use crate::pool::{Pool, PoolSettings, Strategy};
 use crate::target::{Host, Target};
 use crate::upstream::Route;
+use crate::upstream::TlsOptions;
 
 /// How long one `FindProxyForURL` call may take.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -42,6 +43,8 @@ pub struct PacSource {
     pub credentials: HashMap<String, String>,
     /// How often a URL is fetched again. Default 10 minutes.
     pub refresh: Duration,
+    /// How an `https://` URL's certificate is trusted (the upstreams' settings).
+    pub tls: TlsOptions,
 }
 
 impl PacSource {
@@ -53,6 +56,7 @@ impl PacSource {
             fetch_error: None,
             credentials: HashMap::new(),
             refresh: DEFAULT_REFRESH,
+            tls: TlsOptions::default(),
         }
     }
 
@@ -65,19 +69,49 @@ impl PacSource {
 /// How often a PAC URL is fetched again by default.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(600);
 
-/// Reads a PAC script from a file or an `http://` URL, decoding UTF-8, UTF-16 with a BOM, or
+/// Reads a PAC script from a file or an `http://` / `https://` URL (`tls`: how the server's
+/// certificate is trusted, as for `https://` upstreams), decoding UTF-8, UTF-16 with a BOM, or
 /// else Latin-1 (which covers the cp1252 files some servers serve).
-pub fn fetch(source: &str, timeout: Duration) -> Result<String, String> {
+pub fn fetch(source: &str, timeout: Duration, tls: &TlsOptions) -> Result<String, String> {
     let bytes = if let Some(rest) = source.strip_prefix("http://") {
-        fetch_http(rest, timeout).map_err(|e| format!("PAC {source}: {e}"))?
-    } else if source.starts_with("https://") {
-        return Err(format!(
-            "PAC {source}: https:// PAC URLs are not supported yet (use a file or http://)"
-        ));
+        fetch_http(rest, timeout, None).map_err(|e| format!("PAC {source}: {e}"))?
+    } else if let Some(rest) = source.strip_prefix("https://") {
+        fetch_http(rest, timeout, Some(tls)).map_err(|e| format!("PAC {source}: {e}"))?
     } else {
         std::fs::read(source).map_err(|e| format!("PAC {source}: {e}"))?
     };
     Ok(decode(&bytes))
+}
+
+/// `--pac system`: the desktop's PAC setting. `auto_proxy` (or `AUTO_PROXY`) in the
+/// environment first; else GNOME's `org.gnome.system.proxy` when its mode is `auto` (its
+/// `autoconfig-url`, read with `gsettings`). `env` is the environment lookup (injected by
+/// tests).
+pub fn system_source(env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if let Some(v) = env("auto_proxy")
+        .or_else(|| env("AUTO_PROXY"))
+        .filter(|v| !v.trim().is_empty())
+    {
+        return Ok(v.trim().to_owned());
+    }
+    let gsettings = |key: &str| -> Option<String> {
+        let out = std::process::Command::new("gsettings")
+            .args(["get", "org.gnome.system.proxy", key])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())?;
+        let v = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_matches('\'')
+            .to_owned();
+        (!v.is_empty()).then_some(v)
+    };
+    if gsettings("mode").as_deref() == Some("auto")
+        && let Some(url) = gsettings("autoconfig-url")
+    {
+        return Ok(url);
+    }
+    Err("--pac system: the desktop names no PAC (auto_proxy is not set, and GNOME's proxy mode is not \"auto\")".into())
 }
 
 /// Text from a PAC file's bytes (see [`fetch`]).
@@ -106,35 +140,72 @@ pub fn decode(bytes: &[u8]) -> String {
     }
 }
 
-/// A plain HTTP/1.0 GET (blocking: PAC files are read while the configuration is built, off
-/// the async runtime). Hand-written because it is one request and one response at start-up
-/// and reload, where a client stack would add nothing.
-fn fetch_http(rest: &str, timeout: Duration) -> Result<Vec<u8>, String> {
+/// An HTTP/1.0 GET, over TLS when `tls` (blocking: PAC files are read while the
+/// configuration is built and by the refresher's blocking task, off the async runtime).
+/// Hand-written because it is one request and one response now and then, where a client stack
+/// would add nothing.
+fn fetch_http(rest: &str, timeout: Duration, tls: Option<&TlsOptions>) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-    let hostport = if authority.contains(':') && !authority.ends_with(']') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
+    let default = if tls.is_some() { 443 } else { 80 };
+    // `host:port`, `[v6]:port`, or no port (the scheme's default).
+    let (host, hostport) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() && (!h.contains(':') || h.ends_with(']')) => {
+            (h.trim_matches(['[', ']']).to_owned(), format!("{h}:{p}"))
+        }
+        _ => (
+            authority.trim_matches(['[', ']']).to_owned(),
+            format!("{authority}:{default}"),
+        ),
     };
     let addr = hostport
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
         .next()
         .ok_or("no address")?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(timeout))
+    let tcp = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
+    tcp.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
         "GET /{path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: viaduct\r\nAccept: */*\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    );
     let mut all = Vec::new();
-    s.take(4 << 20)
-        .read_to_end(&mut all)
-        .map_err(|e| e.to_string())?;
+    let read = |s: &mut dyn Read, all: &mut Vec<u8>| -> Result<(), String> {
+        match s.take(4 << 20).read_to_end(all) {
+            Ok(_) => Ok(()),
+            // A server that closes without TLS's close_notify after a complete response.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !all.is_empty() => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match tls {
+        None => {
+            let mut s = tcp;
+            s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+            read(&mut s, &mut all)?;
+        }
+        Some(options) => {
+            let connector = crate::upstream::tls::connector(options).map_err(|e| e.to_string())?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let conn = rustls::ClientConnection::new(Arc::clone(connector.config()), name)
+                .map_err(|e| e.to_string())?;
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            // TLS failures in words (the certificate, the handshake), as for upstreams.
+            let words = |e: std::io::Error| {
+                e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .map_or_else(|| e.to_string(), crate::upstream::error::tls_words)
+                    .replace("the proxy's", "the PAC server's")
+                    .replace("the proxy ", "the PAC server ")
+            };
+            s.write_all(request.as_bytes()).map_err(words)?;
+            read(&mut s, &mut all)?;
+        }
+    }
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut res = httparse::Response::new(&mut headers);
     let len = match res.parse(&all) {
@@ -460,10 +531,10 @@ impl PacHandle {
                 let Some(h) = weak.upgrade() else {
                     return;
                 };
-                let source = h.source.source.clone();
+                let (source, tls) = (h.source.source.clone(), h.source.tls.clone());
                 let worker = Arc::clone(&h);
                 let done = tokio::task::spawn_blocking(move || {
-                    let script = fetch(&source, Duration::from_secs(10))?;
+                    let script = fetch(&source, Duration::from_secs(10), &tls)?;
                     worker.install(&script)
                 })
                 .await
