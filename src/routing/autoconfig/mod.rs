@@ -243,8 +243,11 @@ pub struct Pac {
     pub source: String,
     engine: Engine,
     cache: Mutex<lru::LruCache<(bool, String), Arc<Decided>>>,
-    /// Failover lists by answer, so that an ejected entry stays ejected across requests.
+    /// Routes and failover lists by answer, so that an ejected entry stays ejected across
+    /// requests.
     lists: Mutex<HashMap<String, Action>>,
+    /// Each proxy's route, by entry (`http proxy a:8080`).
+    routes: Mutex<HashMap<String, Route>>,
     /// `user:pass@` (as written in a URL) per proxy `host:port`, for the proxies it names.
     credentials: HashMap<String, String>,
     /// Counters, shared with the handle that outlives reloads of the script.
@@ -290,6 +293,7 @@ impl Pac {
                 NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
             lists: Mutex::default(),
+            routes: Mutex::default(),
             credentials,
             stats: Arc::default(),
         })
@@ -356,7 +360,10 @@ impl Pac {
         Ok(decided)
     }
 
-    /// The failover list for an answer (shared by every host that gets the same answer).
+    /// The route or failover list for an answer, shared by every host that gets the same
+    /// answer (so an ejected entry stays ejected, kept-alive connections are reused); each
+    /// proxy's route is shared by every list that names it (so what its authentication
+    /// learned is too).
     fn action_for(&self, raw: &str, entries: &[Entry]) -> Result<Action, String> {
         if let [Entry::Direct] = entries {
             return Ok(Action::direct());
@@ -374,34 +381,51 @@ impl Pac {
         {
             return Ok(a);
         }
-        let mut members = Vec::with_capacity(entries.len());
-        for e in entries {
-            let route = match e {
-                Entry::Direct => Route::direct(),
-                Entry::Proxy { scheme, addr } => {
-                    let userinfo = self
-                        .credentials
-                        .get(&addr.to_string())
-                        .map_or_else(String::new, |c| format!("{c}@"));
-                    Route::parse(&format!("{scheme}://{userinfo}{addr}")).map_err(|err| {
-                        format!("answered {raw:?}: entry {e} is not usable: {err}")
-                    })?
-                }
+        let route_of = |e: &Entry| -> Result<Route, String> {
+            let Entry::Proxy { scheme, addr } = e else {
+                return Ok(Route::direct());
             };
-            members.push((e.to_string(), route));
-        }
-        let pool = Pool::new(
-            "pac".into(),
-            members,
-            PoolSettings {
-                strategy: Strategy::Failover,
-                failures: 1,
-                ejection: Duration::from_secs(60),
-                max_attempts: entries.len(),
-                ..PoolSettings::default()
-            },
-        );
-        let action = Action::Pool(Arc::new(pool));
+            let key = e.to_string();
+            if let Some(r) = self.routes.lock().ok().and_then(|r| r.get(&key).cloned()) {
+                return Ok(r);
+            }
+            let userinfo = self
+                .credentials
+                .get(&addr.to_string())
+                .map_or_else(String::new, |c| format!("{c}@"));
+            let route = Route::parse(&format!("{scheme}://{userinfo}{addr}"))
+                .map_err(|err| format!("answered {raw:?}: entry {e} is not usable: {err}"))?;
+            if let Ok(mut r) = self.routes.lock() {
+                if r.len() >= CACHE {
+                    r.clear();
+                }
+                r.insert(key, route.clone());
+            }
+            Ok(route)
+        };
+        let action = if let [single @ Entry::Proxy { .. }] = entries {
+            // One proxy: nothing to fail over to, so it goes as a rule's upstream would.
+            Action::Upstream(Arc::new(super::Upstream {
+                name: "pac".into(),
+                route: route_of(single)?,
+            }))
+        } else {
+            let mut members = Vec::with_capacity(entries.len());
+            for e in entries {
+                members.push((e.to_string(), route_of(e)?));
+            }
+            Action::Pool(Arc::new(Pool::new(
+                "pac".into(),
+                members,
+                PoolSettings {
+                    strategy: Strategy::Failover,
+                    failures: 1,
+                    ejection: Duration::from_secs(60),
+                    max_attempts: entries.len(),
+                    ..PoolSettings::default()
+                },
+            )))
+        };
         if let Ok(mut l) = self.lists.lock() {
             if l.len() >= CACHE {
                 l.clear();
