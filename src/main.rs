@@ -86,8 +86,9 @@ struct RunArgs {
     #[arg(long, env = "VIADUCT_UPSTREAM", hide_env_values = true)]
     upstream: Vec<String>,
 
-    /// Route what no rule matches by a proxy auto-config script (PATH, http(s)://URL, or
-    /// "system": the desktop's setting, auto_proxy or GNOME's autoconfig-url):
+    /// Route what no rule matches by a proxy auto-config script (PATH, http(s)://URL,
+    /// "system": the desktop's setting, auto_proxy or GNOME's autoconfig-url, or "auto":
+    /// WPAD, wpad.<search domain>/wpad.dat):
     /// FindProxyForURL's answer (PROXY, HTTPS, SOCKS, SOCKS5, DIRECT; a list fails over in
     /// order). Re-read on SIGHUP.
     #[arg(long, value_name = "PATH|URL")]

@@ -110,7 +110,7 @@ pub(super) fn snapshot(
         pac: router.pac.as_ref().map(|p| {
             let (loaded_at, last_error) = p.status();
             PacStatus {
-                source: p.source.source.clone(),
+                source: p.origin(),
                 loaded: p.loaded(),
                 age_seconds: loaded_at
                     .and_then(|t| t.elapsed().ok())

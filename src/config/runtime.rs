@@ -312,9 +312,18 @@ pub fn merge(file: Option<FileConfig>, o: &Overrides) -> Result<Config, String> 
                     .pac_refresh
                     .unwrap_or(crate::routing::autoconfig::DEFAULT_REFRESH),
                 tls: tls.clone(),
+                wpad_port: 80,
                 ..Default::default()
             };
-            match crate::routing::autoconfig::fetch(&pac.source, Duration::from_secs(10), &tls) {
+            let fetched = if pac.is_auto() {
+                // WPAD needs the proxy's resolver: discovered once the proxy runs.
+                Err(crate::routing::autoconfig::PacSource::auto()
+                    .fetch_error
+                    .unwrap_or_default())
+            } else {
+                crate::routing::autoconfig::fetch(&pac.source, Duration::from_secs(10), &tls)
+            };
+            match fetched {
                 Ok(script) => pac.script = Some(script),
                 // An unreachable URL (off the VPN, server down) does not stop the start: the
                 // proxy fetches it again until it loads.

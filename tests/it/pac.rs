@@ -490,3 +490,56 @@ async fn pac_over_https_and_from_the_desktop() {
         "{text}"
     );
 }
+
+/// `--pac auto`: WPAD finds `wpad.<domain>` for a search domain (walking up), through
+/// viaduct's (injected) resolver, fetches `/wpad.dat` and routes by it; `/status` names what it
+/// found. No real DNS is asked: the resolver knows only `wpad.corp.test`.
+#[tokio::test]
+async fn wpad_discovers_the_script() {
+    let echo = echo_server().await;
+    let body = "function FindProxyForURL(u, h) { return h === 'ok.test' ? 'DIRECT' : 'PROXY 127.0.0.1:9'; }";
+    let wpad = serve_tcp(move |mut s| async move {
+        let mut buf = [0; 1024];
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        let asked = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let reply = if asked.starts_with("GET /wpad.dat HTTP/1.0\r\nHost: wpad.corp.test:") {
+            format!("HTTP/1.0 200 OK\r\n\r\n{body}")
+        } else {
+            "HTTP/1.0 404 Not Found\r\n\r\n".to_owned()
+        };
+        let _ = s.write_all(reply.as_bytes()).await;
+    })
+    .await;
+    let source = PacSource {
+        search: Some(vec!["eng.corp.test".into()]),
+        wpad_port: wpad.port(),
+        ..PacSource::auto()
+    };
+    let p = start_proxy_with(
+        Config {
+            pac: Some(source),
+            ..config()
+        },
+        Arc::new(
+            TestResolver::default()
+                .with("ok.test", echo)
+                .with("wpad.corp.test", wpad),
+        ),
+    )
+    .await;
+    let target = format!("ok.test:{}", echo.port());
+    let mut routed = false;
+    for _ in 0..100 {
+        if tunnel_echoes(p.addr, &target).await == 200 {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(routed, "WPAD never found the script");
+    let pac = p.proxy.router().pac.clone().unwrap();
+    assert_eq!(
+        pac.origin(),
+        format!("auto (http://wpad.corp.test:{}/wpad.dat)", wpad.port())
+    );
+}

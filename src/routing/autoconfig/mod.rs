@@ -45,6 +45,11 @@ pub struct PacSource {
     pub refresh: Duration,
     /// How an `https://` URL's certificate is trusted (the upstreams' settings).
     pub tls: TlsOptions,
+    /// `auto` (WPAD): the DNS search domains to walk, when not the system's
+    /// (`/etc/resolv.conf`'s `search` and `domain`).
+    pub search: Option<Vec<String>>,
+    /// `auto` (WPAD): the port `wpad.<domain>` serves on (80; tests use a free port).
+    pub wpad_port: u16,
 }
 
 impl PacSource {
@@ -57,12 +62,28 @@ impl PacSource {
             credentials: HashMap::new(),
             refresh: DEFAULT_REFRESH,
             tls: TlsOptions::default(),
+            search: None,
+            wpad_port: 80,
         }
     }
 
-    /// An `http(s)://` source (fetched, and fetched again), not a file.
+    /// `--pac auto`: found by WPAD when the proxy runs.
+    pub fn auto() -> Self {
+        Self {
+            script: None,
+            fetch_error: Some("WPAD discovery has not run yet".into()),
+            ..Self::script("auto", "")
+        }
+    }
+
+    /// WPAD (`--pac auto`).
+    pub fn is_auto(&self) -> bool {
+        self.source == "auto"
+    }
+
+    /// An `http(s)://` source or WPAD (fetched, and fetched again), not a file.
     pub fn is_url(&self) -> bool {
-        self.source.starts_with("http://") || self.source.starts_with("https://")
+        self.source.starts_with("http://") || self.source.starts_with("https://") || self.is_auto()
     }
 }
 
@@ -114,6 +135,85 @@ pub fn system_source(env: &dyn Fn(&str) -> Option<String>) -> Result<String, Str
     Err("--pac system: the desktop names no PAC (auto_proxy is not set, and GNOME's proxy mode is not \"auto\")".into())
 }
 
+/// WPAD by DNS: `wpad.<domain>` for each search domain, walking up one label at a time
+/// (never to a single-label name: `wpad.example` is refused, as browsers do since the 2007
+/// WPAD name-collision issues). In order, without duplicates.
+pub fn wpad_candidates(search: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for domain in search {
+        let labels: Vec<&str> = domain
+            .trim_end_matches('.')
+            .split('.')
+            .filter(|l| !l.is_empty())
+            .collect();
+        for i in 0..labels.len().saturating_sub(1) {
+            let name = format!("wpad.{}", labels[i..].join(".")).to_ascii_lowercase();
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// The system's DNS search domains (`/etc/resolv.conf`: `search`, else `domain`).
+fn system_search() -> Vec<String> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut search = Vec::new();
+    let mut domain = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match words.next() {
+            Some("search") => search = words.map(str::to_owned).collect(),
+            Some("domain") => domain = words.take(1).map(str::to_owned).collect(),
+            _ => {}
+        }
+    }
+    if search.is_empty() { domain } else { search }
+}
+
+/// Finds the WPAD script: the first `wpad.<domain>` that resolves (through `natives`'
+/// resolver) and serves `/wpad.dat`. Returns the URL and the script.
+fn discover(source: &PacSource, natives: &Natives) -> Result<(String, String), String> {
+    let search = source.search.clone().unwrap_or_else(system_search);
+    let candidates = wpad_candidates(&search);
+    if candidates.is_empty() {
+        return Err("WPAD: no DNS search domain to look for wpad.<domain> in".into());
+    }
+    let mut tried = Vec::new();
+    for name in &candidates {
+        let resolver = Arc::clone(&natives.resolver);
+        let (n, port) = (name.clone(), source.wpad_port);
+        let addrs = natives.handle.block_on(async move {
+            tokio::time::timeout(Duration::from_secs(5), resolver.resolve(&n, port)).await
+        });
+        let Some(addr) = addrs
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|a| a.into_iter().next())
+        else {
+            tried.push(format!("{name} (no address)"));
+            continue;
+        };
+        let authority = if source.wpad_port == 80 {
+            name.clone()
+        } else {
+            format!("{name}:{}", source.wpad_port)
+        };
+        let url = format!("http://{authority}/wpad.dat");
+        match fetch_http_at(
+            &format!("{authority}/wpad.dat"),
+            Duration::from_secs(10),
+            None,
+            Some(addr),
+        ) {
+            Ok(bytes) => return Ok((url, decode(&bytes))),
+            Err(e) => tried.push(format!("{url} ({e})")),
+        }
+    }
+    Err(format!("WPAD found nothing: {}", tried.join(", ")))
+}
+
 /// Text from a PAC file's bytes (see [`fetch`]).
 pub fn decode(bytes: &[u8]) -> String {
     let utf16 = |b: &[u8], le: bool| {
@@ -145,6 +245,16 @@ pub fn decode(bytes: &[u8]) -> String {
 /// Hand-written because it is one request and one response now and then, where a client stack
 /// would add nothing.
 fn fetch_http(rest: &str, timeout: Duration, tls: Option<&TlsOptions>) -> Result<Vec<u8>, String> {
+    fetch_http_at(rest, timeout, tls, None)
+}
+
+/// [`fetch_http`], connecting to `at` when given (an address the caller resolved).
+fn fetch_http_at(
+    rest: &str,
+    timeout: Duration,
+    tls: Option<&TlsOptions>,
+    at: Option<std::net::SocketAddr>,
+) -> Result<Vec<u8>, String> {
     use std::io::{Read, Write};
     use std::net::ToSocketAddrs;
     let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
@@ -159,11 +269,14 @@ fn fetch_http(rest: &str, timeout: Duration, tls: Option<&TlsOptions>) -> Result
             format!("{authority}:{default}"),
         ),
     };
-    let addr = hostport
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())?
-        .next()
-        .ok_or("no address")?;
+    let addr = match at {
+        Some(a) => a,
+        None => hostport
+            .to_socket_addrs()
+            .map_err(|e| e.to_string())?
+            .next()
+            .ok_or("no address")?,
+    };
     let tcp = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
@@ -448,6 +561,8 @@ pub struct PacHandle {
     last_error: Mutex<Option<String>>,
     pub stats: Arc<Stats>,
     natives: Natives,
+    /// For WPAD: the URL discovery found.
+    found: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for PacHandle {
@@ -467,6 +582,7 @@ impl PacHandle {
             last_error: Mutex::new(source.fetch_error.clone()),
             stats: Arc::default(),
             natives,
+            found: Mutex::new(None),
             source,
         };
         if let Some(script) = handle.source.script.clone() {
@@ -527,6 +643,14 @@ impl PacHandle {
         self.current.load().is_some()
     }
 
+    /// Where the script comes from: the configured source, and for WPAD what it found.
+    pub fn origin(&self) -> String {
+        match self.found.lock().ok().and_then(|f| f.clone()) {
+            Some(url) => format!("{} ({url})", self.source.source),
+            None => self.source.source.clone(),
+        }
+    }
+
     /// When the script in force was loaded, and why the last attempt failed (if it did).
     pub fn status(&self) -> (Option<SystemTime>, Option<String>) {
         (
@@ -543,10 +667,13 @@ impl PacHandle {
             return;
         }
         let weak = Arc::downgrade(self);
+        let mut first = self.source.is_auto();
         tokio::spawn(async move {
             let mut backoff = Duration::from_secs(1);
             loop {
                 let wait = match weak.upgrade() {
+                    // WPAD runs at once: nothing was fetched while the configuration loaded.
+                    Some(_) if std::mem::take(&mut first) => Duration::ZERO,
                     Some(h) if h.loaded() => every,
                     Some(_) => backoff,
                     None => return,
@@ -555,10 +682,19 @@ impl PacHandle {
                 let Some(h) = weak.upgrade() else {
                     return;
                 };
-                let (source, tls) = (h.source.source.clone(), h.source.tls.clone());
                 let worker = Arc::clone(&h);
                 let done = tokio::task::spawn_blocking(move || {
-                    let script = fetch(&source, Duration::from_secs(10), &tls)?;
+                    let src = &worker.source;
+                    let script = if src.is_auto() {
+                        let (url, script) = discover(src, &worker.natives)?;
+                        tracing::info!(%url, "WPAD found the PAC");
+                        if let Ok(mut f) = worker.found.lock() {
+                            *f = Some(url);
+                        }
+                        script
+                    } else {
+                        fetch(&src.source, Duration::from_secs(10), &src.tls)?
+                    };
                     worker.install(&script)
                 })
                 .await
@@ -726,6 +862,25 @@ mod tests {
             .collect();
         assert_eq!(decode(&utf16be), "x");
         assert_eq!(decode(b"// caf\xE9\n"), "// café\n");
+    }
+
+    /// WPAD walks each search domain up to two labels, never to `wpad.<tld>`.
+    #[test]
+    fn wpad_candidates_walk_up() {
+        let search = vec![
+            "eng.site.corp.example".to_owned(),
+            "corp.example.".to_owned(),
+            "local".to_owned(),
+        ];
+        assert_eq!(
+            wpad_candidates(&search),
+            [
+                "wpad.eng.site.corp.example",
+                "wpad.site.corp.example",
+                "wpad.corp.example",
+            ]
+        );
+        assert!(wpad_candidates(&[]).is_empty());
     }
 
     /// CONNECTs are asked about as `https://host/` (port 443) or `https://host:port/`, plain
