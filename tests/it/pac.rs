@@ -347,9 +347,27 @@ async fn a_pac_url_loads_when_it_can_and_refreshes() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(moved, "the refreshed PAC was never used");
-    // A broken script at the next refresh: the one in force stays.
+    // A broken script at the next refresh: the one in force stays. Wait for that refresh to
+    // have failed (its counter), not for a fixed time.
+    let handle = p.proxy.router().pac.clone().unwrap();
+    let failures = |h: &viaduct::routing::autoconfig::PacHandle| {
+        h.stats
+            .load_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = failures(&handle);
     *served.lock().unwrap() = "this is not javascript (".into();
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    for _ in 0..100 {
+        if failures(&handle) > before {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        failures(&handle) > before,
+        "the broken script was never fetched"
+    );
+    assert!(handle.loaded());
     let (_, head) = connect(p.addr, &target).await;
     // Still the last good script: its dead proxy (refused, or ejected by now), not a PAC error.
     assert_eq!(head.status, 502);
