@@ -196,11 +196,16 @@ async fn get_via(
         &status.to_string(),
         Some(started.elapsed()),
     );
-    if status.is_success() || status.is_redirection() {
+    verdict_of_get(out, status.as_u16())
+}
+
+/// The probe's last line for the GET's status: `ok` for 2xx/3xx, else what answered.
+fn verdict_of_get(out: &mut (dyn Write + Send), code: u16) -> bool {
+    if (200..400).contains(&code) {
         let _ = writeln!(out, "ok");
         true
     } else {
-        let _ = writeln!(out, "FAILED  the origin answered {}", status.as_u16());
+        let _ = writeln!(out, "FAILED  the origin answered {code}");
         false
     }
 }
@@ -341,14 +346,7 @@ async fn get(
                 Some(started.elapsed()),
             );
             match code {
-                Some(c) if (200..400).contains(&c) => {
-                    let _ = writeln!(out, "ok");
-                    true
-                }
-                Some(c) => {
-                    let _ = writeln!(out, "FAILED  the origin answered {c}");
-                    false
-                }
+                Some(c) => verdict_of_get(out, c),
                 None => {
                     let _ = writeln!(
                         out,

@@ -207,30 +207,12 @@ async fn skip_body<S: AsyncRead + Unpin>(
     framing: BodyFraming,
     peer: &str,
 ) -> Result<bool, ConnectError> {
-    let mut fill = async |buf: &mut BytesMut| -> Result<(), ConnectError> {
-        buf.reserve(4096);
-        match io.read_buf(buf).await {
-            Ok(0) => Err(ConnectError::HopClosed {
-                peer: peer.to_owned(),
-            }),
-            Ok(_) => Ok(()),
-            Err(e) => Err(ConnectError::io(peer, e)),
-        }
-    };
     match framing {
         BodyFraming::Close => Ok(false),
         BodyFraming::Length(n) if n > MAX_SKIPPED_BODY => Ok(false),
         BodyFraming::Length(n) => {
-            let mut left = n as usize;
-            loop {
-                let take = left.min(buf.len());
-                let _ = buf.split_to(take);
-                left -= take;
-                if left == 0 {
-                    return Ok(true);
-                }
-                fill(buf).await?;
-            }
+            skip_exactly(n as usize, io, buf, peer).await?;
+            Ok(true)
         }
         BodyFraming::Chunked => {
             let mut skipped = 0u64;
@@ -241,7 +223,7 @@ async fn skip_body<S: AsyncRead + Unpin>(
                     if buf.len() > 1024 {
                         return Err(bad_chunk(peer));
                     }
-                    fill(buf).await?;
+                    fill(io, buf, peer).await?;
                     continue;
                 };
                 let line = std::str::from_utf8(&buf[..eol]).map_err(|_| bad_chunk(peer))?;
@@ -254,7 +236,7 @@ async fn skip_body<S: AsyncRead + Unpin>(
                             if buf.len() > 8192 {
                                 return Err(bad_chunk(peer));
                             }
-                            fill(buf).await?;
+                            fill(io, buf, peer).await?;
                             continue;
                         };
                         let _ = buf.split_to(eol + 2);
@@ -267,18 +249,44 @@ async fn skip_body<S: AsyncRead + Unpin>(
                 if skipped > MAX_SKIPPED_BODY {
                     return Ok(false);
                 }
-                let mut left = size as usize + 2;
-                loop {
-                    let take = left.min(buf.len());
-                    let _ = buf.split_to(take);
-                    left -= take;
-                    if left == 0 {
-                        break;
-                    }
-                    fill(buf).await?;
-                }
+                // The chunk's data and its CRLF.
+                skip_exactly(size as usize + 2, io, buf, peer).await?;
             }
         }
+    }
+}
+
+/// Drops `n` bytes: those already in `buf`, then what is read from `io` into it.
+async fn skip_exactly<S: AsyncRead + Unpin>(
+    mut n: usize,
+    io: &mut S,
+    buf: &mut BytesMut,
+    peer: &str,
+) -> Result<(), ConnectError> {
+    loop {
+        let take = n.min(buf.len());
+        let _ = buf.split_to(take);
+        n -= take;
+        if n == 0 {
+            return Ok(());
+        }
+        fill(io, buf, peer).await?;
+    }
+}
+
+/// Reads more of a body into `buf`; the peer closing first is an error.
+async fn fill<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    peer: &str,
+) -> Result<(), ConnectError> {
+    buf.reserve(4096);
+    match io.read_buf(buf).await {
+        Ok(0) => Err(ConnectError::HopClosed {
+            peer: peer.to_owned(),
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => Err(ConnectError::io(peer, e)),
     }
 }
 

@@ -13,6 +13,16 @@ fn free_port() -> u16 {
 }
 
 /// Sends SIGHUP to a running viaduct.
+/// The next systemd notification on `sock` (waits at most 10 s).
+async fn notification(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
+        .await
+        .expect("a notification")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
 fn sighup(child: &tokio::process::Child) {
     let pid = child.id().unwrap().to_string();
     assert!(
@@ -608,14 +618,7 @@ async fn systemd_notifications() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let next = || async {
-        let mut buf = vec![0u8; 512];
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
-            .await
-            .expect("a notification")
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let next = || notification(&sock);
     assert_eq!(next().await.trim(), "READY=1");
     // Ready means listening.
     tokio::net::TcpStream::connect(local(port)).await.unwrap();
@@ -642,7 +645,6 @@ async fn sighup_the_instant_ready_arrives_is_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let sock_path = dir.path().join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&sock_path).unwrap();
-    let mut buf = vec![0u8; 512];
     for round in 0..200 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
             .args(["--listen", "127.0.0.1:0"])
@@ -651,13 +653,7 @@ async fn sighup_the_instant_ready_arrives_is_a_reload() {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut next = async || {
-            let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
-                .await
-                .expect("a notification")
-                .unwrap();
-            String::from_utf8_lossy(&buf[..n]).into_owned()
-        };
+        let next = || notification(&sock);
         assert_eq!(next().await.trim(), "READY=1", "round {round}");
         sighup(&child);
         assert!(next().await.contains("RELOADING=1"), "round {round}");
@@ -700,14 +696,7 @@ async fn sighup_reopens_the_access_log_without_a_config() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut buf = vec![0u8; 512];
-    let mut next = async || {
-        let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf))
-            .await
-            .expect("a notification")
-            .unwrap();
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    };
+    let next = || notification(&sock);
     assert_eq!(next().await.trim(), "READY=1");
     let tunnel = |tag: &'static [u8]| async move {
         let (mut s, head) = connect(local(port), &echo.to_string()).await;
@@ -719,21 +708,10 @@ async fn sighup_reopens_the_access_log_without_a_config() {
     tunnel(b"before").await;
     let rotated = dir.path().join("access.json.1");
     let logged = |path: std::path::PathBuf| async move {
-        for _ in 0..100 {
-            if std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "no single record in {}: {:?} (directory: {:?})",
-            path.display(),
-            std::fs::read_to_string(&path),
-            std::fs::read_dir(path.parent().unwrap())
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect::<Vec<_>>()
-        );
+        eventually(&format!("one record in {}", path.display()), || async {
+            std::fs::read_to_string(&path).is_ok_and(|t| t.lines().count() == 1)
+        })
+        .await;
     };
     logged(log.clone()).await;
     std::fs::rename(&log, &rotated).unwrap();

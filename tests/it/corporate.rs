@@ -200,6 +200,15 @@ fn challenge_message(server_challenge: [u8; 8]) -> Vec<u8> {
     m
 }
 
+/// A viaduct whose upstream is `up`, logging in as CORP\bob with `password`.
+async fn as_bob(up: &NtlmUpstream, password: &str) -> ProxyHandle {
+    start_proxy(Config {
+        router: via(&format!("http://CORP%5Cbob:{password}@{}", up.addr)),
+        ..config()
+    })
+    .await
+}
+
 fn bob() -> ntlm::Account {
     ntlm::Account::new("CORP\\bob", "s3cret")
 }
@@ -211,11 +220,7 @@ fn bob() -> ntlm::Account {
 async fn connect_through_an_ntlm_proxy() {
     let up = ntlm_upstream(bob(), false).await;
     let echo = echo_server().await;
-    let p = start_proxy(Config {
-        router: via(&format!("http://CORP%5Cbob:s3cret@{}", up.addr)),
-        ..config()
-    })
-    .await;
+    let p = as_bob(&up, "s3cret").await;
     for round in 0..2 {
         let (mut s, head) = connect(p.addr, &echo.to_string()).await;
         assert_eq!(head.status, 200, "round {round}");
@@ -239,11 +244,7 @@ async fn connect_through_an_ntlm_proxy() {
 #[tokio::test]
 async fn wrong_ntlm_password_is_a_clear_502() {
     let up = ntlm_upstream(bob(), false).await;
-    let p = start_proxy(Config {
-        router: via(&format!("http://CORP%5Cbob:wrong-pw@{}", up.addr)),
-        ..config()
-    })
-    .await;
+    let p = as_bob(&up, "wrong-pw").await;
     for raw in [
         "CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
         "GET http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n",
@@ -278,11 +279,7 @@ async fn wrong_ntlm_password_is_a_clear_502() {
 #[tokio::test]
 async fn plain_requests_ride_one_authenticated_connection() {
     let up = ntlm_upstream(bob(), false).await;
-    let p = start_proxy(Config {
-        router: via(&format!("http://CORP%5Cbob:s3cret@{}", up.addr)),
-        ..config()
-    })
-    .await;
+    let p = as_bob(&up, "s3cret").await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();
     let requests = [
         "POST http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 11\r\n\r\nhello world".to_owned(),
@@ -311,11 +308,7 @@ async fn plain_requests_ride_one_authenticated_connection() {
 async fn a_407_with_connection_close_gets_a_new_connection() {
     let up = ntlm_upstream(bob(), true).await;
     let echo = echo_server().await;
-    let p = start_proxy(Config {
-        router: via(&format!("http://CORP%5Cbob:s3cret@{}", up.addr)),
-        ..config()
-    })
-    .await;
+    let p = as_bob(&up, "s3cret").await;
     let (mut s, head) = connect(p.addr, &echo.to_string()).await;
     assert_eq!(head.status, 200);
     s.write_all(b"x").await.unwrap();

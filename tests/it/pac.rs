@@ -323,30 +323,19 @@ async fn a_pac_url_loads_when_it_can_and_refreshes() {
             });
         }
     });
-    let mut routed = false;
-    for _ in 0..100 {
-        if tunnel_echoes(p.addr, &target).await == 200 {
-            routed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(routed, "the PAC never loaded");
+    eventually("the PAC loads and routes", || async {
+        tunnel_echoes(p.addr, &target).await == 200
+    })
+    .await;
     // A changed script is picked up by the refresh: the host now goes to a dead proxy.
     let dead = free_addr();
     *served.lock().unwrap() =
         format!("function FindProxyForURL(u, h) {{ return 'PROXY {dead}'; }}");
-    let mut moved = false;
-    for _ in 0..100 {
-        // (connect, not send: an open tunnel has no end to read to)
-        let (_, head) = connect(p.addr, &target).await;
-        if head.status == 502 {
-            moved = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert!(moved, "the refreshed PAC was never used");
+    // (connect, not send: an open tunnel has no end to read to)
+    eventually("the refreshed PAC is used", || async {
+        connect(p.addr, &target).await.1.status == 502
+    })
+    .await;
     // A broken script at the next refresh: the one in force stays. Wait for that refresh to
     // have failed (its counter), not for a fixed time.
     let handle = p.proxy.router().pac.clone().unwrap();
@@ -357,16 +346,10 @@ async fn a_pac_url_loads_when_it_can_and_refreshes() {
     };
     let before = failures(&handle);
     *served.lock().unwrap() = "this is not javascript (".into();
-    for _ in 0..100 {
-        if failures(&handle) > before {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(
-        failures(&handle) > before,
-        "the broken script was never fetched"
-    );
+    eventually("the broken script is fetched and refused", || async {
+        failures(&handle) > before
+    })
+    .await;
     assert!(handle.loaded());
     let (_, head) = connect(p.addr, &target).await;
     // Still the last good script: its dead proxy (refused, or ejected by now), not a PAC error.
@@ -546,15 +529,10 @@ async fn wpad_discovers_the_script() {
     )
     .await;
     let target = format!("ok.test:{}", echo.port());
-    let mut routed = false;
-    for _ in 0..100 {
-        if tunnel_echoes(p.addr, &target).await == 200 {
-            routed = true;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(routed, "WPAD never found the script");
+    eventually("WPAD finds the script", || async {
+        tunnel_echoes(p.addr, &target).await == 200
+    })
+    .await;
     let pac = p.proxy.router().pac.clone().unwrap();
     assert_eq!(
         pac.origin(),

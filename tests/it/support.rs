@@ -301,6 +301,24 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// Polls `condition` until it holds, for at most 10 s; panics naming `what` otherwise. For
+/// events whose timing the test does not control (a refresh, a log line written when a
+/// connection closes): never a fixed sleep that passes or fails with machine load.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits (bounded) until something accepts connections on `addr`.
 pub async fn wait_listening(addr: SocketAddr) {
     for _ in 0..200 {
@@ -365,18 +383,48 @@ where
 /// A fake upstream proxy: records each request head, answers `reply` (raw bytes), then, if it
 /// said 2xx, acts as an echo server on the same connection.
 pub async fn fake_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    fake_proxy(reply, false).await
+}
+
+/// An upstream proxy that wants Basic credentials, as a real one does: a request without
+/// `Proxy-Authorization` gets `407 Proxy-Authenticate: Basic` on a kept-alive connection
+/// (viaduct asks before it sends a password); a request with one is recorded and answered
+/// `reply` (a 2xx then echoes, as [`fake_upstream`]).
+pub async fn basic_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    fake_proxy(reply, true).await
+}
+
+/// The two fakes above: `basic` challenges heads without Basic credentials first.
+async fn fake_proxy(
+    reply: &'static [u8],
+    basic: bool,
+) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    const CHALLENGE: &[u8] = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
+        Proxy-Authenticate: Basic realm=\"up\"\r\nContent-Length: 0\r\n\r\n";
     let (tx, rx) = mpsc::unbounded_channel();
     let addr = serve_tcp(move |mut s| {
         let tx = tx.clone();
         async move {
-            let mut head = Vec::new();
-            while !head.ends_with(b"\r\n\r\n") {
-                match s.read_u8().await {
-                    Ok(b) => head.push(b),
-                    Err(_) => return,
+            let head = loop {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read_u8().await {
+                        Ok(b) => head.push(b),
+                        Err(_) => return,
+                    }
                 }
-            }
-            let _ = tx.send(String::from_utf8_lossy(&head).into_owned());
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let has_basic = text
+                    .to_ascii_lowercase()
+                    .contains("\r\nproxy-authorization: basic ");
+                if !basic || has_basic {
+                    break text;
+                }
+                if s.write_all(CHALLENGE).await.is_err() {
+                    return;
+                }
+            };
+            let _ = tx.send(head);
             if s.write_all(reply).await.is_err() {
                 return;
             }
@@ -386,53 +434,6 @@ pub async fn fake_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::Unbounded
             } else {
                 // Hold the connection open until the proxy closes it.
                 let _ = s.read_to_end(&mut Vec::new()).await;
-            }
-        }
-    })
-    .await;
-    (addr, rx)
-}
-
-/// An upstream proxy that wants Basic credentials, as a real one does: a request without
-/// `Proxy-Authorization` gets `407 Proxy-Authenticate: Basic` on a kept-alive connection
-/// (viaduct asks before it sends a password); a request with one is recorded and answered
-/// `reply` (a 2xx then echoes, as [`fake_upstream`]).
-pub async fn basic_upstream(reply: &'static [u8]) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let addr = serve_tcp(move |mut s| {
-        let tx = tx.clone();
-        async move {
-            loop {
-                let mut head = Vec::new();
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read_u8().await {
-                        Ok(b) => head.push(b),
-                        Err(_) => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head).into_owned();
-                if !text
-                    .to_ascii_lowercase()
-                    .contains("\r\nproxy-authorization: basic ")
-                {
-                    let challenge = b"HTTP/1.1 407 Proxy Authentication Required\r\n\
-                        Proxy-Authenticate: Basic realm=\"up\"\r\nContent-Length: 0\r\n\r\n";
-                    if s.write_all(challenge).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let _ = tx.send(text);
-                if s.write_all(reply).await.is_err() {
-                    return;
-                }
-                if reply.starts_with(b"HTTP/1.1 2") || reply.starts_with(b"HTTP/1.0 2") {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                } else {
-                    let _ = s.read_to_end(&mut Vec::new()).await;
-                }
-                return;
             }
         }
     })
