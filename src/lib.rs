@@ -35,7 +35,9 @@
 //! - [`metrics`]: the counters and histograms the data path records (labels from config only).
 //! - [`probe`]: `viaduct probe`, the route walked step by step.
 //! - [`failure`]: the one classifier: status, `Proxy-Status` token, retry, blame, SOCKS reply.
-//! - [`config`]: the file (located errors) and the runtime [`Config`] with its merge.
+//! - [`config`]: every setting defined once ([`config::settings`]), the file (located
+//!   errors), the flags, and the runtime [`Config`] with its merge.
+//! - [`cli`]: the command line's grammar and the `check`, `route`, `probe` subcommands.
 //! - Leaves: [`target`] (destinations), [`stream`] (boxed streams), [`shutdown`], [`rate`]
 //!   (token buckets for bandwidth and connection rates).
 //! - [`proxy`]: wires the parts into a [`Proxy`] and serves listeners.
@@ -52,6 +54,7 @@
 pub mod access;
 pub mod admin;
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod failure;
 pub mod http;
@@ -71,5 +74,5 @@ pub mod stream;
 pub mod target;
 pub mod upstream;
 
-pub use config::{Config, Limits, Overrides};
+pub use config::{Config, Limits, RunFlags, Settings};
 pub use proxy::{BuildError, Proxy, serve, serve_all};

@@ -130,7 +130,7 @@ pub async fn run(
         stream
     };
     let request_target = if absolute { url.to_owned() } else { path };
-    let within = config.connect_timeout.max(Duration::from_secs(10));
+    let within = config.settings.connect_timeout.max(Duration::from_secs(10));
     match absolute.then(|| {
         route_used
             .as_ref()

@@ -63,12 +63,12 @@ fn load_pac(
 /// Our `Via` and the dialer `config` asks for (routes' TLS trust, connect timeout,
 /// destination policy): what the proxy dials with, and what `viaduct probe` dials with.
 pub fn dialer(config: &Config, resolver: Arc<dyn Resolve>) -> Result<(Via, Dialer), BuildError> {
-    let via =
-        Via::new(&config.via_name).ok_or_else(|| BuildError::ViaName(config.via_name.clone()))?;
+    let via = Via::new(&config.settings.via_name)
+        .ok_or_else(|| BuildError::ViaName(config.settings.via_name.clone()))?;
     let dialer = Dialer::new(
         resolver,
         tls::connector(&config.tls)?,
-        config.connect_timeout,
+        config.settings.connect_timeout,
         via.value(http::Version::HTTP_11).clone(),
     );
     dialer.set_policy(config.access.destinations.clone());
@@ -100,9 +100,13 @@ fn policy(
         auth,
         destinations,
         bandwidth: BandwidthLimits {
-            per_user: limits.bandwidth_per_user,
-            per_ip: limits.bandwidth_per_ip,
-            by_user: limits.user_bandwidth.clone(),
+            per_user: limits.bandwidth_per_user.map(|b| b.0),
+            per_ip: limits.bandwidth_per_ip.map(|b| b.0),
+            by_user: limits
+                .user_bandwidth
+                .iter()
+                .map(|(u, b)| (u.clone(), b.map(|b| b.0)))
+                .collect(),
         },
     }
 }
@@ -120,7 +124,7 @@ impl Proxy {
         resolver: Arc<dyn Resolve>,
     ) -> Result<Arc<Self>, BuildError> {
         let (via, dialer) = dialer(&config, Arc::clone(&resolver))?;
-        let shutdown = Shutdown::new(config.shutdown_grace);
+        let shutdown = Shutdown::new(config.settings.shutdown_grace);
         let metrics = Arc::new(Metrics::default());
         let keepalive = KeepAlive::new(
             config.limits.max_idle_upstream,
@@ -133,12 +137,15 @@ impl Proxy {
             policy(config.auth, config.access.destinations, &config.limits),
             Observe {
                 metrics: Arc::clone(&metrics),
-                access_log: AccessLog::new(config.access_log, config.access_log_file.clone()),
+                access_log: AccessLog::new(
+                    config.settings.access_log,
+                    config.settings.access_log_file.clone(),
+                ),
             },
             resolver,
             dialer,
             keepalive,
-            config.idle_timeout,
+            config.settings.idle_timeout,
             shutdown.clone(),
         ));
         let admission = Arc::new(Admission::new(
@@ -147,11 +154,13 @@ impl Proxy {
             config.access.clients,
             Arc::clone(&metrics),
         ));
-        admission.set_new_connections(config.limits.new_connections_per_ip);
-        let socks = Arc::new(Socks::new(
-            Arc::clone(&core),
-            config.limits.header_read_timeout,
-        ));
+        admission.set_new_connections(
+            config
+                .limits
+                .new_connections_per_ip
+                .map(|r| (r.count, r.per)),
+        );
+        let socks = Arc::new(Socks::new(Arc::clone(&core), &config.limits));
         let info = Arc::new(RunInfo::new(config.config_file.clone()));
         let admin = config.admin.map(|settings| {
             Arc::new(Admin::new(
@@ -165,7 +174,7 @@ impl Proxy {
             Arc::clone(&core),
             via,
             config.limits,
-            config.response_timeout,
+            config.settings.response_timeout,
             shutdown.clone(),
         ));
         Ok(Arc::new(Self {
@@ -211,8 +220,12 @@ impl Proxy {
         self.info.reloaded(Ok(()));
         self.core.reopen_access_log();
         self.admission.set_clients(config.access.clients);
-        self.admission
-            .set_new_connections(config.limits.new_connections_per_ip);
+        self.admission.set_new_connections(
+            config
+                .limits
+                .new_connections_per_ip
+                .map(|r| (r.count, r.per)),
+        );
         if let Some(tls) = config.tls_listener {
             self.tls.store(Some(Arc::new(TlsAcceptor::from(tls))));
         }

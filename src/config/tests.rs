@@ -14,7 +14,7 @@ fn err(text: &str) -> ConfigError {
 fn example_file_validates_and_routes() {
     let cfg = parse(include_str!("../../examples/viaduct.toml"), "viaduct.toml").unwrap();
     assert_eq!(
-        cfg.settings.listen,
+        cfg.listen,
         ["127.0.0.1:8083".parse::<crate::server::Listen>().unwrap()]
     );
     let r = &cfg.router;
@@ -71,7 +71,7 @@ fn errors_name_file_line_and_field() {
     );
 
     let e = err("[pools.p]\nmembers = [\"x\"]\nstrateg = \"random\"\n");
-    assert_eq!((e.line, e.field.as_str()), (3, "strateg"));
+    assert_eq!((e.line, e.field.as_str()), (3, "pools.p.strateg"));
     assert!(e.message.contains("unknown field"), "{e}");
 
     let e = err(
@@ -107,6 +107,22 @@ fn errors_name_file_line_and_field() {
     let e = err("[default]\nvia = \"corp\"\n");
     assert_eq!((e.line, e.field.as_str()), (2, "default.via"));
 
+    // A plain setting's bad value: its own line and column, its table, and what it takes.
+    let e =
+        err("idle_timeout = \"1m\"\n[limits]\nmax_headers = 10\nrequest_body_grace = \"later\"\n");
+    assert_eq!(
+        (e.line, e.column, e.field.as_str()),
+        (4, 22, "limits.request_body_grace")
+    );
+    assert!(e.message.contains("invalid duration \"later\""), "{e}");
+    let e = err("[limits]\nmax_headers = \"many\"\n");
+    assert_eq!((e.line, e.field.as_str()), (2, "limits.max_headers"));
+    assert!(e.message.contains("expected a number"), "{e}");
+    let e = err("open = \"yes\"\n");
+    assert_eq!((e.line, e.field.as_str()), (1, "open"));
+    let e = err("[limits.user_bandwidth]\nann = \"1MB/s\"\nbob = \"lots\"\n");
+    assert_eq!((e.line, e.field.as_str()), (3, "limits.user_bandwidth.bob"));
+
     let e = err("this is not toml\n");
     assert_eq!(e.line, 1);
 }
@@ -138,14 +154,11 @@ fn limits_table() {
         "t.toml",
     )
     .unwrap();
-    assert_eq!(cfg.settings.limits.max_connections, Some(5));
-    assert_eq!(
-        cfg.settings.limits.header_read_timeout,
-        Some(Duration::from_secs(2))
-    );
-    assert_eq!(cfg.settings.limits.max_headers, None);
+    assert_eq!(cfg.limits.max_connections, 5);
+    assert_eq!(cfg.limits.header_read_timeout, Duration::from_secs(2));
+    assert_eq!(cfg.limits.max_headers, Limits::default().max_headers);
     let e = err("[limits]\nmax_conections = 5\n");
-    assert_eq!((e.line, e.field.as_str()), (2, "max_conections"));
+    assert_eq!((e.line, e.field.as_str()), (2, "limits.max_conections"));
     let e = err("[limits]\nheader_read_timeout = \"soon\"\n");
     assert_eq!(
         (e.line, e.field.as_str()),
@@ -237,7 +250,7 @@ fn auth_and_access_tables() {
     );
     assert_eq!(auth.realm.as_deref(), Some("corp"));
     assert_eq!(auth.lockout, Some(Duration::from_secs(30)));
-    let a = &cfg.settings.access;
+    let a = &cfg.access;
     assert!(cfg.settings.open);
     assert_eq!(a.clients.as_ref().map(Vec::len), Some(2));
     assert_eq!(a.connect_ports, [443]);

@@ -81,7 +81,7 @@ pub async fn handle(
     let limits = http.limits();
     let pace = Pace {
         idle: limits.request_body_timeout,
-        min_rate: limits.request_body_min_rate,
+        min_rate: limits.request_body_min_rate(),
     };
     let trail = Arc::clone(&client.trail);
     let limits = core.throttles(client);

@@ -27,6 +27,8 @@ pub struct Socks {
     core: Arc<Core>,
     /// The whole handshake (greeting, authentication, request) must arrive within this.
     handshake_timeout: Duration,
+    /// A UDP association with no datagram for this long ends.
+    udp_idle_timeout: Duration,
 }
 
 /// Why a handshake ended without a tunnel (answered already, or not answerable).
@@ -53,10 +55,12 @@ impl From<std::io::Error> for Ended {
 }
 
 impl Socks {
-    pub fn new(core: Arc<Core>, handshake_timeout: Duration) -> Self {
+    /// `limits`: the handshake's deadline (`header_read_timeout`) and `udp_idle_timeout`.
+    pub fn new(core: Arc<Core>, limits: &crate::config::Limits) -> Self {
         Self {
             core,
-            handshake_timeout,
+            handshake_timeout: limits.header_read_timeout,
+            udp_idle_timeout: limits.udp_idle_timeout,
         }
     }
 
@@ -113,7 +117,7 @@ impl Socks {
                     socket,
                     &client,
                     expected,
-                    self.core.idle_timeout(),
+                    self.udp_idle_timeout,
                     &stop,
                 )
                 .await;

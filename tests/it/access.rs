@@ -399,26 +399,21 @@ async fn deny_allow_and_connect_ports() {
 /// talks to 127.0.0.1), and one with neither auth nor allowed clients is refused unless open.
 #[tokio::test]
 async fn safe_defaults_beyond_loopback() {
-    use viaduct::config::runtime::{Overrides, merge};
+    use viaduct::RunFlags;
+    use viaduct::config::runtime::merge;
     let echo = echo_server().await;
-    let wide = Overrides {
-        listen: vec!["0.0.0.0:0".parse().unwrap()],
-        ..Overrides::default()
-    };
-    let err = merge(None, &wide).unwrap_err();
+    let wide = RunFlags::parse_args(["--listen", "0.0.0.0:0"]).unwrap();
+    let err = merge(None, &wide).unwrap_err().to_string();
     for needle in ["--auth-file", "--allow-clients", "--open", "0.0.0.0:0"] {
         assert!(err.contains(needle), "{err}");
     }
     let open = merge(
         None,
-        &Overrides {
-            open: true,
-            ..wide.clone()
-        },
+        &RunFlags::parse_args(["--listen", "0.0.0.0:0", "--open"]).unwrap(),
     )
     .unwrap();
     assert!(open.access.destinations.deny_internal);
-    let local = merge(None, &Overrides::default()).unwrap();
+    let local = merge(None, &RunFlags::default()).unwrap();
     assert!(!local.access.destinations.deny_internal);
 
     let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
@@ -426,7 +421,10 @@ async fn safe_defaults_beyond_loopback() {
     let p = start_proxy_on(
         listener,
         Config {
-            connect_timeout: Duration::from_secs(2),
+            settings: viaduct::Settings {
+                connect_timeout: Duration::from_secs(2),
+                ..open.settings
+            },
             ..open
         },
         Arc::new(resolver),

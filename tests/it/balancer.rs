@@ -37,8 +37,6 @@ async fn the_header_names_the_client_for_logs_limits_and_access() {
     let log = dir.path().join("access.json");
     let p = start_proxy(Config {
         proxy_protocol: behind("127.0.0.0/8"),
-        access_log: Format::Json,
-        access_log_file: Some(log.clone()),
         limits: viaduct::Limits {
             max_connections_per_ip: 1,
             ..viaduct::Limits::default()
@@ -48,6 +46,11 @@ async fn the_header_names_the_client_for_logs_limits_and_access() {
                 allow: vec!["192.0.2.0/24".parse().unwrap()],
             },
             ..Default::default()
+        },
+        settings: viaduct::Settings {
+            access_log: Format::Json,
+            access_log_file: Some(log.clone()),
+            ..config().settings
         },
         ..config()
     })

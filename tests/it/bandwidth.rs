@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use viaduct::Config;
+use viaduct::config::value::{Bandwidth, PerPeriod};
 
 use crate::support::*;
 
@@ -65,8 +66,8 @@ async fn download(
 fn limited(per_user: Option<u64>, per_ip: Option<u64>) -> Config {
     let mut cfg = config();
     cfg.auth = Some(users(&[("alice", "a"), ("bob", "b")]));
-    cfg.limits.bandwidth_per_user = per_user;
-    cfg.limits.bandwidth_per_ip = per_ip;
+    cfg.limits.bandwidth_per_user = per_user.map(Bandwidth);
+    cfg.limits.bandwidth_per_ip = per_ip.map(Bandwidth);
     cfg
 }
 
@@ -134,7 +135,7 @@ async fn a_users_tunnels_share_its_rate_fairly() {
 #[tokio::test]
 async fn per_ip_limits_cover_plain_requests_and_each_address_has_its_own() {
     let mut cfg = config();
-    cfg.limits.bandwidth_per_ip = Some(MB);
+    cfg.limits.bandwidth_per_ip = Some(Bandwidth(MB));
     let proxy = start_proxy(cfg).await;
     let origin = origin().await;
     let get = move |from: [u8; 4]| async move {
@@ -164,7 +165,10 @@ async fn per_ip_limits_cover_plain_requests_and_each_address_has_its_own() {
 #[tokio::test]
 async fn new_connections_past_the_rate_get_429_with_retry_after() {
     let mut cfg = config();
-    cfg.limits.new_connections_per_ip = Some((5, Duration::from_secs(1)));
+    cfg.limits.new_connections_per_ip = Some(PerPeriod {
+        count: 5,
+        per: Duration::from_secs(1),
+    });
     let proxy = start_proxy(cfg).await;
     let echo = echo_server().await;
     let mut open = Vec::new();
@@ -193,15 +197,18 @@ async fn new_connections_past_the_rate_get_429_with_retry_after() {
 fn limits_in_the_file() {
     let text = "[limits]\nbandwidth_per_ip = \"10MB/s\"\nnew_connections_per_ip = \"50/s\"\n[limits.user_bandwidth]\nbob = \"unlimited\"\ncarol = \"100Mbit/s\"\n";
     let file = viaduct::config::parse(text, "t.toml").unwrap();
-    assert_eq!(file.settings.limits.bandwidth_per_ip, Some(10 * MB));
+    assert_eq!(file.limits.bandwidth_per_ip, Some(Bandwidth(10 * MB)));
     assert_eq!(
-        file.settings.limits.new_connections_per_ip,
-        Some((50, Duration::from_secs(1)))
+        file.limits.new_connections_per_ip,
+        Some(PerPeriod {
+            count: 50,
+            per: Duration::from_secs(1)
+        })
     );
-    assert_eq!(file.settings.limits.user_bandwidth["bob"], None);
+    assert_eq!(file.limits.user_bandwidth["bob"], None);
     assert_eq!(
-        file.settings.limits.user_bandwidth["carol"],
-        Some(12_500_000)
+        file.limits.user_bandwidth["carol"],
+        Some(Bandwidth(12_500_000))
     );
     for (bad, field) in [
         (
@@ -223,8 +230,9 @@ fn limits_in_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("v.toml");
     std::fs::write(&path, "[limits]\nbandwidth_per_user = \"1MB/s\"\n").unwrap();
-    let e = viaduct::config::runtime::load(Some(&path), &viaduct::Overrides::default(), false)
-        .unwrap_err();
+    let e = viaduct::config::runtime::load(Some(&path), &viaduct::RunFlags::default(), false)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("bandwidth_per_user") && e.contains("[auth]"),
         "{e}"

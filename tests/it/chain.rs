@@ -308,7 +308,10 @@ async fn chain_failures_name_the_hop() {
     let chain = format!("http://{},socks5h://{silent}", first.addr);
     let p = start_proxy(Config {
         router: route(&chain),
-        connect_timeout: Duration::from_millis(400),
+        settings: viaduct::Settings {
+            connect_timeout: Duration::from_millis(400),
+            ..config().settings
+        },
         ..config()
     })
     .await;

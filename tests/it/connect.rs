@@ -250,7 +250,10 @@ async fn silent_upstream_is_504() {
     .await;
     let p = start_proxy(Config {
         router: via(&format!("http://{up}")),
-        connect_timeout: Duration::from_millis(300),
+        settings: viaduct::Settings {
+            connect_timeout: Duration::from_millis(300),
+            ..config().settings
+        },
         ..config()
     })
     .await;
@@ -292,7 +295,10 @@ async fn large_transfer_both_ways_through_a_chain() {
 async fn idle_tunnel_is_closed() {
     let echo = echo_server().await;
     let p = start_proxy(Config {
-        idle_timeout: Duration::from_millis(300),
+        settings: viaduct::Settings {
+            idle_timeout: Duration::from_millis(300),
+            ..config().settings
+        },
         ..config()
     })
     .await;

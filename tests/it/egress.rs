@@ -219,7 +219,7 @@ async fn tunnel_past_a_dead_address(router: Router) -> SocketAddr {
     let live = echo_server().await;
     let resolver = ListResolver(HashMap::from([("two.test".to_owned(), vec![dead, live])]));
     let mut cfg = config();
-    cfg.connect_timeout = Duration::from_secs(8);
+    cfg.settings.connect_timeout = Duration::from_secs(8);
     cfg.router = router;
     let proxy = start_proxy_with(cfg, Arc::new(resolver)).await;
     let started = Instant::now();

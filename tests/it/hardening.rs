@@ -421,7 +421,10 @@ async fn stalled_response_bodies_are_cut() {
     })
     .await;
     let p = start_proxy(Config {
-        idle_timeout: Duration::from_millis(800),
+        settings: viaduct::Settings {
+            idle_timeout: Duration::from_millis(800),
+            ..config().settings
+        },
         ..config()
     })
     .await;
@@ -458,7 +461,8 @@ async fn slow_request_bodies_get_408_and_free_the_origin() {
     .await;
     let limits = Limits {
         request_body_timeout: Duration::from_millis(700),
-        request_body_min_rate: Some((Duration::from_millis(700), 1000)),
+        request_body_grace: Duration::from_millis(700),
+        request_body_min_rate: 1000,
         ..Limits::default()
     };
     let p = start_proxy(Config { limits, ..config() }).await;

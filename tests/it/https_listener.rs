@@ -138,11 +138,10 @@ fn bad_pairs_are_refused() {
     );
     let e = viaduct::server::tls::server_config(&a.key, &a.key).unwrap_err();
     assert!(e.contains("no certificate"), "{e}");
-    let o = viaduct::Overrides {
-        listen: vec!["https://127.0.0.1:0".parse().unwrap()],
-        ..viaduct::Overrides::default()
-    };
-    let e = viaduct::config::runtime::merge(None, &o).unwrap_err();
+    let o = viaduct::RunFlags::parse_args(["--listen", "https://127.0.0.1:0"]).unwrap();
+    let e = viaduct::config::runtime::merge(None, &o)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--tls-cert"), "{e}");
 }
 
@@ -236,7 +235,10 @@ async fn http2_goaway_lets_open_streams_finish() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = viaduct::Proxy::new(Config {
-        shutdown_grace: std::time::Duration::from_millis(800),
+        settings: viaduct::Settings {
+            shutdown_grace: std::time::Duration::from_millis(800),
+            ..https_config(&f).settings
+        },
         ..https_config(&f)
     })
     .unwrap();

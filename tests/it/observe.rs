@@ -219,8 +219,11 @@ async fn no_credential_in_pages_or_logs() {
     let (p, admin) = start(Config {
         router: via(&format!("http://carol:{secret}@{up}")),
         admin: admin(None),
-        access_log: Format::Json,
-        access_log_file: Some(log.clone()),
+        settings: viaduct::Settings {
+            access_log: Format::Json,
+            access_log_file: Some(log.clone()),
+            ..config().settings
+        },
         ..config()
     })
     .await;
@@ -266,8 +269,11 @@ async fn json_access_log_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.json");
     let p = start_proxy(Config {
-        access_log: Format::Json,
-        access_log_file: Some(log.clone()),
+        settings: viaduct::Settings {
+            access_log: Format::Json,
+            access_log_file: Some(log.clone()),
+            ..config().settings
+        },
         ..config()
     })
     .await;

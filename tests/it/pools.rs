@@ -44,7 +44,10 @@ async fn members(names: &[&str]) -> Vec<ProxyHandle> {
     for n in names {
         v.push(
             start_proxy(Config {
-                via_name: (*n).into(),
+                settings: viaduct::Settings {
+                    via_name: (*n).into(),
+                    ..config().settings
+                },
                 ..config()
             })
             .await,

@@ -367,7 +367,10 @@ async fn silent_origin_is_504() {
     })
     .await;
     let p = start_proxy(Config {
-        response_timeout: Duration::from_millis(300),
+        settings: viaduct::Settings {
+            response_timeout: Duration::from_millis(300),
+            ..config().settings
+        },
         ..config()
     })
     .await;

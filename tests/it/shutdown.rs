@@ -13,7 +13,10 @@ use crate::support::*;
 async fn shutdown_drains_then_cuts_tunnels() {
     let echo = echo_server().await;
     let p = start_proxy(Config {
-        shutdown_grace: Duration::from_millis(300),
+        settings: viaduct::Settings {
+            shutdown_grace: Duration::from_millis(300),
+            ..config().settings
+        },
         ..config()
     })
     .await;

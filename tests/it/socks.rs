@@ -181,7 +181,10 @@ async fn socks5_reply_codes() {
     ] {
         let q = start_proxy(Config {
             router: via(&up),
-            connect_timeout: Duration::from_millis(300),
+            settings: viaduct::Settings {
+                connect_timeout: Duration::from_millis(300),
+                ..config().settings
+            },
             ..config()
         })
         .await;
@@ -415,10 +418,13 @@ async fn a_slow_dial_is_answered_not_cut() {
     .await;
     let p = start_proxy(Config {
         router: via(&format!("http://{silent}")),
-        connect_timeout: Duration::from_millis(600),
         limits: viaduct::Limits {
             header_read_timeout: Duration::from_millis(200),
             ..viaduct::Limits::default()
+        },
+        settings: viaduct::Settings {
+            connect_timeout: Duration::from_millis(600),
+            ..config().settings
         },
         ..config()
     })

@@ -45,8 +45,11 @@ impl ProxyHandle {
 /// Short timeouts so that failure tests finish quickly; otherwise the defaults.
 pub fn config() -> Config {
     Config {
-        connect_timeout: Duration::from_secs(2),
-        shutdown_grace: Duration::from_millis(500),
+        settings: viaduct::Settings {
+            connect_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_millis(500),
+            ..viaduct::Settings::default()
+        },
         ..Config::default()
     }
 }
@@ -68,7 +71,10 @@ pub fn via(url: &str) -> Router {
 /// each other's requests as loops).
 pub async fn start_upstream(via_name: &str) -> ProxyHandle {
     start_proxy(Config {
-        via_name: via_name.into(),
+        settings: viaduct::Settings {
+            via_name: via_name.into(),
+            ..config().settings
+        },
         ..config()
     })
     .await

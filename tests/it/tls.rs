@@ -60,7 +60,10 @@ async fn https_through_upstream_tunnel() {
     let resolver = TestResolver::default().with("origin.test", origin_addr);
     let upstream = start_proxy_with(
         Config {
-            via_name: "upstream".into(),
+            settings: viaduct::Settings {
+                via_name: "upstream".into(),
+                ..config().settings
+            },
             ..config()
         },
         Arc::new(resolver),
