@@ -57,6 +57,18 @@ pub enum Refusal {
     Internal,
 }
 
+impl Refusal {
+    /// In words, after "… is {addr}, ": what the client's error says.
+    pub fn why(self) -> &'static str {
+        match self {
+            Refusal::Denied => "which the access policy denies",
+            Refusal::Internal => {
+                "an internal address (loopback, private, link-local), denied by default on a proxy listening beyond loopback (allow it under [access] allow)"
+            }
+        }
+    }
+}
+
 impl Destinations {
     /// Whether a connection to `ip` is allowed; an `allow` entry wins over any deny.
     pub fn check(&self, ip: IpAddr) -> Result<(), Refusal> {
@@ -75,6 +87,33 @@ impl Destinations {
 
     pub fn permits(&self, ip: IpAddr) -> bool {
         self.check(ip).is_ok()
+    }
+
+    /// The addresses of `addrs` a connection may go to, in order; when none may, the first
+    /// one with its refusal. Every dial's addresses go through here (or [`Self::check`] for
+    /// one address): the exact addresses dialed are the ones checked.
+    pub fn filter(
+        &self,
+        addrs: Vec<std::net::SocketAddr>,
+    ) -> Result<Vec<std::net::SocketAddr>, (IpAddr, Refusal)> {
+        if self.is_open() {
+            return Ok(addrs);
+        }
+        let mut refused = None;
+        let permitted: Vec<_> = addrs
+            .into_iter()
+            .filter(|a| match self.check(a.ip()) {
+                Ok(()) => true,
+                Err(why) => {
+                    refused.get_or_insert((a.ip(), why));
+                    false
+                }
+            })
+            .collect();
+        match refused {
+            Some(first) if permitted.is_empty() => Err(first),
+            _ => Ok(permitted),
+        }
     }
 
     /// Whether any address could be refused (a policy with nothing to check costs nothing).
@@ -229,5 +268,30 @@ mod tests {
         assert!(loopback_only(&[sa("127.0.0.1:8083"), sa("[::1]:8083")]));
         assert!(!loopback_only(&[sa("127.0.0.1:1"), sa("0.0.0.0:8083")]));
         assert!(!loopback_only(&[sa("[::]:8083")]));
+    }
+
+    /// The one check over a dial's addresses: the permitted ones in order; when none is, the
+    /// first address with its refusal (a pure function: no address here is dialed).
+    #[test]
+    fn filter_keeps_the_permitted_addresses_in_order() {
+        let sa = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        let policy = Destinations {
+            deny: vec!["192.0.2.0/24".parse().unwrap()],
+            deny_internal: true,
+            ..Destinations::default()
+        };
+        let addrs = vec![
+            sa("10.0.0.1:443"),
+            sa("198.51.100.7:443"),
+            sa("192.0.2.9:443"),
+        ];
+        assert_eq!(policy.filter(addrs), Ok(vec![sa("198.51.100.7:443")]));
+        let none = vec![sa("192.0.2.9:443"), sa("169.254.169.254:80")];
+        assert_eq!(policy.filter(none), Err((ip("192.0.2.9"), Refusal::Denied)));
+        assert_eq!(
+            policy.filter(vec![sa("[fd00:ec2::254]:80")]),
+            Err((ip("fd00:ec2::254"), Refusal::Internal))
+        );
+        assert!(Refusal::Internal.why().contains("[access] allow"));
     }
 }

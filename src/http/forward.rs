@@ -105,7 +105,7 @@ pub async fn handle(
         &action,
         Some(&client.session),
         core.dialer().connect_timeout(),
-        move |route: &Route, left| -> Opening<Answered> {
+        move |route: &Route, left| -> Opening<Attempt> {
             tracer.reset();
             let dialer = attempt_http
                 .core()
@@ -130,7 +130,10 @@ pub async fn handle(
         member.as_ref(),
         dial_started.elapsed(),
     );
-    let (mut resp, conn, route) = answered?;
+    let (mut resp, conn, route) = match answered {
+        Attempt::Answered(resp, conn, route) => (resp, conn, route),
+        Attempt::Final(e) => return Err(e),
+    };
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     if switching && client_upgrade.is_none() {
@@ -318,9 +321,18 @@ fn full(bytes: Bytes) -> OutBody {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
-/// What one attempt along a route ends with: an answer (or a failure no other member can
-/// change), or, as the error, a reason to try the next member.
-type Answered = Result<(Response<Incoming>, Conn, Route), ProxyError>;
+/// What one attempt along a route ends with, when no other member should be tried (a reason
+/// to try the next member is the attempt's `ConnectError`).
+// Built and matched once per request, never stored: boxing the large variant would add an
+// allocation per request for nothing (the `Result` it replaces had the same layout).
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// The response head arrived: the client gets it, whatever its status.
+    Answered(Response<Incoming>, Conn, Route),
+    /// A failure no other member can change (a timeout after the request went, a request
+    /// that cannot be sent again): the client gets it.
+    Final(ProxyError),
+}
 
 /// Sends `out` along `route`: a kept-alive connection (or a new one), the request shaped for it,
 /// the response head within the response timeout.
@@ -330,11 +342,11 @@ async fn attempt(
     route: Route,
     dialer: Dialer,
     target: Target,
-) -> Result<Answered, ConnectError> {
+) -> Result<Attempt, ConnectError> {
     let conns = http.core().keepalive();
     let mut conn = conns.acquire(&dialer, &route, &target, false).await?;
     let Some(mut req) = out.request() else {
-        return Ok(Err(ProxyError::BadRequest(
+        return Ok(Attempt::Final(ProxyError::BadRequest(
             "the request body was already sent to another upstream",
         )));
     };
@@ -380,7 +392,7 @@ async fn attempt(
         let sent =
             tokio::time::timeout(http.response_timeout(), conn.sender.try_send_request(req)).await;
         let Ok(sent) = sent else {
-            return Ok(Err(ProxyError::ResponseTimeout {
+            return Ok(Attempt::Final(ProxyError::ResponseTimeout {
                 peer: answerer(&route, &target),
                 after: http.response_timeout(),
             }));
@@ -401,7 +413,7 @@ async fn attempt(
                         }
                     }
                 }
-                _ => return Ok(Err(ProxyError::Forward(e.into_error()))),
+                _ => return Ok(Attempt::Final(ProxyError::Forward(e.into_error()))),
             },
         }
     };
@@ -418,16 +430,16 @@ async fn attempt(
         };
         return auth_failed(refused, &out);
     }
-    Ok(Ok((resp, conn, route)))
+    Ok(Attempt::Answered(resp, conn, route))
 }
 
 /// An upstream's refusal of our credentials: final, unless the request can go to another
 /// member.
-fn auth_failed(refused: ConnectError, out: &Outgoing) -> Result<Answered, ConnectError> {
+fn auth_failed(refused: ConnectError, out: &Outgoing) -> Result<Attempt, ConnectError> {
     if out.replayable() {
         Err(refused)
     } else {
-        Ok(Err(refused.into()))
+        Ok(Attempt::Final(refused.into()))
     }
 }
 

@@ -84,22 +84,23 @@ pub struct TargetChecks<'a> {
     pub policy: &'a Destinations,
 }
 
-/// Refuses `addr` for `peer` when the destination policy does.
+/// Refuses `addr` for `peer` when the destination policy does ([`Destinations::check`]).
 pub fn check_destination(
     policy: &Destinations,
     peer: &str,
     addr: IpAddr,
 ) -> Result<(), ConnectError> {
-    policy.check(addr).map_err(|why| ConnectError::Prohibited {
+    policy
+        .check(addr)
+        .map_err(|why| prohibited(peer, (addr, why)))
+}
+
+fn prohibited(peer: &str, (addr, why): (IpAddr, Refusal)) -> ConnectError {
+    ConnectError::Prohibited {
         peer: peer.to_owned(),
         addr,
-        why: match why {
-            Refusal::Denied => "which the access policy denies",
-            Refusal::Internal => {
-                "an internal address (loopback, private, link-local), denied by default on a proxy listening beyond loopback (allow it under [access] allow)"
-            }
-        },
-    })
+        why: why.why(),
+    }
 }
 
 /// Opens TCP to `target` (resolving names with `resolver` once), racing its addresses (Happy
@@ -232,22 +233,14 @@ pub(crate) async fn resolve(
     }
 }
 
-/// The addresses of `addrs` that `policy` permits; when it permits none, its refusal of the
-/// first (`peer` names the target in it).
+/// The addresses of `addrs` that `policy` permits ([`Destinations::filter`]); when it permits
+/// none, its refusal of the first (`peer` names the target in it).
 pub(crate) fn permitted(
     policy: &Destinations,
     peer: &str,
     addrs: Vec<SocketAddr>,
 ) -> Result<Vec<SocketAddr>, ConnectError> {
-    if policy.is_open() {
-        return Ok(addrs);
-    }
-    let (permitted, refused): (Vec<_>, Vec<_>) =
-        addrs.into_iter().partition(|a| policy.permits(a.ip()));
-    match (permitted.is_empty(), refused.first()) {
-        (true, Some(first)) => Err(check_destination(policy, peer, first.ip())
-            .err()
-            .unwrap_or_else(|| ConnectError::io(peer, std::io::Error::other("no addresses")))),
-        _ => Ok(permitted),
-    }
+    policy
+        .filter(addrs)
+        .map_err(|refused| prohibited(peer, refused))
 }

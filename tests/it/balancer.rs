@@ -47,12 +47,10 @@ async fn the_header_names_the_client_for_logs_limits_and_access() {
             },
             ..Default::default()
         },
-        settings: viaduct::Settings {
-            access_log: Format::Json,
-            access_log_file: Some(log.clone()),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| {
+            s.access_log = Format::Json;
+            s.access_log_file = Some(log.clone());
+        })
     })
     .await;
     let get = format!(

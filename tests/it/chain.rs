@@ -308,11 +308,7 @@ async fn chain_failures_name_the_hop() {
     let chain = format!("http://{},socks5h://{silent}", first.addr);
     let p = start_proxy(Config {
         router: route(&chain),
-        settings: viaduct::Settings {
-            connect_timeout: Duration::from_millis(400),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.connect_timeout = Duration::from_millis(400))
     })
     .await;
     let (head, body) = error_of(p.addr, "origin.test:443").await;

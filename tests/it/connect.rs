@@ -250,11 +250,7 @@ async fn silent_upstream_is_504() {
     .await;
     let p = start_proxy(Config {
         router: via(&format!("http://{up}")),
-        settings: viaduct::Settings {
-            connect_timeout: Duration::from_millis(300),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.connect_timeout = Duration::from_millis(300))
     })
     .await;
     let (head, body) = connect_error(p.addr, "origin.test:443").await;
@@ -295,11 +291,7 @@ async fn large_transfer_both_ways_through_a_chain() {
 async fn idle_tunnel_is_closed() {
     let echo = echo_server().await;
     let p = start_proxy(Config {
-        settings: viaduct::Settings {
-            idle_timeout: Duration::from_millis(300),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.idle_timeout = Duration::from_millis(300))
     })
     .await;
     let (mut s, head) = connect(p.addr, &echo.to_string()).await;

@@ -186,53 +186,21 @@ async fn requests_to_our_own_listener_are_refused() {
     task.await.unwrap();
 }
 
-/// A SOCKS5 server that takes any user name and password, reports the user of each session and
-/// relays to the requested IPv4 address.
-async fn socks5_any_user() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let addr = serve_tcp(move |mut s| {
-        let tx = tx.clone();
-        async move {
-            let mut head = [0u8; 2];
-            s.read_exact(&mut head).await.unwrap();
-            let mut methods = vec![0; head[1] as usize];
-            s.read_exact(&mut methods).await.unwrap();
-            s.write_all(&[5, 2]).await.unwrap();
-            let mut v = [0u8; 2];
-            s.read_exact(&mut v).await.unwrap();
-            let mut u = vec![0; v[1] as usize];
-            s.read_exact(&mut u).await.unwrap();
-            let plen = s.read_u8().await.unwrap();
-            let mut pw = vec![0; plen as usize];
-            s.read_exact(&mut pw).await.unwrap();
-            s.write_all(&[1, 0]).await.unwrap();
-            tx.send(String::from_utf8(u).unwrap()).unwrap();
-            let mut req = [0u8; 4];
-            s.read_exact(&mut req).await.unwrap();
-            assert_eq!(req[3], 1, "IPv4 target");
-            let mut ip = [0u8; 4];
-            s.read_exact(&mut ip).await.unwrap();
-            let port = s.read_u16().await.unwrap();
-            let mut out = TcpStream::connect((std::net::Ipv4Addr::from(ip), port))
-                .await
-                .unwrap();
-            s.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 0])
-                .await
-                .unwrap();
-            let _ = tokio::io::copy_bidirectional(&mut s, &mut out).await;
-        }
-    })
-    .await;
-    (addr, rx)
-}
-
 /// Item 5: kept-alive forwarding connections never carry one account's requests on another
 /// account's session, and a reload that rotates an account's password stops reusing sessions
 /// opened with the old one.
 #[tokio::test]
 async fn kept_alive_connections_are_per_account() {
     let o = origin().await;
-    let (socks, mut users) = socks5_any_user().await;
+    let crate::support::Socks5Fixture {
+        addr: socks,
+        mut users,
+        ..
+    } = crate::support::socks5_fixture(
+        crate::support::SocksAuth::AnyUser,
+        std::collections::HashMap::new(),
+    )
+    .await;
     let conf = |alice_pw: &str| {
         router(&format!(
             "[upstreams]\na = \"socks5://alice:{alice_pw}@{socks}\"\nb = \"socks5://bob:pb@{socks}\"\n\
@@ -421,11 +389,7 @@ async fn stalled_response_bodies_are_cut() {
     })
     .await;
     let p = start_proxy(Config {
-        settings: viaduct::Settings {
-            idle_timeout: Duration::from_millis(800),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.idle_timeout = Duration::from_millis(800))
     })
     .await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();

@@ -219,12 +219,10 @@ async fn no_credential_in_pages_or_logs() {
     let (p, admin) = start(Config {
         router: via(&format!("http://carol:{secret}@{up}")),
         admin: admin(None),
-        settings: viaduct::Settings {
-            access_log: Format::Json,
-            access_log_file: Some(log.clone()),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| {
+            s.access_log = Format::Json;
+            s.access_log_file = Some(log.clone());
+        })
     })
     .await;
     let (head, _) = connect_error(p.addr, "origin.test:443").await;
@@ -269,12 +267,10 @@ async fn json_access_log_and_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.json");
     let p = start_proxy(Config {
-        settings: viaduct::Settings {
-            access_log: Format::Json,
-            access_log_file: Some(log.clone()),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| {
+            s.access_log = Format::Json;
+            s.access_log_file = Some(log.clone());
+        })
     })
     .await;
     let (head, _) = send(

@@ -44,11 +44,7 @@ async fn members(names: &[&str]) -> Vec<ProxyHandle> {
     for n in names {
         v.push(
             start_proxy(Config {
-                settings: viaduct::Settings {
-                    via_name: (*n).into(),
-                    ..config().settings
-                },
-                ..config()
+                ..config_with(|s| s.via_name = (*n).into())
             })
             .await,
         );

@@ -367,11 +367,7 @@ async fn silent_origin_is_504() {
     })
     .await;
     let p = start_proxy(Config {
-        settings: viaduct::Settings {
-            response_timeout: Duration::from_millis(300),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.response_timeout = Duration::from_millis(300))
     })
     .await;
     let (head, body) = send(

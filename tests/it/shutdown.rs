@@ -13,11 +13,7 @@ use crate::support::*;
 async fn shutdown_drains_then_cuts_tunnels() {
     let echo = echo_server().await;
     let p = start_proxy(Config {
-        settings: viaduct::Settings {
-            shutdown_grace: Duration::from_millis(300),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.shutdown_grace = Duration::from_millis(300))
     })
     .await;
     let addr = p.addr;

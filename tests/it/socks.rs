@@ -181,11 +181,7 @@ async fn socks5_reply_codes() {
     ] {
         let q = start_proxy(Config {
             router: via(&up),
-            settings: viaduct::Settings {
-                connect_timeout: Duration::from_millis(300),
-                ..config().settings
-            },
-            ..config()
+            ..config_with(|s| s.connect_timeout = Duration::from_millis(300))
         })
         .await;
         assert_eq!(
@@ -422,11 +418,7 @@ async fn a_slow_dial_is_answered_not_cut() {
             header_read_timeout: Duration::from_millis(200),
             ..viaduct::Limits::default()
         },
-        settings: viaduct::Settings {
-            connect_timeout: Duration::from_millis(600),
-            ..config().settings
-        },
-        ..config()
+        ..config_with(|s| s.connect_timeout = Duration::from_millis(600))
     })
     .await;
     let mut s = TcpStream::connect(p.addr).await.unwrap();

@@ -54,6 +54,13 @@ pub fn config() -> Config {
     }
 }
 
+/// [`config`] with some settings changed.
+pub fn config_with(change: impl FnOnce(&mut viaduct::Settings)) -> Config {
+    let mut c = config();
+    change(&mut c.settings);
+    c
+}
+
 /// `[auth]` with these users and passwords (bcrypt at the lowest cost, to keep tests fast).
 pub fn users(list: &[(&str, &str)]) -> viaduct::auth::AuthSettings {
     let text: String = list
@@ -70,14 +77,7 @@ pub fn via(url: &str) -> Router {
 /// A viaduct to chain through, under its own `Via` name (two viaducts sharing one would see
 /// each other's requests as loops).
 pub async fn start_upstream(via_name: &str) -> ProxyHandle {
-    start_proxy(Config {
-        settings: viaduct::Settings {
-            via_name: via_name.into(),
-            ..config().settings
-        },
-        ..config()
-    })
-    .await
+    start_proxy(config_with(|s| s.via_name = via_name.into())).await
 }
 
 pub async fn start_proxy(config: Config) -> ProxyHandle {
@@ -557,22 +557,50 @@ async fn origin_handle(
 /// address type 1 (IPv4), 3 (name) or 4 (IPv6).
 pub type SocksSeen = (u8, String, u16);
 
+/// How the SOCKS5 fixture asks for a user name and password (RFC 1929).
+#[derive(Clone, Copy)]
+pub enum SocksAuth {
+    /// No authentication.
+    Open,
+    /// Only this user with this password.
+    Password(&'static str, &'static str),
+    /// Any user name and password (the fixture reports who came).
+    AnyUser,
+}
+
+/// The SOCKS5 fixture: where it listens, what each session asked for, who authenticated.
+pub struct Socks5Fixture {
+    pub addr: SocketAddr,
+    pub seen: mpsc::UnboundedReceiver<SocksSeen>,
+    pub users: mpsc::UnboundedReceiver<String>,
+}
+
 /// A minimal SOCKS5 server (RFC 1928 CONNECT, RFC 1929 auth when `creds` is set) that resolves
 /// names through `names` (loopback only) and relays. Reports each request it gets.
 pub async fn socks5_server(
     creds: Option<(&'static str, &'static str)>,
     names: HashMap<String, SocketAddr>,
 ) -> (SocketAddr, mpsc::UnboundedReceiver<SocksSeen>) {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let auth = creds.map_or(SocksAuth::Open, |(u, p)| SocksAuth::Password(u, p));
+    let f = socks5_fixture(auth, names).await;
+    (f.addr, f.seen)
+}
+
+/// The one SOCKS5 test server, with its authentication mode.
+pub async fn socks5_fixture(auth: SocksAuth, names: HashMap<String, SocketAddr>) -> Socks5Fixture {
+    let (tx, seen) = mpsc::unbounded_channel();
+    let (users_tx, users) = mpsc::unbounded_channel();
     let names = Arc::new(names);
     let addr = serve_tcp(move |mut s| {
-        let (tx, names) = (tx.clone(), Arc::clone(&names));
+        let (tx, users_tx, names) = (tx.clone(), users_tx.clone(), Arc::clone(&names));
         async move {
             let mut head = [0u8; 2];
             s.read_exact(&mut head).await.unwrap();
             let mut methods = vec![0; head[1] as usize];
             s.read_exact(&mut methods).await.unwrap();
-            if let Some((user, pass)) = creds {
+            if let SocksAuth::Open = auth {
+                s.write_all(&[5, 0]).await.unwrap();
+            } else {
                 if !methods.contains(&2) {
                     s.write_all(&[5, 0xff]).await.unwrap();
                     return;
@@ -585,13 +613,15 @@ pub async fn socks5_server(
                 let plen = s.read_u8().await.unwrap();
                 let mut p = vec![0; plen as usize];
                 s.read_exact(&mut p).await.unwrap();
-                let ok = u == user.as_bytes() && p == pass.as_bytes();
+                let ok = match auth {
+                    SocksAuth::Password(user, pass) => u == user.as_bytes() && p == pass.as_bytes(),
+                    _ => true,
+                };
                 s.write_all(&[1, if ok { 0 } else { 1 }]).await.unwrap();
                 if !ok {
                     return;
                 }
-            } else {
-                s.write_all(&[5, 0]).await.unwrap();
+                let _ = users_tx.send(String::from_utf8_lossy(&u).into_owned());
             }
             let mut req = [0u8; 4];
             s.read_exact(&mut req).await.unwrap();
@@ -636,7 +666,7 @@ pub async fn socks5_server(
         }
     })
     .await;
-    (addr, rx)
+    Socks5Fixture { addr, seen, users }
 }
 
 /// A self-signed certificate for `name`, written as PEM to a temp file (usable as a CA file).

@@ -60,11 +60,7 @@ async fn https_through_upstream_tunnel() {
     let resolver = TestResolver::default().with("origin.test", origin_addr);
     let upstream = start_proxy_with(
         Config {
-            settings: viaduct::Settings {
-                via_name: "upstream".into(),
-                ..config().settings
-            },
-            ..config()
+            ..config_with(|s| s.via_name = "upstream".into())
         },
         Arc::new(resolver),
     )
