@@ -218,7 +218,7 @@ impl Proxy {
     pub fn reload(&self, config: Config) {
         self.core.metrics().reload(true);
         self.info.reloaded(Ok(()));
-        self.core.reopen_access_log();
+        self.core.ledger().reopen_access_log();
         self.admission.set_clients(config.access.clients);
         self.admission.set_new_connections(
             config
@@ -250,7 +250,7 @@ impl Proxy {
     pub fn reload_rejected(&self, error: &str) {
         self.core.metrics().reload(false);
         self.info.reloaded(Err(error.to_owned()));
-        self.core.reopen_access_log();
+        self.core.ledger().reopen_access_log();
     }
 
     /// Serves the admin pages on `listener` (when the configuration has an admin listener)

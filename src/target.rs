@@ -55,6 +55,19 @@ impl Target {
         })
     }
 
+    /// A target at an address (as SOCKS and PROXY headers carry them): no text in between.
+    pub fn from_ip(ip: IpAddr, port: u16) -> Result<Self, TargetError> {
+        if port == 0 {
+            return Err(TargetError::ZeroPort(
+                std::net::SocketAddr::new(ip, port).to_string(),
+            ));
+        }
+        Ok(Self {
+            host: Host::Ip(normalize(ip)),
+            port,
+        })
+    }
+
     /// Parses the request-target of a CONNECT: authority-form only, port required.
     pub fn from_connect_uri(uri: &Uri) -> Result<Self, TargetError> {
         let shown = || uri.to_string();

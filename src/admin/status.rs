@@ -89,6 +89,7 @@ pub(super) fn snapshot(
         default_route: router.default.to_string(),
         rules: router.rules.len(),
         routes: core
+            .ledger()
             .per_route()
             .into_iter()
             .map(|(route, c)| RouteStatus {
@@ -118,7 +119,7 @@ pub(super) fn snapshot(
                 last_error,
             }
         }),
-        recent_errors: core.recent_errors(),
+        recent_errors: core.ledger().recent_errors(),
     }
 }
 

@@ -15,6 +15,7 @@ use hyper::body::Incoming;
 use super::client_io::ConnState;
 use super::respond::{ProxyError, error_response};
 use super::{Body, Http, connect, forward};
+use crate::session::Finished;
 
 /// The user name and password of a `Proxy-Authorization: Basic` header, if it has one that
 /// decodes. Other schemes count as no credentials (the answer is a Basic challenge).
@@ -137,15 +138,15 @@ pub async fn handle(
     let status = resp.status().as_u16();
     let trail = Arc::clone(&client.trail);
     let done = Logged(Some(Box::new(move || {
-        http.core().log_request(
-            &client,
+        http.core().ledger().request(&Finished {
+            client: &client,
             protocol,
-            method.as_str(),
-            &uri,
+            method: method.as_str(),
+            target: &uri,
             status,
-            failed.as_ref().map(|(e, d)| (*e, d.as_str())),
+            error: failed.as_ref().map(|(e, d)| (*e, d.as_str())),
             started,
-        );
+        });
     })));
     Ok(resp.map(move |body| {
         crate::relay::body::Counted::new(body, move |n| {

@@ -14,19 +14,21 @@
 
 pub mod access_log;
 pub mod bandwidth;
+pub mod ledger;
 pub mod reach;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tracing::Instrument;
 
-use self::access_log::{AccessLog, Format};
+use self::access_log::AccessLog;
 pub use self::bandwidth::{Bandwidth, BandwidthLimits};
+pub use self::ledger::{Finished, Ledger, RecentError, RouteCount};
 pub use self::reach::{Connector, Opening, Reached, reach};
 use crate::access::Destinations;
 use crate::auth::{Auth, AuthError, AuthSettings, Grant};
@@ -40,19 +42,6 @@ use crate::stream::BoxIo;
 use crate::target::Target;
 use crate::upstream::direct::check_destination;
 use crate::upstream::trace::Tracer;
-
-/// The last failures kept for the status page.
-const RECENT: usize = 50;
-
-/// One recent failure, as the status page shows it (no client address, no credential).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RecentError {
-    pub at: String,
-    pub route: String,
-    pub status: u16,
-    pub error: &'static str,
-    pub details: String,
-}
 
 /// What opened a tunnel: how the access line and the metrics name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,13 +74,6 @@ impl TunnelKind {
             Self::Socks4 => "socks4",
         }
     }
-}
-
-/// A route's traffic, as the status page shows it.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct RouteCount {
-    pub open_tunnels: usize,
-    pub requests: u64,
 }
 
 /// Where the session core reports: metrics and the access log.
@@ -136,7 +118,7 @@ pub struct Client {
 /// steps and time. Read for the access record and the metrics.
 #[derive(Debug, Default)]
 pub struct Trail {
-    chosen: std::sync::Mutex<Chosen>,
+    pub(crate) chosen: std::sync::Mutex<Chosen>,
     tracer: Tracer,
     /// Body bytes of a plain request, each way (tunnels count theirs in the relay).
     up: AtomicU64,
@@ -144,7 +126,7 @@ pub struct Trail {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Chosen {
+pub(crate) struct Chosen {
     route: Option<String>,
     member: Option<String>,
     dial: Option<Duration>,
@@ -185,7 +167,7 @@ impl Trail {
         counter.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    fn bytes(&self) -> (u64, u64) {
+    pub(crate) fn bytes(&self) -> (u64, u64) {
         (
             self.up.load(Ordering::Relaxed),
             self.down.load(Ordering::Relaxed),
@@ -270,12 +252,8 @@ pub struct Ends {
 pub struct Core {
     router: ArcSwap<Router>,
     auth: Auth,
-    metrics: Arc<Metrics>,
-    access_log: AccessLog,
-    /// The last failures, newest last, for the status page.
-    recent: std::sync::Mutex<std::collections::VecDeque<RecentError>>,
-    /// Per route: tunnels open now and requests answered, for the status page.
-    per_route: std::sync::Mutex<std::collections::BTreeMap<String, RouteCount>>,
+    /// Metrics, status-page counts, the access record.
+    ledger: Ledger,
     resolver: Arc<dyn Resolve>,
     dialer: Dialer,
     /// Swapped at a reload: open flows keep the buckets they hold.
@@ -283,8 +261,6 @@ pub struct Core {
     keepalive: Arc<KeepAlive>,
     idle_timeout: Duration,
     shutdown: Shutdown,
-    open_tunnels: AtomicUsize,
-    zero_copy: AtomicU64,
 }
 
 impl Core {
@@ -306,18 +282,13 @@ impl Core {
         Self {
             router: ArcSwap::from_pointee(router),
             auth: Auth::new(policy.auth, shutdown.hard_stop().clone()),
-            metrics: observe.metrics,
-            access_log: observe.access_log,
-            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(RECENT)),
-            per_route: std::sync::Mutex::default(),
+            ledger: Ledger::new(observe),
             resolver,
             dialer,
             bandwidth: ArcSwap::from_pointee(Bandwidth::new(policy.bandwidth)),
             keepalive: Arc::new(keepalive),
             idle_timeout,
             shutdown,
-            open_tunnels: AtomicUsize::new(0),
-            zero_copy: AtomicU64::new(0),
         }
     }
 
@@ -377,12 +348,17 @@ impl Core {
 
     /// Tunnels open right now.
     pub fn open_tunnels(&self) -> usize {
-        self.open_tunnels.load(Ordering::Relaxed)
+        self.ledger.open_tunnels()
     }
 
     /// Tunnels relayed with splice(2) since start.
     pub fn zero_copy_tunnels(&self) -> u64 {
-        self.zero_copy.load(Ordering::Relaxed)
+        self.ledger.zero_copy_tunnels()
+    }
+
+    /// Metrics, status-page counts and the access record.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// Lets a client in: with `[auth]`, `credentials` (user name, possibly with a
@@ -398,10 +374,10 @@ impl Core {
         let granted = self.auth.authenticate(addr.ip(), presented).await;
         match &granted {
             Err(AuthError::Wrong { .. }) => {
-                self.metrics.auth_failures.inc();
+                self.metrics().auth_failures.inc();
             }
-            Err(AuthError::Throttled { .. }) => self.metrics.limit("auth_failures_per_ip"),
-            Err(AuthError::UserLimit { .. }) => self.metrics.limit("max_connections_per_user"),
+            Err(AuthError::Throttled { .. }) => self.metrics().limit("auth_failures_per_ip"),
+            Err(AuthError::UserLimit { .. }) => self.metrics().limit("max_connections_per_user"),
             _ => {}
         }
         if let Some(grant) = granted? {
@@ -567,45 +543,13 @@ impl Core {
         }
         client.trail.dialed(member.map(MemberGuard::name), took);
         // Hops are the member's (an upstream) when a pool chose one.
-        self.metrics
+        self.metrics()
             .dial(member.map_or(route, MemberGuard::name), took, &hops);
     }
 
     /// The metrics the data path records.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Reopens the access log file (SIGHUP, after logrotate).
-    pub fn reopen_access_log(&self) {
-        self.access_log.reopen();
-    }
-
-    /// Per route (by label): tunnels open now, requests answered since start.
-    pub fn per_route(&self) -> Vec<(String, RouteCount)> {
-        self.per_route
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
-            .unwrap_or_default()
-    }
-
-    fn count_route(&self, route: &str, requests: u64, open: isize) {
-        if let Ok(mut m) = self.per_route.lock() {
-            let c = match m.get_mut(route) {
-                Some(c) => c,
-                None => m.entry(route.to_owned()).or_default(),
-            };
-            c.requests += requests;
-            c.open_tunnels = c.open_tunnels.saturating_add_signed(open);
-        }
-    }
-
-    /// The last failures, oldest first.
-    pub fn recent_errors(&self) -> Vec<RecentError> {
-        self.recent
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+        self.ledger.metrics()
     }
 
     /// Runs a tunnel in its own task, tracked for shutdown: waits for both ends (`ends`),
@@ -627,15 +571,13 @@ impl Core {
     {
         let core = Arc::clone(self);
         let grant = client.grant.clone();
-        let (protocol, kind) = (kind.protocol(), kind.method());
-        let route = client.trail.route();
-        self.metrics.request(protocol, status, &route, None);
-        self.count_route(&route, 1, 1);
+        let (protocol, method) = (kind.protocol(), kind.method());
+        self.ledger
+            .tunnel_granted(protocol, status, &client.trail.route());
         let who = client.clone();
         let limits = self.throttles(client);
         let task = async move {
-            core.open_tunnels.fetch_add(1, Ordering::Relaxed);
-            let _open = OpenTunnel(&core.open_tunnels);
+            let _open = core.ledger.tunnel_running();
             let _hold = hold;
             let stop = grant
                 .as_ref()
@@ -655,143 +597,18 @@ impl Core {
             };
             tracing::debug!(%target, "tunnel established");
             let r = relay::tunnel(client, early, remote, core.idle_timeout, stop, &limits).await;
-            if r.zero_copy {
-                core.zero_copy.fetch_add(1, Ordering::Relaxed);
-            }
-            core.metrics.bytes(&route, r.up, r.down);
-            core.count_route(&route, 0, -1);
-            match core.access_log.format() {
-                Format::Text => tracing::info!(
-                    method = kind,
-                    user = grant.as_ref().map_or("-", |g| g.user()),
-                    %target,
-                    status,
-                    up = r.up,
-                    down = r.down,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    end = %r.end,
-                    zero_copy = r.zero_copy,
-                    "tunnel closed"
-                ),
-                Format::Json => core.write_record(
-                    &who,
-                    protocol,
-                    kind,
-                    target,
-                    status,
-                    None,
-                    (r.up, r.down),
-                    started,
-                ),
-                Format::Off => {}
-            }
-        };
-        self.shutdown.tracker().spawn(task.in_current_span());
-    }
-
-    /// Accounts for one answered request that did not become a tunnel: metrics, the recent
-    /// errors, the access record. `error`: the `Proxy-Status` error type and details, when it
-    /// failed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn log_request(
-        &self,
-        client: &Client,
-        protocol: &'static str,
-        method: &str,
-        target: &dyn std::fmt::Display,
-        status: u16,
-        error: Option<(&'static str, &str)>,
-        started: Instant,
-    ) {
-        let route = client.trail.route();
-        self.metrics
-            .request(protocol, status, &route, error.map(|(e, _)| e));
-        let (up, down) = client.trail.bytes();
-        self.metrics.bytes(&route, up, down);
-        self.count_route(&route, 1, 0);
-        if let Some((error, details)) = error
-            && let Ok(mut recent) = self.recent.lock()
-        {
-            if recent.len() == RECENT {
-                recent.pop_front();
-            }
-            recent.push_back(RecentError {
-                at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-                route: route.clone(),
-                status,
-                error,
-                details: details.to_owned(),
-            });
-        }
-        match self.access_log.format() {
-            Format::Text => tracing::info!(
-                peer = %client.addr,
-                user = client.user.as_deref().unwrap_or("-"),
-                %method,
-                uri = %target,
-                status,
-                duration_ms = started.elapsed().as_millis() as u64,
-                "request"
-            ),
-            Format::Json => self.write_record(
-                client,
+            let finished = Finished {
+                client: &who,
                 protocol,
                 method,
-                target.to_string(),
+                target: &target,
                 status,
-                error.map(|(e, _)| e),
-                (up, down),
+                error: None,
                 started,
-            ),
-            Format::Off => {}
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_record(
-        &self,
-        client: &Client,
-        protocol: &'static str,
-        method: &str,
-        target: String,
-        status: u16,
-        error: Option<&'static str>,
-        (bytes_up, bytes_down): (u64, u64),
-        started: Instant,
-    ) {
-        // Serialized under the trail's lock (uncontended: the request is done) rather than
-        // cloned out of it.
-        let none = Chosen::default();
-        let guard = client.trail.chosen.lock();
-        let chosen = guard.as_deref().unwrap_or(&none);
-        let (_, hops, resolved) = client.trail.tracer().summary();
-        self.access_log.write(&access_log::Record {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-            client: client.addr,
-            user: client.user.as_deref(),
-            protocol,
-            method,
-            target,
-            route: chosen.route.as_deref().unwrap_or("none"),
-            member: chosen.member.as_deref(),
-            status,
-            error,
-            bytes_up,
-            bytes_down,
-            duration_ms: started.elapsed().as_millis() as u64,
-            dial_ms: chosen.dial.map(access_log::ms),
-            hops: hops.into_iter().map(access_log::ms).collect(),
-            resolved,
-        });
-    }
-}
-
-/// Decrements the open-tunnel gauge on drop.
-struct OpenTunnel<'a>(&'a AtomicUsize);
-
-impl Drop for OpenTunnel<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+            };
+            core.ledger.tunnel_closed(&finished, &r);
+        };
+        self.shutdown.tracker().spawn(task.in_current_span());
     }
 }
 

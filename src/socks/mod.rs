@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::failure::{Failure, verdict};
 use crate::relay::Peer;
 use crate::server::Admitted;
-use crate::session::{Client, Core, Ends, SessionError, TunnelKind};
+use crate::session::{Client, Core, Ends, Finished, SessionError, TunnelKind};
 use crate::target::Target;
 
 /// The SOCKS listener protocol and its settings.
@@ -98,17 +98,18 @@ impl Socks {
         let (client, target, reached, protocol) = match opened {
             Next::Tunnel(t) => t,
             Next::Udp(client, socket, expected) => {
-                self.core.log_request(
-                    &client,
-                    "socks5",
-                    "UDP ASSOCIATE",
-                    &socket
-                        .local_addr()
-                        .map_or_else(|_| "-".into(), |a| a.to_string()),
-                    200,
-                    None,
+                let bound = socket
+                    .local_addr()
+                    .map_or_else(|_| "-".into(), |a| a.to_string());
+                self.core.ledger().request(&Finished {
+                    client: &client,
+                    protocol: "socks5",
+                    method: "UDP ASSOCIATE",
+                    target: &bound,
+                    status: 200,
+                    error: None,
                     started,
-                );
+                });
                 let stop = self.core.stop_for(&client);
                 let _admitted = admitted;
                 udp::relay(
@@ -195,18 +196,18 @@ impl Socks {
             1 => {
                 let mut a = [0u8; 4];
                 s.read_exact(&mut a).await?;
-                IpAddr::from(a).to_string()
+                AskedHost::Ip(IpAddr::from(a))
             }
             4 => {
                 let mut a = [0u8; 16];
                 s.read_exact(&mut a).await?;
-                IpAddr::from(a).to_string()
+                AskedHost::Ip(IpAddr::from(a))
             }
             3 => {
                 let n = s.read_u8().await?;
                 let mut name = vec![0u8; usize::from(n)];
                 s.read_exact(&mut name).await?;
-                String::from_utf8(name).unwrap_or_default()
+                AskedHost::Name(String::from_utf8(name).unwrap_or_default())
             }
             _ => {
                 reply5(s, 0x08, None).await?;
@@ -233,9 +234,9 @@ impl Socks {
         let _user_id = read_until_nul(s).await?;
         // 0.0.0.x (x != 0): SOCKS4a, the name follows.
         let host = if ip[..3] == [0, 0, 0] && ip[3] != 0 {
-            read_until_nul(s).await?
+            AskedHost::Name(read_until_nul(s).await?)
         } else {
-            Ipv4Addr::from(ip).to_string()
+            AskedHost::Ip(IpAddr::V4(Ipv4Addr::from(ip)))
         };
         if self.core.auth().enabled() {
             reply(s, Version::Four, Err(0x02)).await?;
@@ -279,7 +280,7 @@ impl Socks {
                 return Err(Ended::Answered);
             }
         }
-        let target = match Target::new(&host, port) {
+        let target = match host.target(port) {
             Ok(t) => t,
             Err(e) => {
                 reply(s, version, Err(verdict(Failure::BadRequest).socks_reply)).await?;
@@ -305,7 +306,7 @@ impl Socks {
         &self,
         s: &mut TcpStream,
         client: Client,
-        host: &str,
+        host: &AskedHost,
         port: u16,
     ) -> Result<Next, Ended> {
         if !self.core.udp_possible() {
@@ -317,10 +318,11 @@ impl Socks {
         let local = s.local_addr()?;
         let socket = tokio::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).await?;
         reply5(s, 0x00, socket.local_addr().ok()).await?;
-        let expected = host.parse::<IpAddr>().map_or_else(
-            |_| SocketAddr::from(([0, 0, 0, 0], 0)),
-            |ip| SocketAddr::new(ip, port),
-        );
+        // Where the client said it would send from; a name (or 0.0.0.0) means "not said".
+        let expected = match host {
+            AskedHost::Ip(ip) => SocketAddr::new(*ip, port),
+            AskedHost::Name(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         Ok(Next::Udp(client, socket, expected))
     }
 
@@ -335,15 +337,15 @@ impl Socks {
         let v = verdict(e.failure());
         let details = e.to_string();
         tracing::debug!(error = %details, "SOCKS request failed");
-        self.core.log_request(
+        self.core.ledger().request(&Finished {
             client,
             protocol,
-            "CONNECT",
-            &target,
-            v.status.as_u16(),
-            Some((v.error, details.as_str())),
+            method: "CONNECT",
+            target: &target,
+            status: v.status.as_u16(),
+            error: Some((v.error, details.as_str())),
             started,
-        );
+        });
     }
 }
 
@@ -372,8 +374,24 @@ struct Asked {
     version: Version,
     client: Client,
     cmd: u8,
-    host: String,
+    host: AskedHost,
     port: u16,
+}
+
+/// The address a SOCKS request carries, as read from its bytes.
+enum AskedHost {
+    Ip(IpAddr),
+    /// A name (SOCKS5 ATYP 3, SOCKS4a), still to be validated.
+    Name(String),
+}
+
+impl AskedHost {
+    fn target(&self, port: u16) -> Result<Target, crate::target::TargetError> {
+        match self {
+            Self::Ip(ip) => Target::from_ip(*ip, port),
+            Self::Name(name) => Target::new(name, port),
+        }
+    }
 }
 
 /// A reply in the client's version: `Ok(bound address)` granted, `Err(SOCKS5 reply code)`

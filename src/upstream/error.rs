@@ -144,6 +144,11 @@ pub enum ConnectError {
     },
 }
 
+/// True when webpki refused a certificate for being a CA presented as a server's.
+pub(crate) fn is_ca_as_end_entity(other: &rustls::OtherError) -> bool {
+    other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
+}
+
 /// A TLS failure in words a user can act on, never a Rust debug string.
 pub fn tls_words(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
@@ -187,7 +192,7 @@ pub fn tls_words(e: &rustls::Error) -> String {
             C::InvalidPurpose | C::InvalidPurposeContext { .. } => {
                 "the proxy's certificate is not for TLS servers (extended key usage)".into()
             }
-            C::Other(other) if super::tls::is_ca_as_end_entity(other) => {
+            C::Other(other) if is_ca_as_end_entity(other) => {
                 "the proxy's certificate is a CA certificate, not a server certificate (give that very certificate to --upstream-ca to pin it, or issue a server certificate from the CA)".into()
             }
             _ => "the proxy's certificate was refused".into(),

@@ -176,7 +176,7 @@ impl ServerCertVerifier for Pinning {
             now,
         ) {
             Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)))
-                if is_ca_as_end_entity(&other)
+                if super::error::is_ca_as_end_entity(&other)
                     && self
                         .pinned
                         .iter()
@@ -211,11 +211,6 @@ impl ServerCertVerifier for Pinning {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.webpki.supported_verify_schemes()
     }
-}
-
-/// True when webpki refused a certificate for being a CA presented as a server's.
-pub(crate) fn is_ca_as_end_entity(other: &rustls::OtherError) -> bool {
-    other.0.downcast_ref::<webpki::Error>() == Some(&webpki::Error::CaUsedAsEndEntity)
 }
 
 /// Accepts any certificate (still checking handshake signatures). Only with `--upstream-insecure`.
