@@ -23,7 +23,7 @@ use super::respond::ProxyError;
 use super::{Body, Http};
 use crate::relay::body::{Counted, Pace, Paced, Side, Throttled};
 use crate::routing::Action;
-use crate::session::{Client, Ends, Opening, reach};
+use crate::session::{Client, Ends};
 use crate::stream::BoxIo;
 use crate::target::Target;
 use crate::upstream::keepalive::{Conn, OutBody};
@@ -97,39 +97,18 @@ pub async fn handle(
     // connection: until then nothing of it is sent, so a failed dial can go elsewhere. A
     // member's 407 (the proxy refusing *us*) also moves on to the next member when the request
     // can be sent again (no body, or one small enough to keep).
-    let (attempt_http, to) = (Arc::clone(http), target.clone());
-    let tracer = client.trail.tracer().clone();
-    let (session, named) = (Arc::clone(&client.session), client.session_named);
-    let dial_started = std::time::Instant::now();
-    let reached = reach(
-        &action,
-        Some(&client.session),
-        core.dialer().connect_timeout(),
-        move |route: &Route, left| -> Opening<Attempt> {
-            tracer.reset();
-            let dialer = attempt_http
-                .core()
-                .dialer()
-                .traced(tracer.clone())
-                .for_session(Arc::clone(&session), named)
-                .with_timeout(left);
+    let reached = core
+        .reach(&action, &target, client, |dialer, route, to| {
             Box::pin(attempt(
-                Arc::clone(&attempt_http),
+                Arc::clone(http),
                 Arc::clone(&out),
-                route.clone(),
+                route,
                 dialer,
-                to.clone(),
+                to,
             ))
-        },
-    )
-    .await?;
+        })
+        .await?;
     let (answered, mut member) = (reached.value, reached.member);
-    core.dialed(
-        client,
-        action.label(),
-        member.as_ref(),
-        dial_started.elapsed(),
-    );
     let (mut resp, conn, route) = match answered {
         Attempt::Answered(resp, conn, route) => (resp, conn, route),
         Attempt::Final(e) => return Err(e),

@@ -149,7 +149,7 @@ impl Trail {
     }
 
     /// Records a finished dial: the member it went through and how long it took.
-    pub fn dialed(&self, member: Option<&str>, took: Duration) {
+    fn dialed(&self, member: Option<&str>, took: Duration) {
         if let Ok(mut c) = self.chosen.lock() {
             c.member = member.map(str::to_owned);
             c.dial = Some(took);
@@ -496,22 +496,41 @@ impl Core {
             )));
         }
         let action = self.decide(target, client, true).await?;
+        self.reach(&action, target, client, |dialer, route, to| {
+            Box::pin(async move { dialer.tunnel(&route, &to).await })
+        })
+        .await
+    }
+
+    /// Reaches `target` along `action` for `client`: the one way every listener's request
+    /// leaves. Each attempt gets the dialer for this session (sticky source address, traced
+    /// into the client's trail, within what is left of the connect timeout) and opens what
+    /// the caller needs along the route (a tunnel, a forwarded request's connection); a pool
+    /// fails over across members. The dial is recorded (trail, histograms).
+    pub async fn reach<T, F>(
+        &self,
+        action: &Action,
+        target: &Target,
+        client: &Client,
+        mut open: F,
+    ) -> Result<Reached<T>, SessionError>
+    where
+        F: FnMut(Dialer, crate::upstream::Route, Target) -> Opening<T> + Send,
+    {
         let tracer = client.trail.tracer().clone();
         let dialer = self
             .dialer
             .traced(tracer.clone())
             .for_session(Arc::clone(&client.session), client.session_named);
-        let to = target.clone();
         let started = Instant::now();
         let reached = reach(
-            &action,
+            action,
             Some(&client.session),
             self.dialer.connect_timeout(),
-            move |route: &crate::upstream::Route, left| -> Opening<BoxIo> {
+            |route: &crate::upstream::Route, left| -> Opening<T> {
                 // Only the attempt that succeeds is kept.
                 tracer.reset();
-                let (dialer, route, to) = (dialer.with_timeout(left), route.clone(), to.clone());
-                Box::pin(async move { dialer.tunnel(&route, &to).await })
+                open(dialer.with_timeout(left), route.clone(), target.clone())
             },
         )
         .await?;
@@ -527,13 +546,7 @@ impl Core {
     /// Records a successful dial for `client`: the trail, and the dial and hop histograms.
     /// A request that went out on a kept-alive connection dialed nothing: only the member is
     /// noted.
-    pub fn dialed(
-        &self,
-        client: &Client,
-        route: &str,
-        member: Option<&MemberGuard>,
-        took: Duration,
-    ) {
+    fn dialed(&self, client: &Client, route: &str, member: Option<&MemberGuard>, took: Duration) {
         let (dialed, hops, _) = client.trail.tracer().summary();
         if !dialed {
             if let Ok(mut c) = client.trail.chosen.lock() {
