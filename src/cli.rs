@@ -71,9 +71,78 @@ impl Cli {
     }
 }
 
-fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+/// Prints a usage or configuration error; the exit code for it.
+pub fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("viaduct: {e}");
     ExitCode::from(EX_USAGE)
+}
+
+/// A started proxy with its listeners bound, not yet serving.
+pub struct Started {
+    pub proxy: Arc<crate::Proxy>,
+    pub listeners: Vec<(tokio::net::TcpListener, crate::server::ListenKind)>,
+}
+
+/// Builds the proxy from `config` and binds every listener (and the admin listener): what
+/// must succeed before `READY=1`. The error is the exit code with its message printed.
+pub async fn start(config: crate::Config) -> Result<Started, ExitCode> {
+    let listen = config.listen.clone();
+    let admin_addr = config.admin.as_ref().map(|a| a.listen);
+    crate::server::raise_descriptor_limit(config.limits.max_connections);
+    let summary = config.router.default.to_string();
+    let rules = config.router.rules.len();
+    let users = config.auth.as_ref().map_or(0, |a| a.users.len());
+    let deny_internal = config.access.destinations.deny_internal;
+    let proxy = crate::Proxy::new(config).map_err(usage_error)?;
+    let mut listeners = Vec::new();
+    for l in &listen {
+        match tokio::net::TcpListener::bind(l.addr).await {
+            Ok(bound) => listeners.push((bound, l.kind)),
+            Err(e) => {
+                eprintln!("viaduct: cannot listen on {l}: {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    if let Some(addr) = admin_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                proxy.spawn_admin(l);
+                tracing::info!(%addr, "admin listening: /metrics /healthz /readyz /status /proxy.pac");
+            }
+            Err(e) => {
+                eprintln!("viaduct: cannot listen on {addr} (admin): {e}");
+                return Err(ExitCode::FAILURE);
+            }
+        }
+    }
+    let listen: Vec<String> = listen.iter().map(ToString::to_string).collect();
+    tracing::info!(listen = ?listen, default = %summary, rules, users, deny_internal, "viaduct listening");
+    Ok(Started { proxy, listeners })
+}
+
+/// A reload (SIGHUP): re-reads the file (off the runtime: blocking I/O) and the files it
+/// names with `flags` over them, and puts the result in force; a configuration that fails
+/// validation is logged and counted, and the running one stays.
+pub async fn reload(proxy: &crate::Proxy, flags: &Arc<RunFlags>) {
+    let read = Arc::clone(flags);
+    let built = tokio::task::spawn_blocking(move || {
+        runtime::load(read.config.as_deref(), &read, true).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+    match built {
+        Ok(config) => {
+            let rules = config.router.rules.len();
+            let users = config.auth.as_ref().map_or(0, |a| a.users.len());
+            proxy.reload(config);
+            tracing::info!(rules, users, "configuration reloaded");
+        }
+        Err(e) => {
+            proxy.reload_rejected(&e);
+            tracing::error!(error = %e, "reload rejected; keeping the running configuration")
+        }
+    }
 }
 
 /// `viaduct check --config FILE`.

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tracing_subscriber::EnvFilter;
-use viaduct::cli::{self, Cli, Command, EX_USAGE};
+use viaduct::cli::{self, Cli, Command, Started};
 use viaduct::config::runtime;
 use viaduct::{Proxy, RunFlags};
 
@@ -48,10 +48,7 @@ fn main() -> ExitCode {
 async fn run(args: RunFlags) -> ExitCode {
     let config = match runtime::load(args.config.as_deref(), &args, false) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("viaduct: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
+        Err(e) => return cli::usage_error(e),
     };
     // Signals first, before any listener and before READY=1: a SIGHUP (logrotate, `systemctl
     // reload` right after start) or SIGTERM that arrives the moment we are ready must find its
@@ -64,44 +61,10 @@ async fn run(args: RunFlags) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listen = config.listen.clone();
-    let admin_addr = config.admin.as_ref().map(|a| a.listen);
-    viaduct::server::raise_descriptor_limit(config.limits.max_connections);
-    let summary = config.router.default.to_string();
-    let rules = config.router.rules.len();
-    let users = config.auth.as_ref().map_or(0, |a| a.users.len());
-    let deny_internal = config.access.destinations.deny_internal;
-    let proxy = match Proxy::new(config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("viaduct: {e}");
-            return ExitCode::from(EX_USAGE);
-        }
+    let Started { proxy, listeners } = match cli::start(config).await {
+        Ok(started) => started,
+        Err(code) => return code,
     };
-    let mut listeners = Vec::new();
-    for l in &listen {
-        match tokio::net::TcpListener::bind(l.addr).await {
-            Ok(bound) => listeners.push((bound, l.kind)),
-            Err(e) => {
-                eprintln!("viaduct: cannot listen on {l}: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    if let Some(addr) = admin_addr {
-        match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => {
-                proxy.spawn_admin(l);
-                tracing::info!(%addr, "admin listening: /metrics /healthz /readyz /status /proxy.pac");
-            }
-            Err(e) => {
-                eprintln!("viaduct: cannot listen on {addr} (admin): {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let listen: Vec<String> = listen.iter().map(ToString::to_string).collect();
-    tracing::info!(listen = ?listen, default = %summary, rules, users, deny_internal, "viaduct listening");
     // systemd (Type=notify): ready once every listener is bound. Without systemd, a no-op.
     notify(&[sd_notify::NotifyState::Ready]);
     #[cfg(unix)]
@@ -141,35 +104,15 @@ impl Signals {
     }
 }
 
-/// On SIGHUP: re-read the configuration file and the users file and put their routing, users
-/// and access policy in force; a file that fails validation is logged and the running
-/// configuration stays.
+/// On SIGHUP: re-read the configuration file and the users file and put them in force (see
+/// [`cli::reload`]), telling systemd while it happens.
 #[cfg(unix)]
 fn spawn_reloader(proxy: Arc<Proxy>, flags: RunFlags, mut hup: tokio::signal::unix::Signal) {
     let flags = Arc::new(flags);
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             notify_reloading();
-            // Reading the file is blocking I/O: never on the runtime, which keeps serving (and
-            // timing out slow clients) whatever the file turns out to be.
-            let read = Arc::clone(&flags);
-            let built = tokio::task::spawn_blocking(move || {
-                runtime::load(read.config.as_deref(), &read, true).map_err(|e| e.to_string())
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
-            match built {
-                Ok(config) => {
-                    let rules = config.router.rules.len();
-                    let users = config.auth.as_ref().map_or(0, |a| a.users.len());
-                    proxy.reload(config);
-                    tracing::info!(rules, users, "configuration reloaded");
-                }
-                Err(e) => {
-                    proxy.reload_rejected(&e);
-                    tracing::error!(error = %e, "reload rejected; keeping the running configuration")
-                }
-            }
+            cli::reload(&proxy, &flags).await;
             notify(&[sd_notify::NotifyState::Ready]);
         }
     });
