@@ -71,7 +71,6 @@ pub struct Metrics {
     pub bytes: Family<BytesLabels, Counter>,
     pub dial_seconds: Histogram,
     pub hop_connect_seconds: Family<HopLabels, Histogram>,
-    pub auth_failures: Counter,
     pub limit_rejections: Family<LimitLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
 }
@@ -84,7 +83,6 @@ impl Default for Metrics {
             bytes: Family::default(),
             dial_seconds: Histogram::new(dial_buckets()),
             hop_connect_seconds: Family::new_with_constructor(|| Histogram::new(dial_buckets())),
-            auth_failures: Counter::default(),
             limit_rejections: Family::default(),
             config_reloads: Family::default(),
         }
@@ -129,11 +127,6 @@ impl Metrics {
             "hop_connect_seconds",
             "Each hop's own handshake time (TLS included), by upstream and hop position",
             self.hop_connect_seconds.clone(),
-        );
-        registry.register(
-            "auth_failures",
-            "Requests refused for wrong proxy credentials",
-            self.auth_failures.clone(),
         );
         registry.register(
             "limit_rejections",

@@ -42,6 +42,23 @@ impl Collector for Live {
             "Client connections open now",
             i64::try_from(self.admission.open_connections()).unwrap_or(i64::MAX),
         )?;
+        let counter = |encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
+            let c = ConstCounter::new(v);
+            let m = encoder.encode_descriptor(name, help, None, c.metric_type())?;
+            c.encode(m)
+        };
+        counter(
+            &mut encoder,
+            "auth_failures",
+            "Wrong proxy credentials charged (answered or not: a reset stream counts too)",
+            self.core.auth().failures(),
+        )?;
+        counter(
+            &mut encoder,
+            "auth_verifications",
+            "Password hashes computed (cache misses; each costs a verifier's CPU)",
+            self.core.auth().verifications(),
+        )?;
         {
             let g = ConstGauge::new(1i64);
             let mut m = encoder.encode_descriptor(

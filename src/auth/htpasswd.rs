@@ -177,6 +177,28 @@ impl Users {
         self.users.len()
     }
 
+    /// A hash of the file's most common scheme (the first user's, by name, among those of
+    /// that scheme): what an unknown user's password is verified against, so that a wrong
+    /// name takes as long as a wrong password.
+    pub fn decoy(&self) -> Option<&Hash> {
+        let kind = |h: &Hash| match h {
+            Hash::Bcrypt(_) => 0,
+            Hash::Apr1 { .. } => 1,
+            Hash::ShaCrypt(h) if h.starts_with("$5$") => 2,
+            Hash::ShaCrypt(_) => 3,
+        };
+        let mut counts = [0usize; 4];
+        for h in self.users.values() {
+            counts[kind(h)] += 1;
+        }
+        let common = (0..4).max_by_key(|k| counts[*k])?;
+        self.users
+            .iter()
+            .filter(|(_, h)| kind(h) == common)
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, h)| h)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

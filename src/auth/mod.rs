@@ -28,8 +28,17 @@ use crate::lograte::EverySecond;
 /// How long a verified password is taken on trust before it is verified again.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
 
-/// Failure-budget entries kept at most (an address spray must not grow memory without bound).
+/// Failure-budget entries kept at most, least recently seen dropped first: an address spray
+/// must not grow memory, nor the cost of a failure, without bound.
 const MAX_TRACKED_IPS: usize = 100_000;
+
+/// The longest password verified (bytes). SHA-crypt's and apr1's cost grows with the
+/// password's length; a longer one is refused without hashing, and counted as a failure.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// How long a login waits for a free verifier (there are as many as cores) before it is
+/// answered 503: a burst of logins queues, a flood does not pile up.
+const VERIFY_QUEUE: Duration = Duration::from_secs(5);
 
 /// What `[auth]` sets.
 #[derive(Debug, Clone)]
@@ -69,6 +78,9 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
     #[error("user \"{user}\" has {max} requests and tunnels open, the most allowed")]
     UserLimit { user: String, max: usize },
+    /// Every verifier stayed busy for the queue's deadline.
+    #[error("password verifications are saturated; retry in {}s", .retry_after.as_secs())]
+    Busy { retry_after: Duration },
 }
 
 impl AuthError {
@@ -83,7 +95,7 @@ impl AuthError {
     /// How long the client should wait, for a 429.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Throttled { retry_after } => Some(*retry_after),
+            Self::Throttled { retry_after } | Self::Busy { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -101,9 +113,14 @@ struct Directory {
     verified: Mutex<HashMap<String, (hmac::Tag, Instant)>>,
     /// One verification per distinct credentials at a time; others wait for its answer.
     verifying: Mutex<HashMap<Vec<u8>, Arc<OnceCell<bool>>>>,
+    /// What an unknown user's password is verified against (and refused whatever it says),
+    /// so that an unknown user costs as long as a known one: a hash of the file's most common
+    /// scheme.
+    decoy: Option<Hash>,
 }
 
-/// A client IP's recent failures.
+/// A client IP's recent failures: `count` holds the failures of the window that began at
+/// `since` and the verifications under way (charged before they start, refunded when right).
 #[derive(Debug, Clone, Copy)]
 struct Strikes {
     count: u32,
@@ -120,7 +137,12 @@ struct UserState {
 /// The authentication gate every listener goes through.
 pub struct Auth {
     directory: ArcSwapOption<Directory>,
-    strikes: Mutex<HashMap<IpAddr, Strikes>>,
+    strikes: Mutex<lru::LruCache<IpAddr, Strikes>>,
+    /// As many verifiers as cores: hashing runs on blocking threads, bounded here.
+    verifiers: Arc<tokio::sync::Semaphore>,
+    /// Wrong credentials charged since start (answered or not: a client that resets its
+    /// stream during the verification is counted all the same).
+    failures: AtomicU64,
     users: Arc<Mutex<HashMap<String, UserState>>>,
     /// Parent of every user's token: shutdown's hard stop.
     parent: CancellationToken,
@@ -172,7 +194,13 @@ impl Auth {
     pub fn new(settings: Option<AuthSettings>, parent: CancellationToken) -> Self {
         Self {
             directory: ArcSwapOption::from(settings.map(|s| Arc::new(Directory::new(s)))),
-            strikes: Mutex::new(HashMap::new()),
+            strikes: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(MAX_TRACKED_IPS).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            verifiers: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
+            failures: AtomicU64::new(0),
             users: Arc::default(),
             parent,
             failures_log: EverySecond::default(),
@@ -184,6 +212,11 @@ impl Auth {
     /// [`CACHE_TTL`], however many requests present them.
     pub fn verifications(&self) -> u64 {
         self.verifications.load(Ordering::Relaxed)
+    }
+
+    /// Wrong credentials charged since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// True when clients must authenticate.
@@ -229,21 +262,18 @@ impl Auth {
             let Some(dir) = self.directory.load_full() else {
                 return Ok(None);
             };
-            let now = Instant::now();
-            let had_strikes = self.check_budget(ip, now)?;
+            self.check_budget(ip, Instant::now())?;
             let Some((user, password)) = credentials else {
                 return Err(AuthError::Missing {
                     realm: Arc::clone(&dir.realm),
                 });
             };
-            if !dir.verify(user, password, &self.verifications).await {
-                self.strike(ip, now, &dir.settings);
+            // A success refunds only its own charge: it never clears failures charged to the
+            // address before (one valid account must not buy unlimited guesses at others).
+            if !self.verify(&dir, ip, user, password).await? {
                 return Err(AuthError::Wrong {
                     realm: Arc::clone(&dir.realm),
                 });
-            }
-            if had_strikes && let Ok(mut strikes) = self.strikes.lock() {
-                strikes.remove(&ip);
             }
             if let Some(grant) = self.grant(user, &dir)? {
                 return Ok(Some(grant));
@@ -298,50 +328,142 @@ impl Auth {
         }))
     }
 
-    /// Refuses an address in its cool-down; `Ok(true)` when it has recent failures.
-    fn check_budget(&self, ip: IpAddr, now: Instant) -> Result<bool, AuthError> {
+    /// Refuses an address in its cool-down.
+    fn check_budget(&self, ip: IpAddr, now: Instant) -> Result<(), AuthError> {
         let Ok(strikes) = self.strikes.lock() else {
-            return Ok(false);
+            return Ok(());
         };
-        let Some(s) = strikes.get(&ip) else {
-            return Ok(false);
-        };
-        match s.locked_until {
-            Some(until) if until > now => Err(AuthError::Throttled {
-                // Rounded up: a client that waits exactly this long is let in.
-                retry_after: Duration::from_secs((until - now).as_secs_f64().ceil() as u64),
-            }),
-            _ => Ok(true),
+        match strikes.peek(&ip).and_then(|s| s.locked_until) {
+            Some(until) if until > now => Err(throttled(until, now)),
+            _ => Ok(()),
         }
     }
 
-    fn strike(&self, ip: IpAddr, now: Instant, settings: &AuthSettings) {
+    /// Charges `ip` one failure before its password is verified: refused (429) when its
+    /// failures and verifications under way already fill the budget. The charge stands unless
+    /// [`Charge::refund`] is called (the password was right), whatever happens to the request.
+    fn charge(&self, ip: IpAddr, settings: &AuthSettings) -> Result<Charge<'_>, AuthError> {
+        let now = Instant::now();
         let Ok(mut strikes) = self.strikes.lock() else {
-            return;
-        };
-        if strikes.len() >= MAX_TRACKED_IPS {
-            strikes.retain(|_, s| {
-                s.locked_until.is_some_and(|u| u > now) || now - s.since < settings.lockout
+            return Err(AuthError::Throttled {
+                retry_after: settings.lockout,
             });
-        }
-        let s = strikes.entry(ip).or_insert(Strikes {
+        };
+        let fresh = Strikes {
             count: 0,
             since: now,
             locked_until: None,
-        });
-        if now - s.since >= settings.lockout || s.locked_until.is_some_and(|u| u <= now) {
-            *s = Strikes {
-                count: 0,
-                since: now,
-                locked_until: None,
-            };
+        };
+        let s = strikes.get_or_insert_mut(ip, || fresh);
+        if let Some(until) = s.locked_until.filter(|u| *u > now) {
+            return Err(throttled(until, now));
+        }
+        if now - s.since >= settings.lockout || s.locked_until.is_some() {
+            *s = fresh;
+        }
+        if s.count >= settings.max_failures {
+            // Verifications under way fill the budget: their outcome decides the lockout.
+            return Err(throttled(s.since + settings.lockout, now));
         }
         s.count += 1;
-        let locked = s.count >= settings.max_failures;
-        if locked {
-            s.locked_until = Some(now + settings.lockout);
+        Ok(Charge {
+            auth: self,
+            ip,
+            settings: (settings.max_failures, settings.lockout),
+            refunded: false,
+        })
+    }
+
+    /// Whether `password` is `user`'s under `dir`: from the cache (free), else verified by a
+    /// bounded verifier after charging `ip` a failure (refunded when right). Concurrent
+    /// requests with the same credentials share one verification; each wrong one is charged.
+    async fn verify(
+        &self,
+        dir: &Directory,
+        ip: IpAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<bool, AuthError> {
+        if password.len() > MAX_PASSWORD_BYTES {
+            // Refused unhashed, charged all the same.
+            self.charge(ip, &dir.settings)?;
+            return Ok(false);
         }
-        drop(strikes);
+        if dir.cached(user, password) {
+            return Ok(true);
+        }
+        let known = dir.settings.users.get(user);
+        let Some(hash) = known.or(dir.decoy.as_ref()).cloned() else {
+            self.charge(ip, &dir.settings)?;
+            return Ok(false);
+        };
+        let tag = dir.tag(user, password);
+        let cell = match (&tag, dir.verifying.lock()) {
+            (Some(tag), Ok(mut v)) => Arc::clone(v.entry(tag.as_ref().to_vec()).or_default()),
+            _ => Arc::new(OnceCell::new()),
+        };
+        // Out of the map when done, or when this request is dropped while waiting (a client
+        // that hangs up must not leave an entry behind).
+        let _pending = tag.as_ref().map(|tag| Pending {
+            verifying: &dir.verifying,
+            tag: tag.as_ref(),
+            cell: &cell,
+        });
+        let mut charged = None;
+        let pass = password.to_owned();
+        let right = *cell
+            .get_or_try_init(|| async {
+                // This request computes the hash: charged first, then a verifier.
+                let charge = self.charge(ip, &dir.settings)?;
+                let permit =
+                    tokio::time::timeout(VERIFY_QUEUE, Arc::clone(&self.verifiers).acquire_owned())
+                        .await
+                        .map_err(|_| AuthError::Busy {
+                            retry_after: Duration::from_secs(1),
+                        })?
+                        .map_err(|_| AuthError::Busy {
+                            retry_after: Duration::from_secs(1),
+                        })?;
+                self.verifications.fetch_add(1, Ordering::Relaxed);
+                let ok = tokio::task::spawn_blocking(move || {
+                    let _permit = permit;
+                    hash.verify(&pass)
+                })
+                .await
+                .unwrap_or(false);
+                charged = Some(charge);
+                Ok::<bool, AuthError>(ok)
+            })
+            .await?;
+        let right = right && known.is_some();
+        match charged {
+            Some(charge) if right => charge.refund(),
+            Some(_wrong) => {}
+            // Another request computed it: a wrong answer is charged here too (it cost
+            // nothing more, and it is one more guess).
+            None if !right => drop(self.charge(ip, &dir.settings)?),
+            None => {}
+        }
+        if right {
+            dir.remember(user, tag);
+        }
+        Ok(right)
+    }
+
+    /// A charge that stood: the failure is recorded (counted, logged, the address locked out
+    /// when it fills the budget).
+    fn failed(&self, ip: IpAddr, (max_failures, lockout): (u32, Duration)) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut locked = false;
+        if let Ok(mut strikes) = self.strikes.lock()
+            && let Some(s) = strikes.get_mut(&ip)
+            && s.count >= max_failures
+            && s.locked_until.is_none()
+        {
+            s.locked_until = Some(now + lockout);
+            locked = true;
+        }
         if let Some(n) = self.failures_log.count() {
             tracing::warn!(
                 client = %ip,
@@ -349,6 +471,44 @@ impl Auth {
                 locked_out = locked,
                 "failed proxy logins (count since the last line)"
             );
+        }
+    }
+}
+
+/// 429 until `until`, rounded up: a client that waits exactly this long is let in.
+fn throttled(until: Instant, now: Instant) -> AuthError {
+    AuthError::Throttled {
+        retry_after: Duration::from_secs(
+            until.saturating_duration_since(now).as_secs_f64().ceil() as u64
+        ),
+    }
+}
+
+/// A failure charged to an address before its verification: it stands (recorded when this
+/// drops) unless refunded.
+struct Charge<'a> {
+    auth: &'a Auth,
+    ip: IpAddr,
+    settings: (u32, Duration),
+    refunded: bool,
+}
+
+impl Charge<'_> {
+    /// The password was right: the charge is taken back.
+    fn refund(mut self) {
+        self.refunded = true;
+        if let Ok(mut strikes) = self.auth.strikes.lock()
+            && let Some(s) = strikes.get_mut(&self.ip)
+        {
+            s.count = s.count.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Charge<'_> {
+    fn drop(&mut self) {
+        if !self.refunded {
+            self.auth.failed(self.ip, self.settings);
         }
     }
 }
@@ -362,65 +522,48 @@ impl Directory {
                 "no system randomness for the credentials cache: every request will verify its password"
             );
         }
+        let settings_decoy = settings.users.decoy().cloned();
         Self {
             realm: settings.realm.as_str().into(),
             settings,
             key,
             verified: Mutex::new(HashMap::new()),
             verifying: Mutex::new(HashMap::new()),
+            decoy: settings_decoy,
         }
     }
 
-    /// Whether `password` is `user`'s: from the cache when it was verified within
-    /// [`CACHE_TTL`] (compared in constant time), else verified on a blocking thread, once for
-    /// any number of concurrent requests presenting the same credentials.
-    async fn verify(&self, user: &str, password: &str, computed: &AtomicU64) -> bool {
-        let Some(hash) = self.settings.users.get(user) else {
-            return false;
-        };
-        let Some(key) = &self.key else {
-            computed.fetch_add(1, Ordering::Relaxed);
-            let (hash, pass) = (hash.clone(), password.to_owned());
-            return tokio::task::spawn_blocking(move || hash.verify(&pass))
-                .await
-                .unwrap_or(false);
-        };
+    /// `user:password` as the cache keys it; `None` without a key (nothing is cached).
+    fn tag(&self, user: &str, password: &str) -> Option<hmac::Tag> {
+        let key = self.key.as_ref()?;
         let mut message = Vec::with_capacity(user.len() + password.len() + 1);
         message.extend_from_slice(user.as_bytes());
         message.push(0);
         message.extend_from_slice(password.as_bytes());
-        if let Ok(verified) = self.verified.lock()
-            && let Some((tag, at)) = verified.get(user)
-            && at.elapsed() < CACHE_TTL
-            && hmac::verify(key, &message, tag.as_ref()).is_ok()
-        {
-            return true;
-        }
-        let tag = hmac::sign(key, &message);
-        let cell = match self.verifying.lock() {
-            Ok(mut v) => Arc::clone(v.entry(tag.as_ref().to_vec()).or_default()),
-            Err(_) => Arc::new(OnceCell::new()),
+        Some(hmac::sign(key, &message))
+    }
+
+    /// True when `password` was verified as `user`'s within [`CACHE_TTL`] (compared in
+    /// constant time).
+    fn cached(&self, user: &str, password: &str) -> bool {
+        let Some(tag) = self.tag(user, password) else {
+            return false;
         };
-        // Out of the map when done, or when this request is dropped while waiting (a client
-        // that hangs up must not leave an entry behind).
-        let _pending = Pending {
-            verifying: &self.verifying,
-            tag: tag.as_ref(),
-            cell: &cell,
-        };
-        let (hash, pass) = (hash.clone(), password.to_owned());
-        let ok = *cell
-            .get_or_init(|| async move {
-                computed.fetch_add(1, Ordering::Relaxed);
-                tokio::task::spawn_blocking(move || hash.verify(&pass))
-                    .await
-                    .unwrap_or(false)
+        self.verified.lock().is_ok_and(|verified| {
+            verified.get(user).is_some_and(|(known, at)| {
+                at.elapsed() < CACHE_TTL
+                    && bool::from(subtle::ConstantTimeEq::ct_eq(known.as_ref(), tag.as_ref()))
             })
-            .await;
-        if ok && let Ok(mut verified) = self.verified.lock() {
+        })
+    }
+
+    /// Caches a right `user:password` (its tag).
+    fn remember(&self, user: &str, tag: Option<hmac::Tag>) {
+        if let Some(tag) = tag
+            && let Ok(mut verified) = self.verified.lock()
+        {
             verified.insert(user.to_owned(), (tag, Instant::now()));
         }
-        ok
     }
 }
 
@@ -499,22 +642,84 @@ mod tests {
         );
     }
 
-    /// A client that hangs up during a verification leaves nothing behind.
+    /// A client that hangs up during a verification leaves nothing behind, and its attempt is
+    /// charged all the same (an HTTP/2 stream reset must not skip the budget).
     #[tokio::test]
-    async fn a_dropped_verification_leaves_no_entry() {
+    async fn a_dropped_verification_is_charged_and_leaves_no_entry() {
         let hash = bcrypt::hash("pw", 10).unwrap();
         let users = Users::parse(&format!("alice:{hash}\n"), "t").unwrap();
-        let dir = Directory::new(AuthSettings::new(users));
-        let computed = AtomicU64::new(0);
+        let auth = Auth::new(Some(AuthSettings::new(users)), CancellationToken::new());
         let cut = tokio::time::timeout(
             Duration::from_millis(1),
-            dir.verify("alice", "pw", &computed),
+            auth.authenticate(ip(1), Some(("alice", "wrong"))),
         )
         .await;
         assert!(cut.is_err(), "bcrypt at cost 10 takes longer than 1 ms");
+        assert_eq!(auth.failures(), 1);
+        let dir = auth.directory.load_full().unwrap();
         assert!(dir.verifying.lock().unwrap().is_empty());
-        assert!(dir.verify("alice", "pw", &computed).await);
+        assert!(
+            auth.authenticate(ip(1), Some(("alice", "pw")))
+                .await
+                .is_ok()
+        );
         assert!(dir.verifying.lock().unwrap().is_empty());
+        assert_eq!(auth.failures(), 1, "a right password is not charged");
+    }
+
+    /// Findings 2, 3, 4 and 10 of the second hardening pass, as counts of work done.
+    #[tokio::test]
+    async fn the_budget_bounds_the_hashing() {
+        let settings = AuthSettings {
+            max_failures: 10,
+            ..AuthSettings::new(users())
+        };
+        let auth = Arc::new(Auth::new(Some(settings), CancellationToken::new()));
+        // A 45 KB password is refused without hashing, and counted.
+        let long = "x".repeat(45_000);
+        let e = auth.authenticate(ip(1), Some(("alice", &long))).await;
+        assert!(matches!(e, Err(AuthError::Wrong { .. })), "{e:?}");
+        assert_eq!((auth.verifications(), auth.failures()), (0, 1));
+        // 300 concurrent wrong passwords from one address: at most the budget is hashed.
+        let tries = (0..300).map(|i| {
+            let auth = Arc::clone(&auth);
+            tokio::spawn(async move {
+                auth.authenticate(ip(2), Some(("alice", &format!("guess-{i}"))))
+                    .await
+                    .err()
+            })
+        });
+        let mut throttled = 0;
+        for t in tries {
+            if let Some(AuthError::Throttled { .. }) = t.await.unwrap() {
+                throttled += 1;
+            }
+        }
+        assert!(auth.verifications() <= 10, "{}", auth.verifications());
+        assert!(throttled >= 290, "{throttled}");
+        // A valid login of one's own does not buy more guesses at another user.
+        for round in 0..3 {
+            for g in 0..3 {
+                let guess = format!("r{round}g{g}");
+                let _ = auth.authenticate(ip(3), Some(("bob", &guess))).await;
+            }
+            assert!(
+                auth.authenticate(ip(3), Some(("alice", "password")))
+                    .await
+                    .is_ok()
+            );
+        }
+        // 9 failures so far; the 10th fills the budget, the 11th attempt waits.
+        let _ = auth.authenticate(ip(3), Some(("bob", "last"))).await;
+        let e = auth.authenticate(ip(3), Some(("bob", "more"))).await;
+        assert!(matches!(e, Err(AuthError::Throttled { .. })), "{e:?}");
+        // An unknown user costs a verification, as a known one with a wrong password does.
+        let before = auth.verifications();
+        let e = auth
+            .authenticate(ip(4), Some(("mallory", "password")))
+            .await;
+        assert!(matches!(e, Err(AuthError::Wrong { .. })), "{e:?}");
+        assert_eq!(auth.verifications(), before + 1);
     }
 
     #[tokio::test]

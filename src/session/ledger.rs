@@ -182,8 +182,8 @@ impl Ledger {
         let user = f.client.user.as_deref().unwrap_or("-");
         match (self.access_log.format(), tunnel) {
             (Format::Off, _) => {}
+            // Field order is what log readers grep for: method and user first.
             (Format::Text, Some(r)) => tracing::info!(
-                peer = %f.client.addr,
                 method = f.method,
                 user,
                 target = %f.target,

@@ -226,7 +226,9 @@ impl SessionError {
                 Failure::AuthRequired
             }
             Self::Auth(AuthError::Throttled { .. }) => Failure::AuthThrottled,
-            Self::Auth(AuthError::UserLimit { .. }) => Failure::LimitReached,
+            Self::Auth(AuthError::UserLimit { .. } | AuthError::Busy { .. }) => {
+                Failure::LimitReached
+            }
             Self::Connect(e) => Failure::Connect(e.kind()),
             Self::Pool(e) => match e.last() {
                 Some(last) => Failure::Connect(last.kind()),
@@ -373,10 +375,8 @@ impl Core {
         let presented = credentials.map(|(name, pass)| (split_session(name).0, pass));
         let granted = self.auth.authenticate(addr.ip(), presented).await;
         match &granted {
-            Err(AuthError::Wrong { .. }) => {
-                self.metrics().auth_failures.inc();
-            }
             Err(AuthError::Throttled { .. }) => self.metrics().limit("auth_failures_per_ip"),
+            Err(AuthError::Busy { .. }) => self.metrics().limit("auth_verifiers"),
             Err(AuthError::UserLimit { .. }) => self.metrics().limit("max_connections_per_user"),
             _ => {}
         }

@@ -56,9 +56,10 @@ async fn proxy_authentication_challenges_and_admits() {
     let (head, body) = get_hello(p.addr, o.addr).await;
     assert_error(&head, &body, 407, "http_request_denied").await;
     assert!(o.seen.try_recv().is_err());
-    // The wrong password was verified; mallory is no user (nothing to verify).
+    // The wrong password was verified, and so was mallory's against a decoy hash: an
+    // unknown name costs what a known one does (no enumeration by timing).
     let verified = p.proxy.core().auth().verifications();
-    assert_eq!(verified, 1);
+    assert_eq!(verified, 2);
 
     for creds in ["alice:s3cret", "alice-session-42:s3cret"] {
         let (mut s, head) = connect_as(p.addr, &echo.to_string(), Some(creds)).await;
@@ -456,4 +457,50 @@ async fn health_probes_are_not_client_destinations() {
         .unwrap()
         .unwrap();
     assert!(probe.starts_with(&format!("CONNECT {echo} ")), "{probe}");
+}
+
+/// Hardening 2, findings 2 and 3 over real sockets: a 45 KB password is refused without
+/// hashing (and counted), and 100 concurrent wrong passwords from one address are hashed at
+/// most as often as the budget allows; the rest get 429 with `Retry-After`.
+#[tokio::test]
+async fn the_failure_budget_bounds_password_hashing() {
+    let echo = echo_server().await;
+    let p = start_proxy(Config {
+        auth: Some(AuthSettings {
+            max_failures: 10,
+            ..users(&[("alice", "s3cret")])
+        }),
+        ..config()
+    })
+    .await;
+    let auth = p.proxy.core().auth();
+    let long = format!("alice:{}", "x".repeat(45_000));
+    let (mut s, head) = connect_as(p.addr, &echo.to_string(), Some(&long)).await;
+    let body = read_body(&mut s, &head).await;
+    assert_error(&head, &body, 407, "http_request_denied").await;
+    assert_eq!((auth.verifications(), auth.failures()), (0, 1));
+
+    let tries = (0..100).map(|i| {
+        let (addr, target) = (p.addr, echo.to_string());
+        tokio::spawn(async move {
+            let creds = format!("alice:guess-{i}");
+            let (_s, head) = connect_as(addr, &target, Some(&creds)).await;
+            (head.status, head.get("retry-after").is_some())
+        })
+    });
+    let mut answers = HashMap::new();
+    for t in tries {
+        let (status, retry_after) = t.await.unwrap();
+        assert!(status != 429 || retry_after, "429 without Retry-After");
+        *answers.entry(status).or_insert(0) += 1;
+    }
+    assert!(
+        auth.verifications() <= 10,
+        "{} hashes for a budget of 10 ({answers:?})",
+        auth.verifications()
+    );
+    assert!(answers.get(&429).copied().unwrap_or(0) >= 89, "{answers:?}");
+    // The address stays locked out, even with the right password.
+    let (_s, head) = connect_as(p.addr, &echo.to_string(), Some("alice:s3cret")).await;
+    assert_eq!(head.status, 429);
 }

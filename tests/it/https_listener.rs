@@ -288,3 +288,48 @@ async fn http2_goaway_lets_open_streams_finish() {
     .await;
     assert!(matches!(ended, Ok(Ok(_)) | Ok(Err(_))), "the tunnel ended");
 }
+
+/// Hardening 2, finding 1: CONNECT streams with wrong passwords, each reset a moment after it
+/// is sent, are charged to the failure budget when their verification starts: the next wrong
+/// password gets 429, not 407, and no more hashes were computed than the budget allows.
+#[tokio::test]
+async fn reset_streams_do_not_escape_the_login_budget() {
+    use base64::Engine;
+    let f = files();
+    let echo = echo_server().await;
+    let text = format!("alice:{}\n", bcrypt::hash("s3cret", 8).unwrap());
+    let auth = viaduct::auth::AuthSettings {
+        max_failures: 10,
+        ..viaduct::auth::AuthSettings::new(viaduct::auth::Users::parse(&text, "t").unwrap())
+    };
+    let (addr, proxy) = start_proxy_kind_with(
+        ListenKind::Https,
+        Config {
+            auth: Some(auth),
+            ..https_config(&f)
+        },
+    )
+    .await;
+    let mut sender = h2_client(addr, &f.der).await;
+    let connect = |password: &str| {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("alice:{password}"));
+        http::Request::connect(echo.to_string())
+            .header("proxy-authorization", format!("Basic {creds}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    for i in 0..40 {
+        sender.ready().await.unwrap();
+        // Dropping the response future resets the stream (RST_STREAM CANCEL).
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_millis(2),
+            sender.send_request(connect(&format!("guess-{i}"))),
+        )
+        .await;
+    }
+    let auth = proxy.core().auth();
+    let resp = sender.send_request(connect("one-more")).await.unwrap();
+    assert_eq!(resp.status(), 429, "the budget was skipped");
+    assert!(auth.failures() >= 10, "{}", auth.failures());
+    assert!(auth.verifications() <= 10, "{}", auth.verifications());
+}

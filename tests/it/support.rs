@@ -114,15 +114,23 @@ pub async fn start_proxy_on(
 
 /// A viaduct whose one listener (on `127.0.0.1:0`) speaks `kind`; runs until the test ends.
 pub async fn start_proxy_kind(kind: viaduct::server::ListenKind, config: Config) -> SocketAddr {
+    start_proxy_kind_with(kind, config).await.0
+}
+
+/// [`start_proxy_kind`], keeping the proxy (its counters) at hand.
+pub async fn start_proxy_kind_with(
+    kind: viaduct::server::ListenKind,
+    config: Config,
+) -> (SocketAddr, Arc<Proxy>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let proxy = Proxy::new(config).unwrap();
     tokio::spawn(viaduct::serve_all(
         vec![(listener, kind)],
-        proxy,
+        Arc::clone(&proxy),
         std::future::pending(),
     ));
-    addr
+    (addr, proxy)
 }
 
 /// Resolves names from a fixed map (all loopback); anything else fails like NXDOMAIN.
