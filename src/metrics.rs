@@ -19,9 +19,11 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     /// `connect`, `http` (and `socks5` later).
     pub protocol: &'static str,
-    /// `2xx` ... `5xx`.
+    /// `1xx` ... `5xx` (`other` past 599).
     pub class: &'static str,
-    pub code: u16,
+    /// The exact status for those the proxy answers itself and the common ones, else `other`:
+    /// an origin must not create a series per status code it invents.
+    pub code: &'static str,
     /// `direct`, an upstream's or a pool's name, or `none` (refused before routing).
     pub route: String,
 }
@@ -96,7 +98,39 @@ pub fn class(code: u16) -> &'static str {
         200..=299 => "2xx",
         300..=399 => "3xx",
         400..=499 => "4xx",
-        _ => "5xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// The `code` label (see [`RequestLabels::code`]).
+pub fn code_label(code: u16) -> &'static str {
+    match code {
+        101 => "101",
+        200 => "200",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        407 => "407",
+        408 => "408",
+        413 => "413",
+        414 => "414",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        508 => "508",
+        _ => "other",
     }
 }
 
@@ -152,7 +186,7 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 protocol,
                 class: class(code),
-                code,
+                code: code_label(code),
                 route: route.to_owned(),
             })
             .inc();

@@ -17,6 +17,95 @@ use crate::relay::Relayed;
 /// The last failures kept for the status page.
 const RECENT: usize = 50;
 
+/// The longest request target an access record (or the status page) carries; past it the
+/// target is cut and ends in `...`: an unauthenticated client must not grow the log by much
+/// more than it sends.
+pub const MAX_LOGGED_TARGET: usize = 2048;
+
+/// The longest user name a record carries.
+pub const MAX_LOGGED_USER: usize = 128;
+
+/// Query parameters whose values records never show (compared without case).
+const SECRET_PARAMS: &[&str] = &[
+    "access_token",
+    "api_key",
+    "apikey",
+    "auth",
+    "authorization",
+    "client_secret",
+    "code",
+    "id_token",
+    "key",
+    "pass",
+    "passwd",
+    "password",
+    "pwd",
+    "refresh_token",
+    "secret",
+    "session",
+    "sessionid",
+    "sig",
+    "signature",
+    "token",
+];
+
+/// A request target as records show it: the userinfo of an absolute URI (`user:pass@`)
+/// replaced by `***@`, the values of query parameters that usually carry secrets by `***`,
+/// and cut at [`MAX_LOGGED_TARGET`].
+pub fn shown_target(raw: &str) -> String {
+    let (before_query, query) = match raw.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (raw, None),
+    };
+    let mut out = String::with_capacity(raw.len().min(MAX_LOGGED_TARGET + 3));
+    match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let end = rest.find(['/', '#']).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(end);
+            out.push_str(scheme);
+            out.push_str("://");
+            match authority.rsplit_once('@') {
+                Some((_, host)) => {
+                    out.push_str("***@");
+                    out.push_str(host);
+                }
+                None => out.push_str(authority),
+            }
+            out.push_str(path);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if SECRET_PARAMS.iter().any(|s| name.eq_ignore_ascii_case(s)) => {
+                    out.push_str(name);
+                    out.push_str("=***");
+                }
+                _ => out.push_str(pair),
+            }
+        }
+    }
+    cut(out, MAX_LOGGED_TARGET)
+}
+
+/// `s` cut to at most `max` bytes (on a character boundary), marked with `...` when cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+        s.push_str("...");
+    }
+    s
+}
+
 /// One recent failure, as the status page shows it (no client address, no credential).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RecentError {
@@ -151,6 +240,8 @@ impl Ledger {
         if let Some((error, details)) = f.error
             && let Ok(mut recent) = self.recent.lock()
         {
+            // Details can quote the request (a malformed URL): never its credentials.
+            let details = cut(crate::upstream::redact(details), MAX_LOGGED_TARGET);
             if recent.len() == RECENT {
                 recent.pop_front();
             }
@@ -159,7 +250,7 @@ impl Ledger {
                 route: route.clone(),
                 status: f.status,
                 error,
-                details: details.to_owned(),
+                details,
             });
         }
         self.record(f, &route, bytes, None);
@@ -179,14 +270,20 @@ impl Ledger {
     /// The access record, in the format configured: the one place it is written.
     fn record(&self, f: &Finished, route: &str, (up, down): (u64, u64), tunnel: Option<&Relayed>) {
         let duration_ms = f.started.elapsed().as_millis() as u64;
-        let user = f.client.user.as_deref().unwrap_or("-");
+        let user = f
+            .client
+            .user
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), |u| cut(u.to_owned(), MAX_LOGGED_USER));
+        let user = user.as_str();
+        let target = shown_target(&f.target.to_string());
         match (self.access_log.format(), tunnel) {
             (Format::Off, _) => {}
             // Field order is what log readers grep for: method and user first.
             (Format::Text, Some(r)) => tracing::info!(
                 method = f.method,
                 user,
-                target = %f.target,
+                target = %target,
                 status = f.status,
                 up,
                 down,
@@ -199,7 +296,7 @@ impl Ledger {
                 peer = %f.client.addr,
                 user,
                 method = f.method,
-                uri = %f.target,
+                uri = %target,
                 status = f.status,
                 up,
                 down,
@@ -216,10 +313,10 @@ impl Ledger {
                 self.access_log.write(&access_log::Record {
                     ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
                     client: f.client.addr,
-                    user: f.client.user.as_deref(),
+                    user: f.client.user.as_ref().map(|_| user),
                     protocol: f.protocol,
                     method: f.method,
-                    target: f.target.to_string(),
+                    target,
                     route: chosen.route.as_deref().unwrap_or(route),
                     member: chosen.member.as_deref(),
                     status: f.status,
@@ -233,5 +330,24 @@ impl Ledger {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Credentials in a URL never reach a record; long targets are cut.
+    #[test]
+    fn targets_are_shown_without_secrets_and_bounded() {
+        assert_eq!(
+            shown_target("http://user:pa@ss@example.test:8080/a?q=1&token=abc&Password=x"),
+            "http://***@example.test:8080/a?q=1&token=***&Password=***"
+        );
+        assert_eq!(shown_target("example.test:443"), "example.test:443");
+        assert_eq!(shown_target("/plain?key=v"), "/plain?key=***");
+        let long = format!("http://h/{}", "\u{e9}".repeat(5000));
+        let shown = shown_target(&long);
+        assert!(shown.len() <= MAX_LOGGED_TARGET + 3 && shown.ends_with("..."));
     }
 }
