@@ -269,9 +269,28 @@ pub fn expand_env(s: &str) -> Result<String, String> {
 }
 
 fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    expand_parts(s, &lookup, &|_| false).map(|(out, _)| out)
+}
+
+/// Replaces each `${NAME}` of `s`; `encode(at)` says whether the variable at byte `at` of `s`
+/// stands in a URL's userinfo, where its value is percent-encoded (a secret store hands out
+/// raw passwords: `p@ss:w/rd%` must stay one password). Returns the text and what was
+/// substituted, by name.
+fn expand_parts(
+    s: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    encode: &dyn Fn(usize) -> bool,
+) -> Result<(String, Vec<(String, String)>), String> {
+    const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
     let mut out = String::with_capacity(s.len());
+    let mut substituted = Vec::new();
     let mut rest = s;
     while let Some(start) = rest.find("${") {
+        let at = s.len() - rest.len() + start;
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after
@@ -290,11 +309,68 @@ fn expand_with(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Strin
         }
         let value =
             lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
-        out.push_str(&value);
+        let written = if encode(at) {
+            percent_encoding::utf8_percent_encode(&value, USERINFO).to_string()
+        } else {
+            value.clone()
+        };
+        out.push_str(&written);
+        substituted.push((name.to_owned(), written));
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, substituted))
+}
+
+/// An upstream URL (one hop or a comma chain) with `${NAME}` read from the environment:
+/// values in a hop's userinfo are percent-encoded; anything else is substituted as written.
+/// `parse` checks the result; an error it reports names the variables, never their values.
+pub fn expand_url<T, E: std::fmt::Display>(
+    url: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<T, String> {
+    expand_url_with(url, &|name| std::env::var(name).ok(), parse)
+}
+
+fn expand_url_with<T, E: std::fmt::Display>(
+    url: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    parse: impl Fn(&str) -> Result<T, E>,
+) -> Result<T, String> {
+    // Where each hop's userinfo lies in the template: after `://`, before the authority's
+    // last `@` (a `${NAME}` holds no `@`, so the template shows the real one).
+    let mut userinfo: Vec<Range<usize>> = Vec::new();
+    let mut offset = 0;
+    for hop in url.split(',') {
+        if let Some(scheme_end) = hop.find("://") {
+            let authority_start = scheme_end + 3;
+            let authority_len = hop[authority_start..]
+                .find(['/', '?', '#'])
+                .unwrap_or(hop.len() - authority_start);
+            if let Some(at) = hop[authority_start..authority_start + authority_len].rfind('@') {
+                userinfo.push(offset + authority_start..offset + authority_start + at);
+            }
+        }
+        offset += hop.len() + 1;
+    }
+    let (expanded, substituted) =
+        expand_parts(url, lookup, &|at| userinfo.iter().any(|r| r.contains(&at)))?;
+    parse(&expanded).map_err(|e| {
+        let mut message = e.to_string();
+        for (name, value) in &substituted {
+            if !value.is_empty() {
+                message = message.replace(value.as_str(), &format!("${{{name}}}"));
+            }
+        }
+        if !substituted.is_empty() {
+            let names: Vec<String> = substituted
+                .iter()
+                .map(|(name, _)| format!("${{{name}}}"))
+                .collect();
+            message.push_str(&format!(" (with {} substituted)", names.join(", ")));
+        }
+        message
+    })
 }
 
 /// The destination a URL (`http://h/p`, `https://h`, or a bare `host:port`) would be routed

@@ -293,9 +293,8 @@ pub fn upstreams<'a>(
         let route = if url == "direct" {
             Route::direct()
         } else {
-            let expanded = expand_env(url).map_err(|m| at.error(span.clone(), &field, m))?;
-            let route = Route::parse(&expanded)
-                .map_err(|e| at.error(span.clone(), &field, e.to_string()))?;
+            let route = super::expand_url(url, Route::parse)
+                .map_err(|m| at.error(span.clone(), &field, m))?;
             match upstream_auth {
                 (None, None) => route,
                 (policy, spn) => route.with_auth(policy.unwrap_or_default(), spn),
@@ -433,8 +432,8 @@ impl Vias<'_> {
             "block" => Action::Block,
             _ if v.contains("://") => Action::Upstream(Arc::new(Upstream {
                 name: "inline".into(),
-                route: Route::parse(&expand_env(v).map_err(|m| at.error(via.span(), field, m))?)
-                    .map_err(|e| at.error(via.span(), field, e.to_string()))?,
+                route: super::expand_url(v, Route::parse)
+                    .map_err(|m| at.error(via.span(), field, m))?,
             })),
             _ => match (self.upstreams.get(v), self.pools.get(v)) {
                 (Some(u), _) => Action::Upstream(Arc::clone(u)),

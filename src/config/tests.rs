@@ -224,6 +224,37 @@ fn environment_variables_in_upstream_urls() {
             .contains("not an environment variable name")
     );
     assert!(expand_with("${PW", env).unwrap_err().contains("closing"));
+    // In a URL's userinfo a value is percent-encoded: a raw password stays one password.
+    let raw = |name: &str| match name {
+        "PW" => Some("p@ss:w/rd%41,x".to_owned()),
+        "HOST" => Some("proxy.example".to_owned()),
+        "PORT" => Some("80x80".to_owned()),
+        _ => None,
+    };
+    let chain = expand_url_with(
+        "http://u:${PW}@${HOST}:1,socks5://${PW}@h:2",
+        &raw,
+        |s: &str| Ok::<_, String>(s.to_owned()),
+    )
+    .unwrap();
+    assert_eq!(
+        chain,
+        "http://u:p%40ss%3Aw%2Frd%2541%2Cx@proxy.example:1,socks5://p%40ss%3Aw%2Frd%2541%2Cx@h:2"
+    );
+    let route = expand_url_with("http://u:${PW}@h:1", &raw, crate::upstream::Route::parse);
+    assert!(route.is_ok(), "{:?}", route.err());
+    // An error caused by a substituted value names the variable, never the value.
+    let e = expand_url_with(
+        "http://u:${PW}@h:${PORT}",
+        &raw,
+        crate::upstream::Route::parse,
+    )
+    .err()
+    .unwrap();
+    assert!(
+        e.contains("${PORT}") && !e.contains("80x80") && !e.contains("p%40"),
+        "{e}"
+    );
     let e = err("[upstreams]\n\na = \"http://u:${VIADUCT_TEST_SURELY_UNSET_42}@h:1\"\n");
     assert_eq!((e.line, e.field.as_str()), (3, "upstreams.a"));
     assert!(

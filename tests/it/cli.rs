@@ -806,3 +806,60 @@ async fn tls_listener_certificate_reload() {
         "a broken pair leaves the old one serving"
     );
 }
+
+/// Hardening 2, finding 9: a `${NAME}` secret in an upstream URL's userinfo is taken as the raw
+/// password it is (`p@ss:w/rd%41` reaches the upstream unchanged), and a bad value elsewhere
+/// in the URL is an error naming the variable, never its value.
+#[tokio::test]
+async fn secrets_from_the_environment_are_taken_raw() {
+    use base64::Engine;
+    let echo = echo_server().await;
+    let (up, mut heads) = basic_upstream(b"HTTP/1.1 200 Connection established\r\n\r\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("v.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[upstreams]\ncorp = \"http://carol:${{CORP_PW}}@{up}\"\n[default]\nvia = \"corp\"\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--config", conf.to_str().unwrap()])
+        .env("CORP_PW", "p@ss:w/rd%41")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_listening(local(port)).await;
+    let (_t, head) = connect_as(local(port), &echo.to_string(), None).await;
+    assert_eq!(head.status, 200);
+    let seen = heads.recv().await.unwrap();
+    let expected = base64::engine::general_purpose::STANDARD.encode("carol:p@ss:w/rd%41");
+    assert!(
+        seen.contains(&format!("Proxy-Authorization: Basic {expected}\r\n")),
+        "{seen}"
+    );
+    child.kill().await.unwrap();
+
+    std::fs::write(
+        &conf,
+        "[upstreams]\ncorp = \"http://carol:${CORP_PW}@proxy.test:${CORP_PORT}\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_viaduct"))
+        .args(["check", "--config", conf.to_str().unwrap()])
+        .env("CORP_PW", "Zq9-raw-secret")
+        .env("CORP_PORT", "80x80")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("${CORP_PORT}"), "{err}");
+    assert!(
+        !err.contains("Zq9-raw-secret") && !err.contains("80x80"),
+        "{err}"
+    );
+}
