@@ -399,6 +399,12 @@ impl Core {
         target: &Target,
         client: &Client,
     ) -> Result<SocketAddr, SessionError> {
+        if !self.dialer.policy().permits_port(target.port) {
+            return Err(SessionError::Blocked(format!(
+                "[access] connect_ports (port {} is not listed)",
+                target.port
+            )));
+        }
         let action = self.decide(target, client, true).await?;
         if !action.is_plain_direct() {
             return Err(SessionError::Blocked(format!(

@@ -3,8 +3,9 @@
 //!
 //! Bounded: datagrams are at most 64 KiB, fragments (FRAG != 0) are dropped, only the
 //! client's own address may send, only targets it wrote to may answer (at most
-//! [`MAX_PEERS`]), and the association ends with its TCP control connection, after
-//! `idle` without a datagram, or at shutdown's hard stop.
+//! [`MAX_PEERS`]), targets obey the destination policy and `[access] connect_ports`,
+//! datagrams pay the user's and the address's bandwidth buckets, and the association ends with
+//! its TCP control connection, after `idle` without a datagram, or at shutdown's hard stop.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +40,9 @@ pub async fn relay(
     // per connection), not once per datagram.
     let mut routed: HashMap<Target, SocketAddr> = HashMap::new();
     let mut buf = vec![0u8; 65_536];
+    // Datagrams pay the same per-user and per-address buckets as tunnels: a pause here leaves
+    // the excess to the socket buffers (UDP's own way of dropping).
+    let limits = core.throttles(client);
     let mut ctl = [0u8; 64];
     let (mut sent, mut received) = (0u64, 0u64);
     loop {
@@ -87,12 +91,14 @@ pub async fn relay(
                 },
             };
             peers.insert(addr);
+            limits.up.pay(data.len()).await;
             if udp.send_to(data, addr).await.is_ok() {
                 sent += data.len() as u64;
             }
         } else if peers.contains(&from)
             && let Some(to) = client_addr
         {
+            limits.down.pay(n).await;
             let mut out = header(from);
             out.extend_from_slice(&buf[..n]);
             if udp.send_to(&out, to).await.is_ok() {
@@ -121,21 +127,25 @@ fn parse(d: &[u8]) -> Option<(Target, &[u8])> {
     let (host, rest) = match atyp {
         1 => {
             let a: [u8; 4] = rest.get(..4)?.try_into().ok()?;
-            (IpAddr::from(a).to_string(), &rest[4..])
+            (Ok(IpAddr::from(a)), &rest[4..])
         }
         4 => {
             let a: [u8; 16] = rest.get(..16)?.try_into().ok()?;
-            (IpAddr::from(a).to_string(), &rest[16..])
+            (Ok(IpAddr::from(a)), &rest[16..])
         }
         3 => {
             let (&n, rest) = rest.split_first()?;
             let name = std::str::from_utf8(rest.get(..usize::from(n))?).ok()?;
-            (name.to_owned(), &rest[usize::from(n)..])
+            (Err(name), &rest[usize::from(n)..])
         }
         _ => return None,
     };
     let port = u16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
-    let target = Target::new(&host, port).ok()?;
+    let target = match host {
+        Ok(ip) => Target::from_ip(ip, port),
+        Err(name) => Target::new(name, port),
+    }
+    .ok()?;
     Some((target, &rest[2..]))
 }
 

@@ -426,3 +426,75 @@ async fn a_slow_dial_is_answered_not_cut() {
     let (code, _) = request(&mut s, 1, 1, &[127, 0, 0, 1], 443).await;
     assert_eq!(code, 0x06);
 }
+
+/// Hardening 2, finding 6: datagrams obey `[access] connect_ports` and pay the address's
+/// bandwidth bucket, as tunnels do.
+#[tokio::test]
+async fn udp_obeys_connect_ports_and_bandwidth() {
+    let allowed = udp_echo().await;
+    let other = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let datagram = |to: SocketAddr, payload: &[u8]| {
+        let mut d = vec![0, 0, 0, 1, 127, 0, 0, 1];
+        d.extend_from_slice(&to.port().to_be_bytes());
+        d.extend_from_slice(payload);
+        d
+    };
+    let mut cfg = config();
+    cfg.access.destinations.connect_ports = vec![allowed.port()];
+    cfg.limits.bandwidth_per_ip = Some(viaduct::config::value::Bandwidth(100_000));
+    let p = start_proxy(cfg).await;
+    let mut control = TcpStream::connect(p.addr).await.unwrap();
+    greet(&mut control, &[0]).await;
+    let (code, relay) = request(&mut control, 3, 1, &[0, 0, 0, 0], 0).await;
+    assert_eq!(code, 0);
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // The relay handles datagrams in order: once the allowed one's echo is back, the one to
+    // the unlisted port was handled (and must not have arrived).
+    let to_other = other.local_addr().unwrap();
+    client
+        .send_to(&datagram(to_other, b"unlisted"), relay)
+        .await
+        .unwrap();
+    client
+        .send_to(&datagram(allowed, b"listed"), relay)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+        .await
+        .expect("the listed port answers")
+        .unwrap();
+    assert!(buf[..n].ends_with(b"listed"));
+    assert!(
+        other.try_recv_from(&mut buf).is_err(),
+        "a datagram reached a port connect_ports does not list"
+    );
+    // 1 KB datagrams offered at ~500 KB/s for 1.2 s, through 100 KB/s each way (a quarter
+    // second of burst): at most ~145 can come back in that time (unlimited, nearly all of
+    // the ~600 do); a slow machine only lowers the count.
+    let chunk = [7u8; 1000];
+    let window = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let sender = async {
+        while tokio::time::Instant::now() < window {
+            client
+                .send_to(&datagram(allowed, &chunk), relay)
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let receiver = async {
+        let mut within = 0;
+        let mut buf = [0u8; 2048];
+        while let Ok(Ok(_)) = tokio::time::timeout_at(window, client.recv_from(&mut buf)).await {
+            within += 1;
+        }
+        within
+    };
+    let ((), within) = tokio::join!(sender, receiver);
+    assert!(within > 0, "nothing came back");
+    assert!(
+        within <= 170,
+        "{within} KB came back within 1.2 s at 100 KB/s"
+    );
+}
