@@ -150,6 +150,15 @@ impl Matcher {
     pub fn wants_addresses(&self) -> bool {
         !self.cidrs.is_empty()
     }
+
+    /// Whether only the destination is left to decide (the port and user criteria hold):
+    /// resolving a name for this matcher can change its answer only then.
+    pub fn needs_addresses_for(&self, target: &Target, user: Option<&str>) -> bool {
+        self.wants_addresses()
+            && matches!(target.host, Host::Name(_))
+            && (self.ports.is_empty() || self.ports.contains(&target.port))
+            && (self.users.is_empty() || user.is_some_and(|u| self.users.iter().any(|x| x == u)))
+    }
 }
 
 /// Parses NO_PROXY syntax (`localhost,.internal,10.0.0.0/8`): names (a leading `.` or `*.`

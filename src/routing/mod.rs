@@ -188,29 +188,65 @@ impl Router {
         }
     }
 
-    /// Like [`Router::decide_with`], resolving the target's name first when a rule needs it.
-    /// A name that does not resolve simply matches no CIDR.
+    /// Like [`Router::decide_with`], resolving the target's name when a `resolve` rule is
+    /// reached whose answer depends on it (and only then: a name that an earlier rule sends to
+    /// a `socks5h://` upstream is never looked up here). A name that does not resolve simply
+    /// matches no CIDR.
     pub async fn decide(
         &self,
         target: &Target,
         user: Option<&str>,
         resolver: &dyn Resolve,
     ) -> Decision<'_> {
-        let wants = self
-            .rules
-            .iter()
-            .any(|r| r.resolve && r.matcher.wants_addresses());
-        let resolved = match (&target.host, wants) {
-            (Host::Name(name), true) => resolver
-                .resolve(name, target.port)
-                .await
-                .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
-                .unwrap_or_default(),
-            _ => Vec::new(),
+        let mut resolved: Option<Vec<IpAddr>> = None;
+        let reached = self.rules.iter().position(|r| {
+            r.resolve
+                && r.matcher.needs_addresses_for(target, user)
+                && !r.matcher.matches(target, user, &[])
+        });
+        let Some(first) = reached else {
+            return self.decide_with(target, user, &[]);
         };
-        let mut decision = self.decide_with(target, user, &resolved);
-        decision.resolved = resolved;
-        decision
+        if self
+            .bypass
+            .as_ref()
+            .is_some_and(|b| b.matches(target, None, &[]))
+        {
+            return self.decide_with(target, user, &[]);
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            // Looked up once, at the first rule whose answer depends on the addresses.
+            if i >= first
+                && resolved.is_none()
+                && rule.resolve
+                && rule.matcher.needs_addresses_for(target, user)
+                && let Host::Name(name) = &target.host
+            {
+                resolved = Some(
+                    resolver
+                        .resolve(name, target.port)
+                        .await
+                        .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
+                        .unwrap_or_default(),
+                );
+            }
+            let addrs: &[IpAddr] = match (&resolved, rule.resolve) {
+                (Some(r), true) => r,
+                _ => &[],
+            };
+            if rule.matcher.matches(target, user, addrs) {
+                return Decision {
+                    action: &rule.action,
+                    reason: Reason::Rule(i + 1),
+                    resolved: resolved.unwrap_or_default(),
+                };
+            }
+        }
+        Decision {
+            action: &self.default,
+            reason: Reason::Default,
+            resolved: resolved.unwrap_or_default(),
+        }
     }
 
     /// Whether a rule selects by user name (such rules need authenticated users).
@@ -256,6 +292,62 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A resolver that answers 127.0.0.1 for everything and counts its lookups.
+    #[derive(Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl Resolve for Counting {
+        fn resolve(&self, _host: &str, port: u16) -> crate::upstream::resolve::Resolving {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Box::pin(async move { Ok(vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))]) })
+        }
+    }
+
+    /// Hardening 2, finding 7: a name is resolved here only when a `resolve` rule whose
+    /// answer depends on its addresses is reached; one that an earlier rule sends upstream (a
+    /// `socks5h://` proxy resolves it there) is never looked up.
+    #[tokio::test]
+    async fn names_are_resolved_only_when_a_resolve_rule_is_reached() {
+        let corp = Action::Upstream(Arc::new(Upstream {
+            name: "corp".into(),
+            route: Route::direct(),
+        }));
+        let by_address = |ports: Vec<u16>| Rule {
+            matcher: Matcher {
+                cidrs: vec!["127.0.0.0/8".parse().unwrap()],
+                ports,
+                ..Default::default()
+            },
+            resolve: true,
+            action: Action::Block,
+        };
+        let router = Router {
+            bypass: parse_no_proxy("localhost").unwrap(),
+            pac: None,
+            rules: vec![
+                rule(&["*.corp"], corp),
+                by_address(vec![22]),
+                by_address(Vec::new()),
+            ],
+            default: Action::direct(),
+        };
+        let lookups = Counting::default();
+        let count = || lookups.0.load(std::sync::atomic::Ordering::Relaxed);
+        let d = router.decide(&t("app.corp:443"), None, &lookups).await;
+        assert_eq!((d.reason, count()), (Reason::Rule(1), 0));
+        let d = router.decide(&t("localhost:443"), None, &lookups).await;
+        assert_eq!((d.reason, count()), (Reason::Bypass, 0));
+        // Reached: looked up once for both resolve rules.
+        let d = router.decide(&t("db.example:22"), None, &lookups).await;
+        assert_eq!((d.reason, count()), (Reason::Rule(2), 1));
+        let d = router.decide(&t("web.example:443"), None, &lookups).await;
+        assert_eq!((d.reason, count()), (Reason::Rule(3), 2));
+        assert_eq!(d.resolved, vec![std::net::IpAddr::from([127, 0, 0, 1])]);
+        // An address literal needs no lookup.
+        let d = router.decide(&t("10.1.2.3:443"), None, &lookups).await;
+        assert_eq!((d.reason, count()), (Reason::Default, 2));
+    }
 
     fn t(s: &str) -> Target {
         let (h, p) = s.rsplit_once(':').unwrap();

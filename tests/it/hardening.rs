@@ -781,3 +781,44 @@ async fn reload_storms_do_not_multiply_health_probes() {
         "200 reloads within one interval sent {during} probes"
     );
 }
+
+/// Hardening 2, finding 7: a name an earlier rule sends to a `socks5h://` upstream is not
+/// resolved here because a later rule asks for addresses: the upstream resolves it (here to
+/// an echo server only it knows), and the local answer (an internal address, denied under
+/// the safe default) never decides anything.
+#[tokio::test]
+async fn names_for_socks5h_upstreams_stay_unresolved_despite_resolve_rules() {
+    let echo = echo_server().await;
+    let socks = crate::support::socks5_fixture(
+        crate::support::SocksAuth::Open,
+        std::collections::HashMap::from([("app.corp".to_owned(), echo)]),
+    )
+    .await;
+    let mut seen = socks.seen;
+    let mut cfg = Config {
+        router: router(&format!(
+            "[upstreams]\ncorp = \"socks5h://{}\"\n\
+             [[rules]]\nmatch = {{ domains = [\"*.corp\"] }}\nvia = \"corp\"\n\
+             [[rules]]\nmatch = {{ cidrs = [\"10.0.0.0/8\"] }}\nresolve = true\nvia = \"block\"\n",
+            socks.addr
+        )),
+        ..config()
+    };
+    cfg.access.destinations.deny_internal = true;
+    // The local resolver would answer loopback: denied, had it been asked.
+    let resolver = TestResolver::default().with("app.corp", "127.0.0.1:1".parse().unwrap());
+    let p = start_proxy_with(cfg, Arc::new(resolver)).await;
+    let target = format!("app.corp:{}", echo.port());
+    let (mut s, head) = connect(p.addr, &target).await;
+    assert_eq!(head.status, 200);
+    s.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    let (atyp, host, _) = seen.recv().await.unwrap();
+    assert_eq!(
+        (atyp, host.as_str()),
+        (3, "app.corp"),
+        "the name went upstream"
+    );
+}
