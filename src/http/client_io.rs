@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -31,14 +31,57 @@ pub struct ConnState {
     /// The connection's place under the connection limits. A tunnel takes it over when the
     /// connection upgrades, so tunnels count toward `max_connections` for their whole life.
     pub(crate) admission: Mutex<Option<Admitted>>,
+    /// Requests (with their response bodies) and tunnels of this connection in progress.
+    streams: AtomicUsize,
+    /// Since when nothing has been in progress (`None` while something is).
+    idle_since: Mutex<Option<std::time::Instant>>,
+}
+
+/// One request or tunnel in progress on a connection: the connection is not idle while any
+/// is held.
+pub struct StreamGuard(Arc<ConnState>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Ok(mut idle) = self.0.idle_since.lock()
+        {
+            *idle = Some(std::time::Instant::now());
+        }
+    }
 }
 
 impl ConnState {
     pub(crate) fn new(admission: Admitted) -> Self {
         Self {
             admission: Mutex::new(Some(admission)),
+            idle_since: Mutex::new(Some(std::time::Instant::now())),
             ..Self::default()
         }
+    }
+
+    /// A request or tunnel starts: held until it is done.
+    pub fn enter(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        if let Ok(mut idle) = self.idle_since.lock() {
+            *idle = None;
+        }
+        StreamGuard(Arc::clone(self))
+    }
+
+    /// How long nothing has been in progress (zero while something is).
+    pub fn idle_for(&self) -> std::time::Duration {
+        self.idle_since
+            .lock()
+            .ok()
+            .and_then(|i| *i)
+            .map_or(std::time::Duration::ZERO, |since| since.elapsed())
+    }
+
+    /// What a tunnel keeps for its whole life: the connection's place under the limits (the
+    /// first tunnel of the connection takes it) and its own place as a stream in progress.
+    pub(crate) fn tunnel_hold(self: &Arc<Self>) -> (Option<Admitted>, StreamGuard) {
+        (self.take_admission(), self.enter())
     }
 
     /// Takes the admission over (for a tunnel outliving the HTTP connection); from then on the

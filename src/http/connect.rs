@@ -29,14 +29,14 @@ pub async fn handle(
     http: &Arc<Http>,
     mut req: Request<Incoming>,
     client: &Client,
-    conn_state: &ConnState,
+    conn_state: &Arc<ConnState>,
 ) -> Result<Response<Body>, ProxyError> {
     let target = Target::from_connect_uri(req.uri())?;
     let started = Instant::now();
     let reached = http.core().open_tunnel(&target, client).await?;
     tracing::debug!(%target, elapsed_ms = started.elapsed().as_millis() as u64, "target reachable; answering 200");
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let admission = conn_state.take_admission();
+    let admission = conn_state.tunnel_hold();
     http.core().spawn_tunnel(
         crate::session::TunnelKind::Connect,
         200,

@@ -37,7 +37,7 @@ pub async fn handle(
     http: &Arc<Http>,
     mut req: Request<Incoming>,
     client: &Client,
-    conn_state: &ConnState,
+    conn_state: &Arc<ConnState>,
 ) -> Result<Response<Body>, ProxyError> {
     match req.uri().scheme_str() {
         Some("http") => {}
@@ -122,7 +122,7 @@ pub async fn handle(
     match (switching, client_upgrade) {
         (true, Some(client_upgrade)) => {
             let remote_upgrade = hyper::upgrade::on(&mut resp);
-            let admission = conn_state.take_admission();
+            let admission = conn_state.tunnel_hold();
             let member = member.take();
             core.spawn_tunnel(
                 crate::session::TunnelKind::Upgrade,

@@ -156,9 +156,35 @@ async fn serve_h2(
         // Flow control per stream: a slow tunnel's window fills, the others keep moving.
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20)
+        // Liveness of long-lived connections (tunnels): a peer that stops answering PINGs is
+        // gone, and so are its streams.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let res = until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &http.shutdown).await;
+    // An HTTP/2 connection with nothing in progress (no request ever, or none since the last
+    // one ended) is idle: after `header_read_timeout`, as an idle HTTP/1 connection, it gets
+    // a GOAWAY and closes. It must not hold a place under `max_connections` for nothing.
+    let idle_limit = http.limits.header_read_timeout;
+    let mut check = tokio::time::interval((idle_limit / 4).max(Duration::from_millis(50)));
+    let res = loop {
+        tokio::select! {
+            res = conn.as_mut() => break res,
+            () = http.shutdown.graceful().cancelled() => {
+                break until_shutdown(conn.as_mut(), |c| c.graceful_shutdown(), &http.shutdown).await;
+            }
+            _ = check.tick() => {
+                if state.idle_for() >= idle_limit {
+                    tracing::debug!("HTTP/2 connection idle: GOAWAY");
+                    conn.as_mut().graceful_shutdown();
+                    break tokio::select! {
+                        res = conn.as_mut() => res,
+                        () = http.shutdown.hard_stop().cancelled() => Ok(()),
+                    };
+                }
+            }
+        }
+    };
     if let Err(e) = res {
         tracing::debug!(error = %e, "HTTP/2 connection ended with an error");
     }

@@ -87,6 +87,8 @@ pub async fn handle(
     conn: Arc<ConnState>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
+    // In progress until the response body is done (a tunnel holds its own).
+    let in_progress = conn.enter();
     let method = req.method().clone();
     let uri = req.uri().clone();
     let credentials = basic_credentials(req.headers());
@@ -138,6 +140,7 @@ pub async fn handle(
     let status = resp.status().as_u16();
     let trail = Arc::clone(&client.trail);
     let done = Logged(Some(Box::new(move || {
+        drop(in_progress);
         http.core().ledger().request(&Finished {
             client: &client,
             protocol,

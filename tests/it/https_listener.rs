@@ -333,3 +333,44 @@ async fn reset_streams_do_not_escape_the_login_budget() {
     assert!(auth.failures() >= 10, "{}", auth.failures());
     assert!(auth.verifications() <= 10, "{}", auth.verifications());
 }
+
+/// Hardening 2, finding 5: HTTP/2 connections with nothing in progress are closed after the
+/// header-read timeout (GOAWAY), so idle ones cannot hold every place under
+/// `max_connections`; a connection with a tunnel open is not idle, and keeps taking streams.
+#[tokio::test]
+async fn idle_http2_connections_are_closed() {
+    let f = files();
+    let echo = echo_server().await;
+    let mut cfg = https_config(&f);
+    cfg.limits.header_read_timeout = std::time::Duration::from_millis(300);
+    cfg.limits.max_connections = 3;
+    let addr = start_proxy_kind(ListenKind::Https, cfg).await;
+    let connect = || {
+        http::Request::connect(echo.to_string())
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // One connection keeps a tunnel open; two others only say hello.
+    let mut busy = h2_client(addr, &f.der).await;
+    let resp = busy.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut tunnel = hyper_util::rt::TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    let idle: Vec<_> = [h2_client(addr, &f.der).await, h2_client(addr, &f.der).await].into();
+    eventually("the idle connections are closed", || {
+        let closed = idle.iter().all(|s| s.is_closed());
+        async move { closed }
+    })
+    .await;
+    // Their places are free again: a new client gets in.
+    let mut fresh = h2_client(addr, &f.der).await;
+    let resp = fresh.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The busy one outlived several timeouts and still carries bytes and new streams.
+    tunnel.write_all(b"alive").await.unwrap();
+    let mut buf = [0u8; 5];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"alive");
+    assert!(!busy.is_closed());
+    let resp = busy.send_request(connect()).await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
