@@ -134,6 +134,24 @@ impl Admission {
 
     /// Admits a new client connection from `ip`, or names the limit that refuses it.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Admitted, Refused> {
+        self.admit_holding(ip, None)
+    }
+
+    /// A place under `max_connections` for a connection whose client is not known yet (a
+    /// PROXY protocol header still to come): it counts from accept, so connections that never
+    /// send their header cannot pile up outside the limit.
+    pub fn hold_place(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Refused> {
+        Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| Refused::from("max_connections"))
+    }
+
+    /// [`Admission::admit`], for a connection that already holds its place (`held`).
+    pub fn admit_holding(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        held: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<Admitted, Refused> {
         if let Ok(mut nc) = self.new_connections.lock()
             && let Some(nc) = nc.as_mut()
             && let Err(wait) = nc.take(crate::target::normalize(ip))
@@ -143,9 +161,10 @@ impl Admission {
                 retry_after: Some(wait),
             });
         }
-        let permit = Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .map_err(|_| Refused::from("max_connections"))?;
+        let permit = match held {
+            Some(permit) => permit,
+            None => self.hold_place()?,
+        };
         if self.per_ip_max > 0 {
             let mut per_ip = self.per_ip.lock().map_err(|_| Refused::from("per_ip"))?;
             let n = per_ip.entry(ip).or_insert(0);

@@ -189,6 +189,7 @@ async fn behind_balancer<P: Protocol>(
     protocol: Arc<P>,
     admission: Arc<Admission>,
     shutdown: Shutdown,
+    place: tokio::sync::OwnedSemaphorePermit,
 ) {
     let peer =
         match tokio::time::timeout(pp.timeout, proxy_protocol::read_header(&mut stream)).await {
@@ -207,7 +208,9 @@ async fn behind_balancer<P: Protocol>(
             }
         };
     tracing::debug!(client = %peer, "PROXY header");
-    let Some((stream, admitted)) = admit(stream, peer, &*protocol, &admission, &shutdown) else {
+    let Some((stream, admitted)) =
+        admit(stream, peer, &*protocol, &admission, &shutdown, Some(place))
+    else {
         return;
     };
     protocol.serve(stream, peer, admitted).await;
@@ -221,6 +224,7 @@ fn admit<P: Protocol>(
     protocol: &P,
     admission: &Arc<Admission>,
     shutdown: &Shutdown,
+    held: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Option<(TcpStream, Admitted)> {
     if !admission.permits_client(peer.ip()) {
         // Answered before anything is read: no request is acted on.
@@ -234,7 +238,7 @@ fn admit<P: Protocol>(
         shutdown.tracker().spawn(linger_close(stream));
         return None;
     }
-    match admission.admit(peer.ip()) {
+    match admission.admit_holding(peer.ip(), held) {
         Ok(admitted) => Some((stream, admitted)),
         Err(Refused {
             limit,
@@ -307,6 +311,12 @@ async fn accept_loop<P: Protocol>(
                             admission.note_refused("proxy_protocol_from");
                             continue;
                         }
+                        // Counted from accept: a connection whose header never comes holds
+                        // a place, so such connections cannot pile up past the limit.
+                        let Ok(place) = admission.hold_place() else {
+                            admission.note_refused("max_connections");
+                            continue;
+                        };
                         let _ = stream.set_nodelay(true);
                         let id = admission.next_conn_id();
                         let span = tracing::info_span!("conn", id, %peer);
@@ -317,12 +327,13 @@ async fn accept_loop<P: Protocol>(
                             Arc::clone(&protocol),
                             Arc::clone(&admission),
                             shutdown.clone(),
+                            place,
                         );
                         shutdown.tracker().spawn(task.instrument(span));
                         continue;
                     }
                     let Some((stream, admitted)) =
-                        admit(stream, peer, &*protocol, &admission, &shutdown)
+                        admit(stream, peer, &*protocol, &admission, &shutdown, None)
                     else {
                         continue;
                     };

@@ -114,3 +114,57 @@ async fn headers_from_elsewhere_are_refused() {
     let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "{rest:?}");
 }
+
+/// Hardening 2, finding 11: connections waiting for their PROXY header hold a place under
+/// `max_connections` from accept: with every place taken by silent ones, the next is closed
+/// at once; once the header timeout has closed them, the places are free again.
+#[tokio::test]
+async fn connections_waiting_for_their_header_count_toward_the_limit() {
+    let o = origin().await;
+    let p = start_proxy(Config {
+        proxy_protocol: Some(ProxyProtocol {
+            from: vec!["127.0.0.0/8".parse().unwrap()],
+            timeout: Duration::from_millis(500),
+        }),
+        limits: viaduct::Limits {
+            max_connections: 3,
+            ..viaduct::Limits::default()
+        },
+        ..config()
+    })
+    .await;
+    let get = format!(
+        "GET http://{}/hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        o.addr
+    );
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    // Each silent connection is accepted (and holds its place) before the next is opened:
+    // the accept loop takes them in order, so once the fourth is refused, all three count.
+    let mut refused = via_balancer(p.addr, "192.0.2.10:5000", &get).await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), refused.read_to_end(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))) && buf.is_empty(),
+        "served past the limit: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    // The silent ones are closed at the header timeout; their places come back.
+    for s in &mut silent {
+        let mut b = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    }
+    eventually("a place is free again", || {
+        let get = get.clone();
+        async move {
+            let mut s = via_balancer(p.addr, "192.0.2.11:5000", &get).await;
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+            buf.starts_with(b"HTTP/1.1 200")
+        }
+    })
+    .await;
+}
