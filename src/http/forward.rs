@@ -21,7 +21,7 @@ use super::connect::client_end;
 use super::headers::{is_upgrade, strip_hop_by_hop};
 use super::respond::ProxyError;
 use super::{Body, Http};
-use crate::relay::body::{Counted, Pace, Paced, Side, Throttled};
+use crate::relay::body::{Counted, Pace, Paced, Revocable, Side, Throttled};
 use crate::routing::Action;
 use crate::session::{Client, Ends};
 use crate::stream::BoxIo;
@@ -158,9 +158,12 @@ pub async fn handle(
     }
     strip_hop_by_hop(resp.headers_mut(), switching);
     http.via().append(resp.headers_mut(), received);
+    // A user removed (or whose password changed) at a reload loses this response as they
+    // lose their tunnels.
+    let revoked = client.grant.as_ref().map(|g| g.revoked().clone());
     Ok(resp.map(|body| {
         let paced = Paced::new(body, pace, Side::Response).holding(member);
-        Throttled::new(paced, limits.down).boxed()
+        Revocable::new(Throttled::new(paced, limits.down), revoked).boxed()
     }))
 }
 

@@ -317,6 +317,61 @@ where
     }
 }
 
+/// A body that ends (with an error, so the client sees a cut, not a complete response) when
+/// `revoked` fires: a user removed at a reload loses their streaming responses as they lose
+/// their tunnels.
+pub struct Revocable<B> {
+    inner: B,
+    revoked: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
+}
+
+impl<B> Revocable<B> {
+    /// `revoked`: `None` for a client without a user (nothing to revoke).
+    pub fn new(inner: B, revoked: Option<tokio_util::sync::CancellationToken>) -> Self {
+        Self {
+            inner,
+            revoked: revoked.map(|t| Box::pin(t.cancelled_owned())),
+        }
+    }
+}
+
+/// Why a revocable body ended early.
+#[derive(Debug, thiserror::Error)]
+#[error("the user's access was revoked")]
+pub struct Revoked;
+
+impl<B> Body for Revocable<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(revoked) = this.revoked.as_mut()
+            && revoked.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(Box::new(Revoked))));
+        }
+        Pin::new(&mut this.inner)
+            .poll_frame(cx)
+            .map(|f| f.map(|r| r.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -504,3 +504,70 @@ async fn the_failure_budget_bounds_password_hashing() {
     let (_s, head) = connect_as(p.addr, &echo.to_string(), Some("alice:s3cret")).await;
     assert_eq!(head.status, 429);
 }
+
+/// Hardening 2, finding 14: a streaming plain-HTTP response of a user removed at a reload is
+/// cut, as their tunnels are; another user's stream carries on.
+#[tokio::test]
+async fn reload_cuts_the_streaming_responses_of_removed_users() {
+    let o = origin().await;
+    let hash = |p: &str| bcrypt::hash(p, 4).unwrap();
+    let (a, b) = (hash("a"), hash("b"));
+    let file = |text: String| Config {
+        auth: Some(AuthSettings::new(
+            viaduct::auth::Users::parse(&text, "users").unwrap(),
+        )),
+        ..config()
+    };
+    let p = start_proxy(file(format!("alice:{a}\nbob:{b}\n"))).await;
+    // `/echo` streams the request body back as it arrives: a response that lasts as long as
+    // the client keeps sending.
+    let stream = |creds: &'static str| {
+        let (proxy, origin) = (p.addr, o.addr);
+        async move {
+            let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
+            s.write_all(
+                format!(
+                    "POST http://{origin}/echo HTTP/1.1\r\nHost: x\r\n{}Transfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n",
+                    proxy_auth(creds)
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let head = read_head(&mut s).await;
+            assert_eq!(head.status, 200, "{creds}");
+            let mut seen = Vec::new();
+            while !String::from_utf8_lossy(&seen).contains("first") {
+                let mut buf = [0u8; 256];
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the stream ended early");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            s
+        }
+    };
+    let mut alice = stream("alice:a").await;
+    let mut bob = stream("bob:b").await;
+    p.proxy.reload(file(format!("bob:{b}\n")));
+    let mut buf = [0u8; 256];
+    let cut = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match alice.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(cut, Ok(true), "alice's streaming response was not cut");
+    bob.write_all(b"6\r\nsecond\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("second") {
+        let n = tokio::time::timeout(Duration::from_secs(2), bob.read(&mut buf))
+            .await
+            .expect("bob's stream carries on")
+            .unwrap();
+        assert!(n > 0, "bob's stream ended");
+        seen.extend_from_slice(&buf[..n]);
+    }
+}
