@@ -323,6 +323,20 @@ pub async fn serve_all(
     proxy.shutdown.drain().await;
 }
 
+/// A fatal TLS alert record (RFC 8446 6, sent in the clear before any handshake):
+/// `access_denied` for a client that may not connect, `internal_error` for a limit (TLS has no
+/// "busy").
+fn tls_alert(failure: Failure) -> [u8; 7] {
+    const ACCESS_DENIED: u8 = 49;
+    const INTERNAL_ERROR: u8 = 80;
+    let description = match failure {
+        Failure::ClientDenied => ACCESS_DENIED,
+        _ => INTERNAL_ERROR,
+    };
+    // ContentType alert (21), legacy version TLS 1.2, length 2, level fatal (2).
+    [21, 3, 3, 0, 2, 2, description]
+}
+
 /// One listener's protocol: HTTP, SOCKS, or both on one port told apart by the first byte
 /// (0x05 and 0x04 are SOCKS versions; an HTTP request starts with a method's letter).
 struct Listener {
@@ -391,6 +405,13 @@ impl Protocol for Listener {
         details: &str,
         retry_after: Option<std::time::Duration>,
     ) {
+        if self.kind == ListenKind::Https {
+            // Plain text in a TLS stream reads as garbage ("wrong version number"); a TLS
+            // alert is what a TLS client understands, without paying for a handshake.
+            tracing::debug!(details, "refused on the TLS listener: alert");
+            let _ = stream.try_write(&tls_alert(failure));
+            return;
+        }
         // Before the first byte nobody knows the protocol: HTTP's answer is the readable one.
         self.http.refuse(stream, failure, details, retry_after);
     }

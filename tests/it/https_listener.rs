@@ -374,3 +374,39 @@ async fn idle_http2_connections_are_closed() {
     let resp = busy.send_request(connect()).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// Hardening 2, finding 17: a client refused on the TLS listener before its handshake gets a
+/// TLS alert (access_denied), which its TLS stack reports, not plain text it cannot parse.
+#[tokio::test]
+async fn refusals_on_the_tls_listener_are_tls_alerts() {
+    let f = files();
+    let mut cfg = https_config(&f);
+    cfg.access.clients.allow = vec!["192.0.2.0/24".parse().unwrap()];
+    let addr = start_proxy_kind(ListenKind::Https, cfg).await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(f.der.clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let e = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .err()
+        .expect("refused");
+    let alert = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::AccessDenied
+        )),
+        "{e}"
+    );
+}
