@@ -393,11 +393,12 @@ async fn refusals_on_the_tls_listener_are_tls_alerts() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let e = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let Err(e) = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .err()
-        .expect("refused");
+    else {
+        panic!("a refused client completed its handshake");
+    };
     let alert = e
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
