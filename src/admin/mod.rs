@@ -159,7 +159,9 @@ impl Admin {
                 format!("{ip} may not use the admin pages\n"),
             ));
         }
-        if let Some(token) = &self.settings.token {
+        if let Some(token) = &self.settings.token
+            && !(self.settings.pac_public && req.uri().path() == "/proxy.pac")
+        {
             let given = req
                 .headers()
                 .get(header::AUTHORIZATION)

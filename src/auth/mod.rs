@@ -722,6 +722,28 @@ mod tests {
         assert_eq!(auth.verifications(), before + 1);
     }
 
+    /// Finding 13: an address spray past the table's size evicts the least recently seen
+    /// entries (constant work per failure), it does not grow the table or rescan it.
+    #[tokio::test]
+    async fn the_failure_table_is_bounded() {
+        let auth = Auth::new(Some(AuthSettings::new(users())), CancellationToken::new());
+        let dir = auth.directory.load_full().unwrap();
+        for n in 0..(MAX_TRACKED_IPS as u32 + 1000) {
+            let ip = IpAddr::from(std::net::Ipv6Addr::from(u128::from(n) + 1));
+            drop(auth.charge(ip, &dir.settings).unwrap());
+        }
+        let strikes = auth.strikes.lock().unwrap();
+        assert_eq!(strikes.len(), MAX_TRACKED_IPS);
+        // The newest are kept, the oldest went first.
+        assert!(
+            strikes.contains(&IpAddr::from(std::net::Ipv6Addr::from(u128::from(
+                MAX_TRACKED_IPS as u32 + 1000
+            ))))
+        );
+        assert!(!strikes.contains(&IpAddr::from(std::net::Ipv6Addr::from(1u128))));
+        assert_eq!(auth.failures(), MAX_TRACKED_IPS as u64 + 1000);
+    }
+
     #[tokio::test]
     async fn per_user_cap_and_revocation_at_reload() {
         let settings = AuthSettings {

@@ -60,6 +60,8 @@ pub struct AdminSettings {
     pub allow: Vec<ipnet::IpNet>,
     /// `host:port` the PAC file tells clients to use (default: the first listener).
     pub pac_proxy: Option<String>,
+    /// `/proxy.pac` without the token.
+    pub pac_public: bool,
 }
 
 impl Default for Config {
@@ -356,6 +358,7 @@ fn admin_settings(
         listen: addr,
         token,
         allow: settings.admin_allow.clone(),
+        pac_public: settings.pac_public,
         pac_proxy: settings
             .pac_proxy
             .clone()

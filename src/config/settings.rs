@@ -188,6 +188,9 @@ settings! {
         admin_allow: List<IpNet> = Vec::new();
         /// The host:port the served PAC file tells clients to use (off: the first listener).
         pac_proxy: Maybe<String> = None;
+        /// Serve /proxy.pac without the admin token (browsers cannot send one); admin_allow
+        /// still applies, and every other admin page keeps needing the token.
+        pac_public: bool = false;
         /// Route what no rule matches by a proxy auto-config script: PATH, http(s)://URL,
         /// "system" (the desktop's setting) or "auto" (WPAD). Re-read on SIGHUP.
         pac: Maybe<String> = None;

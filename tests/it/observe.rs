@@ -18,6 +18,7 @@ fn admin(token: Option<&str>) -> Option<AdminSettings> {
         token: token.map(str::to_owned),
         allow: Vec::new(),
         pac_proxy: Some("proxy.test:8083".into()),
+        pac_public: false,
     })
 }
 
@@ -380,6 +381,25 @@ async fn pac_file_and_admin_token() {
         "{pac}"
     );
     assert!(pac.contains("return proxy; // default"), "{pac}");
+
+    // Hardening 2, finding 12: `pac_public` serves the PAC to browsers (which cannot send a
+    // token), and nothing else.
+    let (_p, public) = start(Config {
+        admin: self::admin(Some("s3cr3t-token")).map(|a| AdminSettings {
+            pac_public: true,
+            ..a
+        }),
+        ..config()
+    })
+    .await;
+    let admin = public;
+    let (head, pac) = page(admin, "/proxy.pac", "").await;
+    assert_eq!(head.status, 200);
+    assert!(pac.contains("FindProxyForURL"), "{pac}");
+    for path in ["/status", "/status.json", "/metrics"] {
+        let (head, _) = page(admin, path, "").await;
+        assert_eq!(head.status, 401, "{path}");
+    }
 }
 
 /// Hardening 2, findings 12, 15 and 16: a URL's userinfo and secret query values reach no

@@ -377,6 +377,7 @@ async fn metrics_and_status_show_the_pac() {
                 token: None,
                 allow: Vec::new(),
                 pac_proxy: None,
+                pac_public: false,
             }),
             ..config()
         },
