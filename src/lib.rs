@@ -75,4 +75,8 @@ pub mod target;
 pub mod upstream;
 
 pub use config::{Config, Limits, RunFlags, Settings};
+
+/// Any error, boxed: what a body or a tunnel's setup may end with when its cause is another
+/// library's (hyper, I/O) and nothing decides on its kind.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub use proxy::{BuildError, Proxy, serve, serve_all};

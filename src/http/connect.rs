@@ -19,8 +19,8 @@ use hyper_util::rt::TokioIo;
 use super::client_io::{ClientIo, ConnState};
 use super::respond::ProxyError;
 use super::{Body, Http};
-use crate::relay::Peer;
-use crate::relay::body::BoxError;
+use crate::BoxError;
+use crate::relay::ClientEnd;
 use crate::session::Client;
 use crate::target::Target;
 
@@ -60,7 +60,7 @@ pub async fn handle(
 
 /// The client's end of an upgraded connection, for the relay: the plain TCP socket and the
 /// bytes hyper had already read from it when it can be had (zero-copy), else the stream as is.
-pub(crate) fn client_end(upgraded: Upgraded) -> Result<(Peer, Bytes), BoxError> {
+pub(crate) fn client_end(upgraded: Upgraded) -> Result<(ClientEnd, Bytes), BoxError> {
     match upgraded.downcast::<TokioIo<ClientIo>>() {
         Ok(parts) => {
             let tcp = parts
@@ -68,8 +68,11 @@ pub(crate) fn client_end(upgraded: Upgraded) -> Result<(Peer, Bytes), BoxError> 
                 .into_inner()
                 .into_tcp()
                 .ok_or("the client socket is gone")?;
-            Ok((Peer::Tcp(tcp), parts.read_buf))
+            Ok((ClientEnd::Tcp(tcp), parts.read_buf))
         }
-        Err(upgraded) => Ok((Peer::Other(Box::new(TokioIo::new(upgraded))), Bytes::new())),
+        Err(upgraded) => Ok((
+            ClientEnd::Other(Box::new(TokioIo::new(upgraded))),
+            Bytes::new(),
+        )),
     }
 }

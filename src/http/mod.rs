@@ -38,7 +38,7 @@ use crate::session::Core;
 use crate::shutdown::Shutdown;
 
 /// The body type of every response we send to clients.
-pub type Body = BoxBody<Bytes, crate::relay::body::BoxError>;
+pub type Body = BoxBody<Bytes, crate::BoxError>;
 
 /// The HTTP listener protocol and its settings.
 pub struct Http {

@@ -41,7 +41,7 @@ pub enum ProxyError {
     #[error("{0} answered 101 Switching Protocols, but no protocol switch was asked for")]
     UnsolicitedSwitch(String),
     #[error("the request body from the client failed: {0}")]
-    RequestBody(#[source] crate::relay::body::BoxError),
+    RequestBody(#[source] crate::BoxError),
 }
 
 impl ProxyError {

@@ -96,7 +96,7 @@ pub async fn handle(
         Err(ProxyError::Loop(http.via().pseudonym().to_owned()))
     } else {
         http.core()
-            .admit(
+            .authenticate(
                 peer,
                 credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
             )

@@ -95,7 +95,7 @@ impl Activity {
 }
 
 /// The client's end of a tunnel, as the listener hands it over.
-pub enum Peer {
+pub enum ClientEnd {
     /// A plain TCP socket: with a plain TCP target, relayed zero-copy on Linux.
     Tcp(TcpStream),
     /// Any other stream (TLS, a multiplexed stream, a wrapped socket).
@@ -106,7 +106,7 @@ pub enum Peer {
 /// when both ends are plain TCP on Linux, else the portable copy. `early` (client bytes the
 /// listener had already read, such as a pipelined TLS ClientHello) goes to the target first.
 pub async fn tunnel(
-    client: Peer,
+    client: ClientEnd,
     early: Bytes,
     target: BoxIo,
     idle: Duration,
@@ -115,17 +115,17 @@ pub async fn tunnel(
 ) -> Relayed {
     match client {
         #[cfg(target_os = "linux")]
-        Peer::Tcp(client) => match crate::stream::into_tcp(target) {
+        ClientEnd::Tcp(client) => match crate::stream::into_tcp(target) {
             Ok(target) => relay_tcp(client, early, target, idle, cancel, limits).await,
             Err(target) => {
                 relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
             }
         },
         #[cfg(not(target_os = "linux"))]
-        Peer::Tcp(client) => {
+        ClientEnd::Tcp(client) => {
             relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
         }
-        Peer::Other(client) => {
+        ClientEnd::Other(client) => {
             relay_limited(Prefixed::new(early, client), target, idle, cancel, limits).await
         }
     }

@@ -35,7 +35,7 @@ use crate::auth::{Auth, AuthError, AuthSettings, Grant};
 use crate::failure::Failure;
 use crate::metrics::Metrics;
 use crate::pool::{MemberGuard, PoolError};
-use crate::relay::{self, Peer};
+use crate::relay::{self, ClientEnd};
 use crate::routing::{Action, Router};
 use crate::shutdown::Shutdown;
 use crate::stream::BoxIo;
@@ -241,7 +241,7 @@ impl SessionError {
 
 /// A tunnel's two ends, once both are there.
 pub struct Ends {
-    pub client: Peer,
+    pub client: ClientEnd,
     /// Client bytes the listener read before handing the connection over.
     pub early: Bytes,
     pub target: BoxIo,
@@ -366,7 +366,7 @@ impl Core {
     /// Lets a client in: with `[auth]`, `credentials` (user name, possibly with a
     /// `-session-ID` suffix, and password) must be right; without, the claimed name only picks
     /// the sticky key.
-    pub async fn admit(
+    pub async fn authenticate(
         &self,
         addr: SocketAddr,
         credentials: Option<(&str, &str)>,
@@ -585,7 +585,7 @@ impl Core {
         hold: H,
         ends: F,
     ) where
-        F: Future<Output = Result<Ends, crate::relay::body::BoxError>> + Send + 'static,
+        F: Future<Output = Result<Ends, crate::BoxError>> + Send + 'static,
         H: Send + 'static,
     {
         let core = Arc::clone(self);

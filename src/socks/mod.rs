@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::failure::{Failure, verdict};
-use crate::relay::Peer;
+use crate::relay::ClientEnd;
 use crate::server::Admitted;
 use crate::session::{Client, Core, Ends, Finished, SessionError, TunnelKind};
 use crate::target::Target;
@@ -134,7 +134,7 @@ impl Socks {
             admitted,
             async move {
                 Ok(Ends {
-                    client: Peer::Tcp(stream),
+                    client: ClientEnd::Tcp(stream),
                     early: Bytes::new(),
                     target: reached.value,
                     member: reached.member,
@@ -170,7 +170,7 @@ impl Socks {
         }
         let admitted = self
             .core
-            .admit(
+            .authenticate(
                 peer,
                 credentials.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
             )
@@ -243,7 +243,7 @@ impl Socks {
             tracing::debug!("SOCKS4 refused: [auth] is on and SOCKS4 has no password");
             return Err(Ended::Answered);
         }
-        let client = match self.core.admit(peer, None).await {
+        let client = match self.core.authenticate(peer, None).await {
             Ok(c) => c,
             Err(e) => {
                 reply(s, Version::Four, Err(0x02)).await?;
