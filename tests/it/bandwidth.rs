@@ -103,8 +103,11 @@ async fn a_user_gets_its_rate_each_way_and_an_unlimited_user_does_not_wait() {
     let bob = download(proxy.addr, big, Some("bob:b"), 8_000_000).await;
     assert!(bob < Duration::from_secs(4), "bob took {bob:?}");
     alice.await.unwrap();
-    // Limited or not, TCP-to-TCP tunnels stay on splice(2).
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Limited or not, TCP-to-TCP tunnels stay on splice(2) (counted as each one closes).
+    eventually("four zero-copy tunnels", || async {
+        proxy.proxy.zero_copy_tunnels() == 4
+    })
+    .await;
     assert_eq!(proxy.proxy.zero_copy_tunnels(), 4);
 }
 

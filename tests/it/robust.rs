@@ -101,7 +101,7 @@ async fn connection_caps() {
     for _ in 0..4 {
         held.push(TcpStream::connect(p.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The accept loop takes connections in order: the held ones count before this one.
     let mut extra = TcpStream::connect(p.addr).await.unwrap();
     let text = read_all(&mut extra).await;
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
@@ -112,9 +112,11 @@ async fn connection_caps() {
         "{text}"
     );
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let (head, _) = get_hello(p.addr, o.addr).await;
-    assert_eq!(head.status, 200);
+    let origin = o.addr;
+    eventually("a closed connection frees its place", || async move {
+        get_hello(p.addr, origin).await.0.status == 200
+    })
+    .await;
 
     let limits = Limits {
         max_connections_per_ip: 2,
@@ -123,7 +125,6 @@ async fn connection_caps() {
     let p = start_proxy(Config { limits, ..config() }).await;
     let _a = TcpStream::connect(p.addr).await.unwrap();
     let _b = TcpStream::connect(p.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut c = TcpStream::connect(p.addr).await.unwrap();
     let text = read_all(&mut c).await;
     assert!(
@@ -290,9 +291,14 @@ async fn descriptor_exhaustion_backs_off_and_recovers() {
             .contains("accept failed")
     );
     drop(held);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (head, body) = get_hello(proxy, o.addr).await;
-    assert_eq!((head.status, body.as_slice()), (200, b"hello\n".as_slice()));
+    let origin = o.addr;
+    eventually("accepting again once descriptors are free", || async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), get_hello(proxy, origin)).await,
+            Ok((head, body)) if head.status == 200 && body == b"hello\n"
+        )
+    })
+    .await;
     child.kill().await.unwrap();
 }
 
@@ -343,7 +349,6 @@ async fn tunnels_count_toward_the_connection_limit() {
     assert_eq!(head.status, 200);
     let (_b, head) = connect(p.addr, &echo.to_string()).await;
     assert_eq!(head.status, 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let mut c = TcpStream::connect(p.addr).await.unwrap();
     let text = read_all(&mut c).await;
     assert!(text.contains("error=connection_limit_reached"), "{text}");
