@@ -106,9 +106,12 @@ check "ntlm: squid logged bob" \
 check "ntlm pinned (--upstream-auth ntlm) with a ticket present: NTLM is used" \
     bash -c "work=$work; $(declare -f corp_get); corp_get $V_PINNED https://localhost:$HTTPS_PORT/hello.txt | grep -q 'hello from nginx'"
 check "ntlm: 10 keep-alive GETs through viaduct ride authenticated connections (at most 2 new 407s at squid)" \
-    bash -c "before=\$(grep -c 'TCP_DENIED/407' $work/squid-corp/access.log); \
+    bash -c "log=$work/squid-corp/access.log; ok() { grep -c '/200 .* GET http://127.0.0.1:$HTTP_PORT/hello.txt' \$log; }; \
+             before=\$(grep -c 'TCP_DENIED/407' \$log); served=\$(ok); \
              n=\$(curl -fsS --noproxy '' -x http://127.0.0.1:$V_NTLM $(for i in 1 2 3 4 5 6 7 8 9 10; do printf 'http://127.0.0.1:%s/hello.txt ' "$HTTP_PORT"; done) | grep -c 'hello from nginx'); \
-             sleep 1; after=\$(grep -c 'TCP_DENIED/407' $work/squid-corp/access.log); \
+             for i in \$(seq 1 50); do [ \$(ok) -ge \$((served + 10)) ] && break; sleep 0.1; done; \
+             [ \$(ok) -ge \$((served + 10)) ] || { echo 'squid never logged the 10 requests'; exit 1; }; \
+             after=\$(grep -c 'TCP_DENIED/407' \$log); \
              echo \"bodies \$n, new 407s \$((after - before))\"; [ \$n = 10 ] && [ \$((after - before)) -le 2 ]"
 check "no ticket, no credentials: 502 with Proxy-Status naming the missing ticket" \
     bash -c "curl -s -D - -o /dev/null --noproxy '' -x http://127.0.0.1:$V_NONE http://127.0.0.1:$HTTP_PORT/hello.txt | tr -d '\\r' | \
