@@ -389,7 +389,8 @@ impl Auth {
             self.charge(ip, &dir.settings)?;
             return Ok(false);
         }
-        if dir.cached(user, password) {
+        let tag = dir.tag(user, password);
+        if dir.cached(user, tag.as_ref()) {
             return Ok(true);
         }
         let known = dir.settings.users.get(user);
@@ -397,7 +398,6 @@ impl Auth {
             self.charge(ip, &dir.settings)?;
             return Ok(false);
         };
-        let tag = dir.tag(user, password);
         let cell = match (&tag, dir.verifying.lock()) {
             (Some(tag), Ok(mut v)) => Arc::clone(v.entry(tag.as_ref().to_vec()).or_default()),
             _ => Arc::new(OnceCell::new()),
@@ -418,10 +418,9 @@ impl Auth {
                 let permit =
                     tokio::time::timeout(VERIFY_QUEUE, Arc::clone(&self.verifiers).acquire_owned())
                         .await
-                        .map_err(|_| AuthError::Busy {
-                            retry_after: Duration::from_secs(1),
-                        })?
-                        .map_err(|_| AuthError::Busy {
+                        .ok()
+                        .and_then(Result::ok)
+                        .ok_or(AuthError::Busy {
                             retry_after: Duration::from_secs(1),
                         })?;
                 self.verifications.fetch_add(1, Ordering::Relaxed);
@@ -543,10 +542,10 @@ impl Directory {
         Some(hmac::sign(key, &message))
     }
 
-    /// True when `password` was verified as `user`'s within [`CACHE_TTL`] (compared in
-    /// constant time).
-    fn cached(&self, user: &str, password: &str) -> bool {
-        let Some(tag) = self.tag(user, password) else {
+    /// True when `tag` (of `user` and a password) was verified as `user`'s within
+    /// [`CACHE_TTL`] (compared in constant time).
+    fn cached(&self, user: &str, tag: Option<&hmac::Tag>) -> bool {
+        let Some(tag) = tag else {
             return false;
         };
         self.verified.lock().is_ok_and(|verified| {

@@ -73,6 +73,25 @@ pub struct FileConfig {
     pub router: Router,
 }
 
+/// No file: every setting at its default, routing direct.
+impl Default for FileConfig {
+    fn default() -> Self {
+        Self {
+            empty: true,
+            settings: Settings::default(),
+            limits: Limits::default(),
+            listen: Vec::new(),
+            auth: None,
+            access: FileAccess::default(),
+            admin_token: None,
+            pac_credentials: HashMap::new(),
+            tls_cert: None,
+            tls_key: None,
+            router: Router::direct(),
+        }
+    }
+}
+
 /// The `[auth]` table.
 #[derive(Debug, Default, Clone)]
 pub struct FileAuth {

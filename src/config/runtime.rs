@@ -138,19 +138,7 @@ pub fn load(path: Option<&Path>, flags: &RunFlags, reloading: bool) -> Result<Co
 /// # Errors
 /// An invalid flag value, named, without echoing credentials; settings refused together.
 pub fn merge(file: Option<FileConfig>, f: &RunFlags) -> Result<Config, LoadError> {
-    let file = file.unwrap_or_else(|| FileConfig {
-        empty: true,
-        settings: Settings::default(),
-        limits: Limits::default(),
-        listen: Vec::new(),
-        auth: None,
-        access: super::FileAccess::default(),
-        admin_token: None,
-        pac_credentials: Default::default(),
-        tls_cert: None,
-        tls_key: None,
-        router: Router::direct(),
-    });
+    let file = file.unwrap_or_default();
     let mut settings = file.settings;
     f.settings.apply(&mut settings);
     let mut limits = file.limits;

@@ -143,17 +143,13 @@ fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
+/// This host's loopback, the default balancer for the PROXY protocol (a sidecar).
 fn loopback() -> Vec<IpNet> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     vec![
-        IpNet::from(std::net::IpAddr::from([127, 0, 0, 0])),
-        IpNet::from(std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+        IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+        IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
     ]
-    .into_iter()
-    .map(|n| match n {
-        IpNet::V4(v4) => ipnet::Ipv4Net::new(v4.addr(), 8).map_or(n, IpNet::V4),
-        IpNet::V6(_) => n,
-    })
-    .collect()
 }
 
 settings! {

@@ -140,7 +140,8 @@ impl Setting for bool {
         if *self { "true" } else { "false" }.to_owned()
     }
     fn arg(a: clap::Arg) -> clap::Arg {
-        a.num_args(0..=1)
+        a.value_name(Self::value_name())
+            .num_args(0..=1)
             .require_equals(true)
             .default_missing_value("true")
     }

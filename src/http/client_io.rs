@@ -9,7 +9,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::server::Admitted;
 
 /// Shared between the wrapper, the connection task and the service.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ConnState {
     /// A request head has been received on this connection.
     pub served: AtomicBool,
@@ -33,8 +33,24 @@ pub struct ConnState {
     pub(crate) admission: Mutex<Option<Admitted>>,
     /// Requests (with their response bodies) and tunnels of this connection in progress.
     streams: AtomicUsize,
-    /// Since when nothing has been in progress (`None` while something is).
-    idle_since: Mutex<Option<std::time::Instant>>,
+    /// When the last of them ended, in milliseconds after `born` (atomics only: every
+    /// request passes here).
+    idle_since_ms: AtomicU64,
+    born: std::time::Instant,
+}
+
+impl Default for ConnState {
+    fn default() -> Self {
+        Self {
+            served: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            tunneled: AtomicBool::new(false),
+            admission: Mutex::new(None),
+            streams: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            born: std::time::Instant::now(),
+        }
+    }
 }
 
 /// One request or tunnel in progress on a connection: the connection is not idle while any
@@ -43,10 +59,10 @@ pub struct StreamGuard(Arc<ConnState>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Ok(mut idle) = self.0.idle_since.lock()
-        {
-            *idle = Some(std::time::Instant::now());
+        if self.0.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0
+                .idle_since_ms
+                .store(self.0.since_born(), Ordering::Release);
         }
     }
 }
@@ -55,7 +71,6 @@ impl ConnState {
     pub(crate) fn new(admission: Admitted) -> Self {
         Self {
             admission: Mutex::new(Some(admission)),
-            idle_since: Mutex::new(Some(std::time::Instant::now())),
             ..Self::default()
         }
     }
@@ -63,19 +78,20 @@ impl ConnState {
     /// A request or tunnel starts: held until it is done.
     pub fn enter(self: &Arc<Self>) -> StreamGuard {
         self.streams.fetch_add(1, Ordering::AcqRel);
-        if let Ok(mut idle) = self.idle_since.lock() {
-            *idle = None;
-        }
         StreamGuard(Arc::clone(self))
     }
 
     /// How long nothing has been in progress (zero while something is).
     pub fn idle_for(&self) -> std::time::Duration {
-        self.idle_since
-            .lock()
-            .ok()
-            .and_then(|i| *i)
-            .map_or(std::time::Duration::ZERO, |since| since.elapsed())
+        if self.streams.load(Ordering::Acquire) > 0 {
+            return std::time::Duration::ZERO;
+        }
+        let since = self.idle_since_ms.load(Ordering::Acquire);
+        std::time::Duration::from_millis(self.since_born().saturating_sub(since))
+    }
+
+    fn since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// What a tunnel keeps for its whole life: the connection's place under the limits (the

@@ -198,55 +198,28 @@ impl Router {
         user: Option<&str>,
         resolver: &dyn Resolve,
     ) -> Decision<'_> {
-        let mut resolved: Option<Vec<IpAddr>> = None;
-        let reached = self.rules.iter().position(|r| {
-            r.resolve
-                && r.matcher.needs_addresses_for(target, user)
-                && !r.matcher.matches(target, user, &[])
-        });
-        let Some(first) = reached else {
-            return self.decide_with(target, user, &[]);
+        // Addresses only add matches: the rules before the one that matches without them
+        // decide the same with them. Resolve only if one of those could change its answer.
+        let without = self.decide_with(target, user, &[]);
+        let reached = match without.reason {
+            Reason::Bypass => return without,
+            Reason::Rule(n) => n - 1,
+            Reason::Default => self.rules.len(),
         };
-        if self
-            .bypass
-            .as_ref()
-            .is_some_and(|b| b.matches(target, None, &[]))
-        {
-            return self.decide_with(target, user, &[]);
-        }
-        for (i, rule) in self.rules.iter().enumerate() {
-            // Looked up once, at the first rule whose answer depends on the addresses.
-            if i >= first
-                && resolved.is_none()
-                && rule.resolve
-                && rule.matcher.needs_addresses_for(target, user)
-                && let Host::Name(name) = &target.host
-            {
-                resolved = Some(
-                    resolver
-                        .resolve(name, target.port)
-                        .await
-                        .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
-                        .unwrap_or_default(),
-                );
-            }
-            let addrs: &[IpAddr] = match (&resolved, rule.resolve) {
-                (Some(r), true) => r,
-                _ => &[],
-            };
-            if rule.matcher.matches(target, user, addrs) {
-                return Decision {
-                    action: &rule.action,
-                    reason: Reason::Rule(i + 1),
-                    resolved: resolved.unwrap_or_default(),
-                };
-            }
-        }
-        Decision {
-            action: &self.default,
-            reason: Reason::Default,
-            resolved: resolved.unwrap_or_default(),
-        }
+        let needs = self.rules[..reached]
+            .iter()
+            .any(|r| r.resolve && r.matcher.needs_addresses_for(target, user));
+        let (true, Host::Name(name)) = (needs, &target.host) else {
+            return without;
+        };
+        let resolved: Vec<IpAddr> = resolver
+            .resolve(name, target.port)
+            .await
+            .map(|addrs| addrs.into_iter().map(|a| a.ip()).collect())
+            .unwrap_or_default();
+        let mut decision = self.decide_with(target, user, &resolved);
+        decision.resolved = resolved;
+        decision
     }
 
     /// Whether a rule selects by user name (such rules need authenticated users).

@@ -93,6 +93,15 @@ pub fn shown_target(raw: &str) -> String {
     cut(out, MAX_LOGGED_TARGET)
 }
 
+/// `s` as a record shows it: borrowed unless it has to be cut.
+fn bounded(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if s.len() <= max {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(cut(s.to_owned(), max))
+    }
+}
+
 /// `s` cut to at most `max` bytes (on a character boundary), marked with `...` when cut.
 fn cut(mut s: String, max: usize) -> String {
     if s.len() > max {
@@ -269,15 +278,19 @@ impl Ledger {
 
     /// The access record, in the format configured: the one place it is written.
     fn record(&self, f: &Finished, route: &str, (up, down): (u64, u64), tunnel: Option<&Relayed>) {
+        let format = self.access_log.format();
+        if format == Format::Off {
+            return;
+        }
         let duration_ms = f.started.elapsed().as_millis() as u64;
         let user = f
             .client
             .user
             .as_deref()
-            .map_or_else(|| "-".to_owned(), |u| cut(u.to_owned(), MAX_LOGGED_USER));
-        let user = user.as_str();
+            .map(|u| bounded(u, MAX_LOGGED_USER));
+        let user = user.as_deref().unwrap_or("-");
         let target = shown_target(&f.target.to_string());
-        match (self.access_log.format(), tunnel) {
+        match (format, tunnel) {
             (Format::Off, _) => {}
             // Field order is what log readers grep for: method and user first.
             (Format::Text, Some(r)) => tracing::info!(

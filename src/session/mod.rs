@@ -399,12 +399,7 @@ impl Core {
         target: &Target,
         client: &Client,
     ) -> Result<SocketAddr, SessionError> {
-        if !self.dialer.policy().permits_port(target.port) {
-            return Err(SessionError::Blocked(format!(
-                "[access] connect_ports (port {} is not listed)",
-                target.port
-            )));
-        }
+        self.check_port(target)?;
         let action = self.decide(target, client, true).await?;
         if !action.is_plain_direct() {
             return Err(SessionError::Blocked(format!(
@@ -426,6 +421,17 @@ impl Core {
         };
         check_destination(&self.dialer.policy(), &peer, addr.ip())?;
         Ok(addr)
+    }
+
+    /// `[access] connect_ports`: the ports tunnels and datagrams may reach.
+    fn check_port(&self, target: &Target) -> Result<(), SessionError> {
+        if self.dialer.policy().permits_port(target.port) {
+            return Ok(());
+        }
+        Err(SessionError::Blocked(format!(
+            "[access] connect_ports (port {} is not listed)",
+            target.port
+        )))
     }
 
     /// What ends `client`'s long-lived work: its access being revoked, or the hard stop.
@@ -495,12 +501,7 @@ impl Core {
         target: &Target,
         client: &Client,
     ) -> Result<Reached<BoxIo>, SessionError> {
-        if !self.dialer.policy().permits_port(target.port) {
-            return Err(SessionError::Blocked(format!(
-                "[access] connect_ports (port {} is not listed)",
-                target.port
-            )));
-        }
+        self.check_port(target)?;
         let action = self.decide(target, client, true).await?;
         self.reach(&action, target, client, |dialer, route, to| {
             Box::pin(async move { dialer.tunnel(&route, &to).await })
