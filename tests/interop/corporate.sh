@@ -51,25 +51,14 @@ echo alice-pw | KRB5CCNAME=FILE:$krb/cc_alice kinit alice@TEST.LOCAL >/dev/null
 
 # The corporate proxy: Negotiate (Kerberos, or NTLM inside it) and NTLM, nothing else.
 CORP_PORT=$(free_port)
-mkdir -p "$work/squid-corp"; chmod 777 "$work/squid-corp"
-cat > "$work/squid-corp.conf" <<CONF
-http_port 127.0.0.1:$CORP_PORT
+start_squid squid-corp "$CORP_PORT" <<CONF
 auth_param negotiate program /usr/lib/squid/negotiate_wrapper_auth --ntlm /usr/lib/squid/ntlm_fake_auth --kerberos /usr/lib/squid/negotiate_kerberos_auth -k $krb/http.keytab -s HTTP/localhost@TEST.LOCAL
 auth_param negotiate children 2
 auth_param ntlm program /usr/lib/squid/ntlm_fake_auth
 auth_param ntlm children 2
 acl authed proxy_auth REQUIRED
 http_access allow authed
-http_access deny all
-cache deny all
-pid_filename $work/squid-corp/squid.pid
-access_log stdio:$work/squid-corp/access.log
-cache_log $work/squid-corp/cache.log
-coredump_dir $work/squid-corp
-shutdown_lifetime 0 seconds
 CONF
-squid -N -f "$work/squid-corp.conf" &
-pids+=($!)
 wait_port "$CORP_PORT"
 
 corp_viaduct() { # corp_viaduct VAR NAME CCACHE UPSTREAM [ARGS...]: a local proxy for the corporate one,

@@ -110,48 +110,49 @@ CONF
 nginx -c "$work/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 
-# --- upstream: squid, allowing loopback clients to CONNECT to any port ---
-SQUID_PORT=$(free_port)
-mkdir -p "$work/squid"; chmod 777 "$work/squid"
-cat > "$work/squid.conf" <<CONF
-http_port 127.0.0.1:$SQUID_PORT
-acl local src 127.0.0.1/32
-http_access allow local
+# start_squid NAME PORT: a squid on PORT whose access rules (and auth) come on stdin; its
+# state and logs under $work/NAME (access.log there is what checks read).
+start_squid() {
+    local name=$1 port=$2
+    mkdir -p "$work/$name"; chmod 777 "$work/$name"
+    {
+        echo "http_port 127.0.0.1:$port"
+        cat
+        cat <<CONF
 http_access deny all
 cache deny all
-pid_filename $work/squid/squid.pid
-access_log stdio:$work/squid/access.log
-cache_log $work/squid/cache.log
-coredump_dir $work/squid
+pid_filename $work/$name/squid.pid
+access_log stdio:$work/$name/access.log
+cache_log $work/$name/cache.log
+coredump_dir $work/$name
 shutdown_lifetime 0 seconds
 CONF
-squid -N -f "$work/squid.conf" &
-pids+=($!)
+    } > "$work/$name.conf"
+    squid -N -f "$work/$name.conf" &
+    pids+=($!)
+}
+
+# --- upstream: squid, allowing loopback clients to CONNECT to any port ---
+SQUID_PORT=$(free_port)
+start_squid squid "$SQUID_PORT" <<CONF
+acl local src 127.0.0.1/32
+http_access allow local
+CONF
 
 # --- a second squid that wants Basic auth; the password has @ : / % in it ---
 AUTH_SQUID_PORT=$(free_port)
 AUTH_USER=ci-user
 AUTH_PASS='p@ss:w/rd%1'
 AUTH_PASS_ENC='p%40ss%3Aw%2Frd%251'
-mkdir -p "$work/squid-auth"; chmod 777 "$work/squid-auth"
+mkdir -p "$work/squid-auth"
 printf '%s:%s\n' "$AUTH_USER" "$(openssl passwd -1 "$AUTH_PASS")" > "$work/squid-auth/passwd"
 chmod 644 "$work/squid-auth/passwd"
-cat > "$work/squid-auth.conf" <<CONF
-http_port 127.0.0.1:$AUTH_SQUID_PORT
+start_squid squid-auth "$AUTH_SQUID_PORT" <<CONF
 auth_param basic program /usr/lib/squid/basic_ncsa_auth $work/squid-auth/passwd
 auth_param basic realm viaduct-interop
 acl authed proxy_auth REQUIRED
 http_access allow authed
-http_access deny all
-cache deny all
-pid_filename $work/squid-auth/squid.pid
-access_log stdio:$work/squid-auth/access.log
-cache_log $work/squid-auth/cache.log
-coredump_dir $work/squid-auth
-shutdown_lifetime 0 seconds
 CONF
-squid -N -f "$work/squid-auth.conf" &
-pids+=($!)
 
 # --- SOCKS5 upstreams: microsocks with user/pass, dante without auth ---
 MS_PORT=$(free_port)
